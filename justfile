@@ -1,0 +1,16 @@
+# Every build, test and demo recipe of the project. `just --list` shows them.
+# Cargo artifacts and Go-built binaries live outside the repo so warm runs are fast.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export CARGO_TARGET_DIR := env("CARGO_TARGET_DIR", env("HOME") + "/.cache/lumigo-operator/target")
+export LUMIGO_CACHE := env("LUMIGO_CACHE", env("HOME") + "/.cache/lumigo-operator")
+
+mod policy "policy-wasm/justfile"
+
+# Run every test of the project.
+test: setup policy::test
+
+# Install the toolchain parts the tests need (idempotent).
+setup:
+    scripts/setup.sh

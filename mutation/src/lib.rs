@@ -1,0 +1,145 @@
+//! The pod-template mutation of the Lumigo operator, applied by the Kubewarden policy (as wasm),
+//! by the operator's rollout and by its uninstall: one implementation, so one behaviour.
+//!
+//! It edits the raw JSON of an object in place and never round-trips it through typed structs,
+//! so fields it does not own, even ones newer than any Kubernetes client library, stay as they
+//! were. Every item it adds is named so it can be found, and a record annotation on the pod
+//! template remembers what it created or changed, so that `remove(inject(x)) == x` byte for byte.
+
+pub mod config;
+pub mod env;
+mod json;
+pub mod names;
+pub mod outcome;
+mod record;
+mod template;
+pub mod workload;
+
+use serde_json::Value;
+
+pub use config::{ConfigError, InjectionConfig, SecretKeyRef};
+pub use outcome::{Change, Outcome, Reason};
+pub use workload::{Operation, WorkloadKind};
+
+use names::{AUTO_TRACE_LABEL, INJECTED_VALUE_PREFIX, OPT_OUT_VALUE};
+use record::Record;
+
+/// Brings an object to what its labels ask for: injected, or clean when it opted out.
+/// This is what admission and the operator's rollout apply.
+pub fn reconcile(object: &mut Value, kind: WorkloadKind, config: &InjectionConfig, operation: Operation) -> Outcome {
+    if object.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+        return Outcome::Unchanged(Reason::Terminating);
+    }
+    if is_opted_out(object, kind) {
+        return match remove(object, kind, operation) {
+            Outcome::Unchanged(Reason::NotInjected) => Outcome::Unchanged(Reason::OptedOut),
+            other => other,
+        };
+    }
+    inject(object, kind, config, operation)
+}
+
+/// Injects the object with `config`; an object injected by another version or with other
+/// settings is redone, one injected with these settings is left as it is.
+pub fn inject(object: &mut Value, kind: WorkloadKind, config: &InjectionConfig, operation: Operation) -> Outcome {
+    if let Some((kind, name)) = kind.managing_owner(object) {
+        return Outcome::Unchanged(Reason::OwnedByController { kind, name });
+    }
+    if is_opted_out(object, kind) {
+        return Outcome::Unchanged(Reason::OptedOut);
+    }
+    let mut candidate = object.clone();
+    let previous = match template::template(object, kind).map(Record::read) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(record))) => Some(record),
+        Some(Err(reason)) => return Outcome::Unchanged(reason),
+    };
+    if let Some(record) = &previous {
+        if let Err(reason) = template::strip(&mut candidate, kind, record) {
+            return Outcome::Unchanged(reason);
+        }
+    }
+    if let Err(reason) = template::apply(&mut candidate, kind, config) {
+        return Outcome::Unchanged(reason);
+    }
+    if candidate == *object {
+        return Outcome::Unchanged(Reason::AlreadyInjected);
+    }
+    if operation == Operation::Update && kind.template_immutable_after_create() {
+        return Outcome::Unchanged(Reason::TemplateImmutable { kind: kind.name().to_owned() });
+    }
+    let change = match previous {
+        None => outcome::Change::Injected,
+        Some(_) => outcome::Change::Reinjected {
+            previous_label: injected_label(object, kind).unwrap_or_default(),
+        },
+    };
+    *object = candidate;
+    Outcome::Changed(change)
+}
+
+/// Takes the injection out of the object, giving back exactly what it was before.
+pub fn remove(object: &mut Value, kind: WorkloadKind, operation: Operation) -> Outcome {
+    if let Some((kind, name)) = kind.managing_owner(object) {
+        return Outcome::Unchanged(Reason::OwnedByController { kind, name });
+    }
+    let record = match template::template(object, kind).map(Record::read) {
+        None | Some(Ok(None)) => return Outcome::Unchanged(Reason::NotInjected),
+        Some(Err(reason)) => return Outcome::Unchanged(reason),
+        Some(Ok(Some(record))) => record,
+    };
+    if operation == Operation::Update && kind.template_immutable_after_create() {
+        return Outcome::Unchanged(Reason::TemplateImmutable { kind: kind.name().to_owned() });
+    }
+    let mut candidate = object.clone();
+    if let Err(reason) = template::strip(&mut candidate, kind, &record) {
+        return Outcome::Unchanged(reason);
+    }
+    *object = candidate;
+    Outcome::Changed(outcome::Change::Removed)
+}
+
+/// What an object's labels and record say about its injection, for status, events and
+/// troubleshooting ("is it injected, by which version, why not").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// Whether it carries the injection (its record annotation).
+    pub injected: bool,
+    /// The operator version of the injection, from the `lumigo.auto-trace` label.
+    pub version: Option<String>,
+    pub opted_out: bool,
+    /// The controller that is injected in this object's stead.
+    pub managed_by: Option<(String, String)>,
+}
+
+pub fn inspect(object: &Value, kind: WorkloadKind) -> Inspection {
+    let injected = matches!(template::template(object, kind).map(Record::read), Some(Ok(Some(_))));
+    let version = injected_label(object, kind)
+        .and_then(|label| label.strip_prefix(INJECTED_VALUE_PREFIX).map(str::to_owned));
+    Inspection {
+        injected,
+        version: version.filter(|_| injected),
+        opted_out: is_opted_out(object, kind),
+        managed_by: kind.managing_owner(object),
+    }
+}
+
+/// `lumigo.auto-trace: "false"` on the object or on its pod template.
+pub fn is_opted_out(object: &Value, kind: WorkloadKind) -> bool {
+    let opted_out = |metadata_owner: Option<&Value>| {
+        metadata_owner
+            .and_then(|owner| owner.pointer("/metadata/labels"))
+            .and_then(|labels| labels.get(AUTO_TRACE_LABEL))
+            .and_then(Value::as_str)
+            == Some(OPT_OUT_VALUE)
+    };
+    opted_out(Some(object)) || opted_out(template::template(object, kind))
+}
+
+fn injected_label(object: &Value, kind: WorkloadKind) -> Option<String> {
+    template::template(object, kind)?
+        .pointer("/metadata/labels")?
+        .get(AUTO_TRACE_LABEL)?
+        .as_str()
+        .map(str::to_owned)
+}

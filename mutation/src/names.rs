@@ -1,0 +1,36 @@
+//! The names the injection owns. Every item it adds carries one of them, so that removal
+//! finds exactly what was added and nothing else.
+
+/// Name of the volume, of the init container and of every app container's mount.
+pub const INJECTOR_NAME: &str = "lumigo-injector";
+/// Where the init container sees the volume (`TARGET_DIRECTORY`).
+pub const INIT_TARGET_DIRECTORY: &str = "/target";
+/// Where app containers see the volume.
+pub const PAYLOAD_MOUNT_PATH: &str = "/opt/lumigo";
+/// The preloaded object, inside the payload mount.
+pub const INJECTOR_LIBRARY_PATH: &str = "/opt/lumigo/injector/lumigo_injector.so";
+/// Size limit of the payload volume: the payload is about 120 MB for all runtimes.
+pub const VOLUME_SIZE_LIMIT: &str = "200M";
+
+/// Label on the workload and its pod template: `lumigo-operator.v<version>` when injected,
+/// `"false"` to opt out.
+pub const AUTO_TRACE_LABEL: &str = "lumigo.auto-trace";
+pub const OPT_OUT_VALUE: &str = "false";
+pub const INJECTED_VALUE_PREFIX: &str = "lumigo-operator.v";
+
+/// Annotation on the pod template holding what the injection added or changed, so removal
+/// can restore the object byte for byte.
+pub const RECORD_ANNOTATION: &str = "operator.lumigo.io/injection-record";
+
+pub const LD_PRELOAD: &str = "LD_PRELOAD";
+pub const ENV_TOKEN: &str = "LUMIGO_TRACER_TOKEN";
+pub const ENV_TRACES_ENDPOINT: &str = "LUMIGO_ENDPOINT";
+pub const ENV_LOGS_ENDPOINT: &str = "LUMIGO_LOGS_ENDPOINT";
+pub const ENV_ENABLE_TRACES: &str = "LUMIGO_ENABLE_TRACES";
+pub const ENV_ENABLE_LOGS: &str = "LUMIGO_ENABLE_LOGS";
+pub const ENV_CONTAINER_NAME: &str = "LUMIGO_CONTAINER_NAME";
+
+/// The label value that marks an object injected by `operator_version`.
+pub fn injected_label_value(operator_version: &str) -> String {
+    format!("{INJECTED_VALUE_PREFIX}{operator_version}")
+}

@@ -1,0 +1,22 @@
+//! waPC glue of the Lumigo Kubewarden policy; the logic is in `admission` and the mutation core.
+
+pub mod admission;
+pub mod settings;
+
+use kubewarden_policy_sdk::protocol_version_guest;
+use wapc_guest::prelude::*;
+
+#[no_mangle]
+pub extern "C" fn wapc_init() {
+    register_function("validate", validate);
+    register_function("validate_settings", validate_settings);
+    register_function("protocol_version", protocol_version_guest);
+}
+
+fn validate(payload: &[u8]) -> CallResult {
+    Ok(serde_json::to_vec(&admission::evaluate(payload))?)
+}
+
+fn validate_settings(payload: &[u8]) -> CallResult {
+    Ok(serde_json::to_vec(&admission::validate_settings(payload))?)
+}
