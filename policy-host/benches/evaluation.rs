@@ -1,0 +1,63 @@
+//! Native mutation vs the policy module in wasmtime on a typical Deployment request:
+//! median and p99 per evaluation, their ratio, and the module's size.
+//! Run: `just policy::bench`.
+
+use std::time::{Duration, Instant};
+
+use lumigo_policy_host::{EngineOptions, PolicyEngine};
+
+const WARMUP: usize = 200;
+const SAMPLES: usize = 5_000;
+
+fn main() {
+    let module_path = std::env::var("LUMIGO_POLICY_WASM").expect("LUMIGO_POLICY_WASM names the built module");
+    let module = std::fs::read(&module_path).expect("reading the policy module");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+    let settings: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{root}/settings.json")).unwrap()).unwrap();
+    let request: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{root}/fixtures/deployment-create.json")).unwrap()).unwrap();
+    let payload = serde_json::to_vec(&serde_json::json!({"settings": settings, "request": request})).unwrap();
+
+    let native = measure(|| {
+        let response = lumigo_policy::admission::evaluate(&payload);
+        assert!(response.mutated_object.is_some());
+        serde_json::to_vec(&response).unwrap()
+    });
+    let engine = PolicyEngine::new(&module, EngineOptions::default()).unwrap();
+    let wasm = measure(|| engine.call("validate", &payload).unwrap());
+
+    let (native_median, native_p99) = percentiles(native);
+    let (wasm_median, wasm_p99) = percentiles(wasm);
+    println!("typical Deployment CREATE request ({} bytes), {SAMPLES} evaluations each", payload.len());
+    println!("native  median {:>8.1} µs   p99 {:>8.1} µs", micros(native_median), micros(native_p99));
+    println!("wasm    median {:>8.1} µs   p99 {:>8.1} µs", micros(wasm_median), micros(wasm_p99));
+    println!(
+        "wasm/native  median {:.2}x   p99 {:.2}x",
+        micros(wasm_median) / micros(native_median),
+        micros(wasm_p99) / micros(native_p99)
+    );
+    println!("module size {} bytes ({module_path})", module.len());
+}
+
+fn measure(mut evaluate: impl FnMut() -> Vec<u8>) -> Vec<Duration> {
+    for _ in 0..WARMUP {
+        std::hint::black_box(evaluate());
+    }
+    (0..SAMPLES)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(evaluate());
+            start.elapsed()
+        })
+        .collect()
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    (samples[samples.len() / 2], samples[samples.len() * 99 / 100])
+}
+
+fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}

@@ -1,0 +1,108 @@
+//! Evaluates the policy module as Kubewarden's policy-server does: the module is compiled once
+//! and pre-instantiated, every call gets a fresh instance, and an epoch deadline cuts off an
+//! evaluation that runs too long.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use wapc::WapcHost;
+use wasmtime_provider::wasmtime;
+use wasmtime_provider::{EpochDeadlines, WasmtimeEngineProviderBuilder, WasmtimeEngineProviderPre};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// How often the epoch advances; deadlines are whole ticks.
+    pub tick: Duration,
+    /// How long one evaluation may run.
+    pub deadline: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { tick: Duration::from_millis(10), deadline: Duration::from_secs(1) }
+    }
+}
+
+pub struct PolicyEngine {
+    pre: WasmtimeEngineProviderPre,
+    deadlines: EpochDeadlines,
+    ticker: EpochTicker,
+}
+
+impl PolicyEngine {
+    pub fn new(module: &[u8], options: EngineOptions) -> Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        let engine = wasmtime::Engine::new(&config).map_err(|e| Error::Engine(e.to_string()))?;
+        let ticks = (options.deadline.as_nanos() / options.tick.as_nanos().max(1)).max(1) as u64;
+        let deadlines = EpochDeadlines { wapc_init: ticks, wapc_func: ticks };
+        let pre = WasmtimeEngineProviderBuilder::new()
+            .engine(engine.clone())
+            .module_bytes(module)
+            .enable_epoch_interruptions(deadlines)
+            .build_pre()
+            .map_err(|e| Error::Engine(e.to_string()))?;
+        Ok(PolicyEngine { pre, deadlines, ticker: EpochTicker::start(engine, options.tick) })
+    }
+
+    /// Calls a waPC function of the module on a fresh instance.
+    pub fn call(&self, function: &str, payload: &[u8]) -> Result<Vec<u8>> {
+        debug_assert!(self.ticker.is_running());
+        let provider = self.pre.rehydrate(Some(self.deadlines)).map_err(|e| Error::Engine(e.to_string()))?;
+        let host = WapcHost::new(Box::new(provider), Some(Box::new(answer_host_call)))
+            .map_err(|e| Error::Evaluation(e.to_string()))?;
+        host.call(function, payload).map_err(|e| Error::Evaluation(e.to_string()))
+    }
+}
+
+/// The module's calls to its host. Kubewarden's SDK logs through `kubewarden/tracing/log`
+/// and panics inside the guest when that call fails, so it is answered; the cluster-context
+/// capabilities are not offered.
+fn answer_host_call(
+    _id: u64,
+    binding: &str,
+    namespace: &str,
+    operation: &str,
+    _payload: &[u8],
+) -> std::result::Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    match (binding, namespace, operation) {
+        ("kubewarden", "tracing", "log") => Ok(Vec::new()),
+        _ => Err(format!("host capability {binding}/{namespace}/{operation} is not offered").into()),
+    }
+}
+
+/// Advances the engine's epoch on a thread of its own until dropped.
+struct EpochTicker {
+    running: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: wasmtime::Engine, tick: Duration) -> Self {
+        let running = Arc::new(AtomicBool::new(true));
+        let flag = running.clone();
+        thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(move || {
+                while flag.load(Ordering::Relaxed) {
+                    thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker { running }
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.running.store(false, Ordering::Relaxed);
+    }
+}

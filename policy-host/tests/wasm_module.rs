@@ -1,0 +1,155 @@
+//! The built policy module under wasmtime/waPC, the stack Kubewarden's evaluator uses: it is
+//! annotated for policy-server, answers exactly as the native code on every fixture, and never
+//! traps or denies on arbitrary input.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use lumigo_policy_host::metadata::read_metadata;
+use lumigo_policy_host::{EngineOptions, PolicyEngine};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+fn module() -> &'static [u8] {
+    static MODULE: OnceLock<Vec<u8>> = OnceLock::new();
+    MODULE.get_or_init(|| {
+        let path = std::env::var("LUMIGO_POLICY_WASM")
+            .expect("LUMIGO_POLICY_WASM must name the built module: run `just policy::test`");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    })
+}
+
+fn engine() -> &'static PolicyEngine {
+    static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| PolicyEngine::new(module(), EngineOptions::default()).unwrap())
+}
+
+fn policies_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+fn read_json(path: PathBuf) -> Value {
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_module_is_annotated_for_policy_server() {
+    let metadata = read_metadata(module()).unwrap().expect("the io.kubewarden.metadata section");
+    assert_eq!(metadata["protocolVersion"], "v1");
+    assert_eq!(metadata["mutating"], true);
+    let kinds: Vec<&str> = metadata["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["resources"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()))
+        .collect();
+    for resource in ["pods", "deployments", "daemonsets", "statefulsets", "replicasets", "jobs", "cronjobs", "replicationcontrollers"] {
+        assert!(kinds.contains(&resource), "rules miss {resource}");
+    }
+    for rule in metadata["rules"].as_array().unwrap() {
+        assert_eq!(rule["operations"], json!(["CREATE", "UPDATE"]));
+    }
+    assert_eq!(engine().call("protocol_version", b"").unwrap(), b"\"v1\"");
+}
+
+#[test]
+fn wasm_and_native_answer_every_fixture_identically() {
+    let mut compared = 0;
+    for settings_file in ["settings.json", "settings-logs-enabled.json"] {
+        let settings = read_json(policies_dir().join(settings_file));
+        for entry in std::fs::read_dir(policies_dir().join("fixtures")).unwrap() {
+            let path = entry.unwrap().path();
+            let request = read_json(path.clone());
+            let payload = serde_json::to_vec(&json!({"settings": settings, "request": request})).unwrap();
+            let native = serde_json::to_vec(&lumigo_policy::admission::evaluate(&payload)).unwrap();
+            let wasm = engine().call("validate", &payload).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&wasm),
+                String::from_utf8_lossy(&native),
+                "{} with {settings_file}",
+                path.display()
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 50, "compared only {compared}");
+}
+
+#[test]
+fn settings_are_validated_inside_the_module() {
+    let good = std::fs::read(policies_dir().join("settings.json")).unwrap();
+    let answer: Value = serde_json::from_slice(&engine().call("validate_settings", &good).unwrap()).unwrap();
+    assert_eq!(answer["valid"], true);
+    let bad = br#"{"injectorImage": "lumigo/autotrace", "tokenSecret": {"name": "s", "key": "k"}, "operatorVersion": "1"}"#;
+    let answer: Value = serde_json::from_slice(&engine().call("validate_settings", bad).unwrap()).unwrap();
+    assert_eq!(answer["valid"], false);
+    assert!(answer["message"].as_str().unwrap().contains("injectorImage"), "{answer}");
+}
+
+fn arbitrary_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        ".{0,12}".prop_map(Value::from),
+        prop::sample::select(vec!["CREATE", "UPDATE", "Deployment", "Pod", "apps", "", "containers", "env"])
+            .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(5, 64, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "kind", "group", "operation", "object", "spec", "template", "metadata", "labels",
+                        "containers", "env", "name", "volumes", "initContainers", "annotations", "x",
+                    ]),
+                    inner
+                ),
+                0..5
+            )
+            .prop_map(|entries| Value::Object(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+        ]
+    })
+}
+
+/// A real request with one place replaced by arbitrary JSON: deep enough to reach the mutation.
+fn damaged_request() -> impl Strategy<Value = Value> {
+    let request = read_json(policies_dir().join("fixtures/deployment-create.json"));
+    let pointers = vec![
+        "/object", "/object/spec", "/object/spec/template", "/object/spec/template/spec",
+        "/object/spec/template/spec/containers", "/object/spec/template/spec/containers/0",
+        "/object/spec/template/spec/containers/0/env", "/object/metadata", "/object/metadata/labels",
+        "/object/spec/template/metadata", "/kind", "/operation",
+    ];
+    (prop::sample::select(pointers), arbitrary_json()).prop_map(move |(pointer, junk)| {
+        let mut damaged = request.clone();
+        *damaged.pointer_mut(pointer).unwrap() = junk;
+        damaged
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn arbitrary_requests_never_trap_or_deny(request in damaged_request(), settings in arbitrary_json()) {
+        let real_settings = read_json(policies_dir().join("settings.json"));
+        for payload in [
+            json!({"settings": real_settings, "request": request}),
+            json!({"settings": settings, "request": request}),
+        ] {
+            let answer = engine().call("validate", &serde_json::to_vec(&payload).unwrap());
+            let answer: Value = serde_json::from_slice(&answer.expect("the module must not trap")).unwrap();
+            prop_assert_eq!(&answer["accepted"], &json!(true));
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_trap(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let answer: Value = serde_json::from_slice(&engine().call("validate", &bytes).unwrap()).unwrap();
+        prop_assert_eq!(&answer["accepted"], &json!(true));
+        let settings_answer: Value = serde_json::from_slice(&engine().call("validate_settings", &bytes).unwrap()).unwrap();
+        prop_assert!(settings_answer["valid"].is_boolean());
+    }
+}
