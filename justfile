@@ -7,9 +7,11 @@ export CARGO_TARGET_DIR := env("CARGO_TARGET_DIR", env("HOME") + "/.cache/lumigo
 export LUMIGO_CACHE := env("LUMIGO_CACHE", env("HOME") + "/.cache/lumigo-operator")
 
 mod policy "policy-wasm/justfile"
+mod injector "injector/justfile"
+mod e2e "e2e/justfile"
 
 # Run every test of the project.
-test: setup policy::test
+test: setup policy::test injector::test e2e::test
 
 # Install the toolchain parts the tests need (idempotent).
 setup:

@@ -1,0 +1,346 @@
+//! etcd + kube-apiserver + kube-controller-manager on loopback, started in that order and stopped in
+//! the reverse one. No scheduler and no kubelet: Pods stay Pending, which is all the tests need to
+//! read what admission and the controllers made of them.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use tempfile::TempDir;
+
+use crate::binaries::Binaries;
+use crate::certs::{CertificateAuthority, ServiceAccountKey};
+use crate::error::{IoContext, Result};
+use crate::kubeconfig;
+use crate::process::Process;
+
+/// Generous enough for a cold page cache on a busy two-core machine.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(100);
+const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
+/// The first address of the service range: the in-cluster `kubernetes` Service.
+const KUBERNETES_SERVICE_IP: &str = "10.0.0.1";
+
+/// A running control plane. Dropping it stops every process and deletes its directory.
+pub struct ControlPlane {
+    // Fields drop in declaration order: the processes stop in reverse start order, then the
+    // directory holding their data goes.
+    controller_manager: Process,
+    _apiserver: Process,
+    _etcd: Process,
+    config: Config,
+    server_url: String,
+    ca_pem: String,
+    kubeconfig: PathBuf,
+    kubectl: PathBuf,
+    dir: TempDir,
+}
+
+impl ControlPlane {
+    /// Builds the binaries if needed (see `e2e/build-binaries.sh`), then starts a fresh control
+    /// plane and returns once the API is ready and the controller-manager is creating ServiceAccounts.
+    pub async fn start() -> Result<Self> {
+        let bin = Binaries::ensure().await?;
+        let dir = tempfile::Builder::new()
+            .prefix("lumigo-e2e-")
+            .tempdir()
+            .context(|| "creating the control plane's directory".into())?;
+        let path = |name: &str| dir.path().join(name);
+        let write = |name: &str, contents: &str| {
+            let file = path(name);
+            std::fs::write(&file, contents).context(|| format!("writing {}", file.display()))?;
+            Ok::<_, crate::Error>(file)
+        };
+        let arg = |flag: &str, value: &Path| format!("--{flag}={}", value.display());
+
+        let ca = CertificateAuthority::new("lumigo-e2e-ca")?;
+        let serving = ca.issue_server_cert(&[
+            "127.0.0.1",
+            "localhost",
+            KUBERNETES_SERVICE_IP,
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ])?;
+        let admin = ca.issue_client_cert("lumigo-e2e-admin", &["system:masters"])?;
+        // The user the bootstrap RBAC policy grants the controller-manager's own permissions to.
+        let kcm = ca.issue_client_cert("system:kube-controller-manager", &[])?;
+        let sa = ServiceAccountKey::generate()?;
+        let ca_crt = write("ca.crt", ca.cert_pem())?;
+        let ca_key = write("ca.key", ca.key_pem())?;
+        let serving_crt = write("apiserver.crt", &serving.cert_pem)?;
+        let serving_key = write("apiserver.key", &serving.key_pem)?;
+        let sa_key = write("service-account.key", &sa.private_pem)?;
+        let sa_pub = write("service-account.pub", &sa.public_pem)?;
+
+        let etcd_port = free_port()?;
+        let etcd_peer = format!("http://127.0.0.1:{}", free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let mut etcd = Process::spawn(
+            "etcd",
+            &bin.etcd,
+            &[
+                "--name=e2e".into(),
+                arg("data-dir", &path("etcd")),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={etcd_peer}"),
+                format!("--initial-advertise-peer-urls={etcd_peer}"),
+                format!("--initial-cluster=e2e={etcd_peer}"),
+                // The data dies with the test; fsync would only cost time.
+                "--unsafe-no-fsync".into(),
+                "--log-level=warn".into(),
+            ],
+            path("etcd.log"),
+        )?;
+        let etcd_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, etcd_port));
+        wait_for(&mut etcd, || async {
+            TcpStream::connect(etcd_addr).is_ok()
+        })
+        .await?;
+
+        let apiserver_port = free_port()?;
+        let server_url = format!("https://127.0.0.1:{apiserver_port}");
+        let mut apiserver = Process::spawn(
+            "kube-apiserver",
+            &bin.kube_apiserver,
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={apiserver_port}"),
+                arg("tls-cert-file", &serving_crt),
+                arg("tls-private-key-file", &serving_key),
+                arg("client-ca-file", &ca_crt),
+                "--authorization-mode=Node,RBAC".into(),
+                // Most are on by default; these are the ones the project's tests depend on.
+                "--enable-admission-plugins=NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,PodSecurity".into(),
+                "--allow-privileged=true".into(),
+                format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                arg("service-account-key-file", &sa_pub),
+                arg("service-account-signing-key-file", &sa_key),
+                // The endpoints of the `kubernetes` Service may not be loopback addresses, which is
+                // all this apiserver has; nothing in the tests reaches it through the Service.
+                "--endpoint-reconciler-type=none".into(),
+                "--profiling=false".into(),
+                "--v=1".into(),
+            ],
+            path("kube-apiserver.log"),
+        )?;
+
+        let kubeconfig = path("kubeconfig");
+        kubeconfig::write(
+            &kubeconfig,
+            &server_url,
+            ca.cert_pem(),
+            "lumigo-e2e-admin",
+            &admin,
+        )?;
+        let kcm_kubeconfig = path("kube-controller-manager.kubeconfig");
+        kubeconfig::write(
+            &kcm_kubeconfig,
+            &server_url,
+            ca.cert_pem(),
+            "system:kube-controller-manager",
+            &kcm,
+        )?;
+        let config = Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&kubeconfig)?,
+            &KubeConfigOptions::default(),
+        )
+        .await?;
+        let client = Client::try_from(config.clone())?;
+        wait_for(&mut apiserver, || async {
+            let request = http::Request::get("/readyz").body(Vec::new());
+            match request {
+                Ok(request) => client.request_text(request).await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await?;
+
+        let mut controller_manager = Process::spawn(
+            "kube-controller-manager",
+            &bin.kube_controller_manager,
+            &[
+                arg("kubeconfig", &kcm_kubeconfig),
+                "--leader-elect=false".into(),
+                // Cloud controllers switch themselves off without a cloud provider.
+                "--controllers=*".into(),
+                // Each controller acts as its own ServiceAccount, so RBAC is exercised as in a
+                // real cluster.
+                "--use-service-account-credentials=true".into(),
+                arg("service-account-private-key-file", &sa_key),
+                arg("root-ca-file", &ca_crt),
+                arg("cluster-signing-cert-file", &ca_crt),
+                arg("cluster-signing-key-file", &ca_key),
+                format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+                // Nothing probes it, and no port means nothing to collide with.
+                "--secure-port=0".into(),
+                "--v=1".into(),
+            ],
+            path("kube-controller-manager.log"),
+        )?;
+        wait_for(&mut controller_manager, || {
+            default_service_account_exists(&client, "default")
+        })
+        .await?;
+
+        Ok(Self {
+            controller_manager,
+            _apiserver: apiserver,
+            _etcd: etcd,
+            config,
+            server_url,
+            ca_pem: ca.cert_pem().to_owned(),
+            kubeconfig,
+            kubectl: bin.kubectl,
+            dir,
+        })
+    }
+
+    /// One control plane for every test of the calling test binary, started by the first caller and
+    /// stopped when the process exits. Give each test its own namespace ([`Self::create_namespace`]).
+    pub async fn shared() -> Result<Arc<Self>> {
+        static SHARED: tokio::sync::Mutex<Option<Arc<ControlPlane>>> =
+            tokio::sync::Mutex::const_new(None);
+
+        // Statics are never dropped; this is how the shared control plane gets stopped cleanly
+        // (the test harness leaves through `exit`). If the process is killed instead, the
+        // parent-death signal still stops the processes.
+        extern "C" fn stop_shared() {
+            if let Ok(mut shared) = SHARED.try_lock() {
+                drop(shared.take());
+            }
+        }
+
+        let mut shared = SHARED.lock().await;
+        if let Some(control_plane) = shared.as_ref() {
+            return Ok(control_plane.clone());
+        }
+        let control_plane = Arc::new(Self::start().await?);
+        // SAFETY: registers a plain function; a failure to register only loses the clean stop.
+        unsafe { libc::atexit(stop_shared) };
+        *shared = Some(control_plane.clone());
+        Ok(control_plane)
+    }
+
+    /// A client with cluster-admin rights. A new one per call, bound to the caller's Tokio runtime
+    /// (each `#[tokio::test]` has its own, and a client outlives none).
+    pub fn client(&self) -> Result<Client> {
+        Ok(Client::try_from(self.config.clone())?)
+    }
+
+    /// The client configuration behind [`Self::client`], e.g. to build clients with other settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A kubeconfig file for a cluster-admin user, for kubectl and other tools.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The Go-built kubectl matching the control plane's version.
+    pub fn kubectl_path(&self) -> &Path {
+        &self.kubectl
+    }
+
+    /// `kubectl --kubeconfig <this control plane's kubeconfig>`, ready for more arguments.
+    pub fn kubectl(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(&self.kubectl);
+        command.arg("--kubeconfig").arg(&self.kubeconfig);
+        command
+    }
+
+    /// The apiserver's URL, `https://127.0.0.1:<port>`.
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    /// The CA that signed the apiserver's serving certificate and every client certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Where the components' logs (`etcd.log`, `kube-apiserver.log`, `kube-controller-manager.log`)
+    /// and the generated files live while the control plane runs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Creates a namespace named `<prefix>-<random suffix>` with `labels` and returns its name once
+    /// Pods can be created in it (its `default` ServiceAccount exists, which admission requires).
+    pub async fn create_namespace(&self, prefix: &str, labels: &[(&str, &str)]) -> Result<String> {
+        let client = self.client()?;
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{prefix}-")),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        let created = Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await?;
+        let name = created.metadata.name.unwrap_or_default();
+        let started = Instant::now();
+        while !default_service_account_exists(&client, &name).await {
+            if started.elapsed() > STARTUP_TIMEOUT {
+                return Err(self.controller_manager.not_ready(started.elapsed()));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(name)
+    }
+}
+
+async fn default_service_account_exists(client: &Client, namespace: &str) -> bool {
+    let api = Api::<ServiceAccount>::namespaced(client.clone(), namespace);
+    matches!(api.get_opt("default").await, Ok(Some(_)))
+}
+
+/// Polls `ready` until it holds, failing early with the log if `process` exits meanwhile.
+async fn wait_for<F, Fut>(process: &mut Process, mut ready: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        process.ensure_running()?;
+        if ready().await {
+            return Ok(());
+        }
+        if started.elapsed() > STARTUP_TIMEOUT {
+            return Err(process.not_ready(started.elapsed()));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A loopback port nobody listens on right now. Another process could take it before the component
+/// binds it; ports from the kernel's ephemeral range make that unlikely, and the component then
+/// exits with a clear bind error.
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context(|| "finding a free loopback port".into())?;
+    Ok(listener
+        .local_addr()
+        .context(|| "finding a free loopback port".into())?
+        .port())
+}
