@@ -21,3 +21,4 @@ mod process;
 pub use certs::{CertificateAuthority, CertifiedKey};
 pub use control_plane::ControlPlane;
 pub use error::{Error, Result};
+pub use process::Process;

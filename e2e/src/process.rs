@@ -17,7 +17,7 @@ use crate::error::{Error, IoContext, Result};
 /// How long a component gets to exit after SIGTERM before its group is killed.
 const GRACE: Duration = Duration::from_secs(3);
 
-pub(crate) struct Process {
+pub struct Process {
     name: &'static str,
     child: Child,
     log: PathBuf,
@@ -31,13 +31,20 @@ impl Process {
         args: &[String],
         log: PathBuf,
     ) -> Result<Self> {
+        let mut command = Command::new(program);
+        command.args(args);
+        Self::spawn_command(name, command, log)
+    }
+
+    /// Starts a prepared command (arguments, environment) the same way: its output goes to
+    /// `log`, and it cannot outlive the test process.
+    pub fn spawn_command(name: &'static str, mut command: Command, log: PathBuf) -> Result<Self> {
+        let program = PathBuf::from(command.get_program());
         let out = File::create(&log).context(|| format!("creating {}", log.display()))?;
         let err = out
             .try_clone()
             .context(|| format!("duplicating {}", log.display()))?;
-        let mut command = Command::new(program);
         command
-            .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -60,6 +67,18 @@ impl Process {
         let child = spawn_from_long_lived_thread(command)
             .context(|| format!("starting {}", program.display()))?;
         Ok(Self { name, child, log })
+    }
+
+    /// Kills the process group at once, as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        let group = self.child.id() as libc::pid_t;
+        // SAFETY: a plain syscall on the group this process leads.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// Fails with the end of the log if the process has exited: a component that died while the

@@ -1,0 +1,261 @@
+//! The built-in admission webhook: AdmissionReview v1 over HTTPS, answered by the Lumigo policy
+//! module in wasmtime the way Kubewarden's policy-server runs it (compiled once, a fresh instance
+//! per request, an epoch deadline), with the settings of the namespace's `Lumigo` resource from
+//! the watch cache. It never denies: no settings, a failure or a timeout all admit the object
+//! unchanged, the latter two with a warning.
+//!
+//! Wiring: run a reflector of `Lumigo` (all namespaces) and pass its `Store`; then
+//! `admission::serve(options, store, operator_settings, client).await`.
+
+mod certificates;
+mod configuration;
+mod events;
+mod review;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::Store;
+use kube::Client;
+use lumigo_policy_host::{EngineOptions, PolicyEngine};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+pub use configuration::{webhook_configuration, WebhookTarget, MUTATE_PATH, WEBHOOK_NAME};
+
+use crate::crd::Lumigo;
+use crate::settings::OperatorSettings;
+use certificates::CertificateManager;
+use events::EventSink;
+use review::{Evaluator, Reviewer};
+
+/// An AdmissionReview carries the object and, on UPDATE, the old one; objects are at most ~3 MiB.
+const MAX_BODY: usize = 16 << 20;
+/// A client that does not finish its TLS handshake in this time is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("admission certificate: {0}")]
+    Certificate(String),
+    #[error("generating the admission certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("loading the policy module: {0}")]
+    Module(#[from] lumigo_policy_host::Error),
+    #[error("listening on {address}: {source}")]
+    Listen { address: SocketAddr, source: std::io::Error },
+    #[error("the Lumigo resource cache was dropped before its first listing")]
+    CacheNotReady,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub struct AdmissionOptions {
+    pub listen: SocketAddr,
+    /// The policy module (`lumigo-policy.wasm`), the same one Kubewarden runs.
+    pub module: Vec<u8>,
+    pub tls: TlsOptions,
+    /// How long one evaluation may run before the module is interrupted.
+    pub deadline: Duration,
+    /// Evaluations running at once; more wait (up to `deadline`) for a slot.
+    pub max_concurrent_evaluations: usize,
+    /// Who the admission events say recorded them.
+    pub reporter: Reporter,
+}
+
+/// The serving certificate: where it is kept, whom it names, and the configuration that must trust it.
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    pub secret_namespace: String,
+    pub secret_name: String,
+    /// The MutatingWebhookConfiguration whose caBundle is kept current; `None` serves without one
+    /// (a webhook host nothing registers, e.g. in a test).
+    pub webhook_configuration: Option<String>,
+    /// DNS names or IP addresses the certificate is issued for.
+    pub hosts: Vec<String>,
+    pub lifetime: Duration,
+    /// How often the certificate is checked for renewal (renewed with a third of its lifetime left).
+    pub check_interval: Duration,
+    /// After a renewal, how long the new CA is published before the new certificate is served, for
+    /// the apiserver to pick the caBundle up.
+    pub rotation_grace: Duration,
+}
+
+impl TlsOptions {
+    /// For a webhook reached through the Service `service` in `namespace`.
+    pub fn for_service(service: &str, namespace: &str, secret_name: &str, webhook_configuration: &str) -> Self {
+        let hosts = vec![
+            service.to_owned(),
+            format!("{service}.{namespace}"),
+            format!("{service}.{namespace}.svc"),
+            format!("{service}.{namespace}.svc.cluster.local"),
+        ];
+        TlsOptions { hosts, webhook_configuration: Some(webhook_configuration.into()), ..Self::defaults(namespace, secret_name) }
+    }
+
+    /// For a webhook reached at `https://127.0.0.1:PORT`, as tests and the benchmark serve it.
+    pub fn for_loopback(namespace: &str, secret_name: &str, webhook_configuration: Option<&str>) -> Self {
+        TlsOptions {
+            hosts: vec!["127.0.0.1".into()],
+            webhook_configuration: webhook_configuration.map(str::to_owned),
+            ..Self::defaults(namespace, secret_name)
+        }
+    }
+
+    fn defaults(namespace: &str, secret_name: &str) -> Self {
+        TlsOptions {
+            secret_namespace: namespace.into(),
+            secret_name: secret_name.into(),
+            webhook_configuration: None,
+            hosts: Vec::new(),
+            lifetime: Duration::from_secs(365 * 24 * 3600),
+            check_interval: Duration::from_secs(3600),
+            rotation_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The webhook, bound and with its certificate, before it serves.
+pub struct AdmissionServer {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    reviewer: Arc<Reviewer>,
+    certificates: CertificateManager,
+    record_events: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl AdmissionServer {
+    /// Compiles the module, loads or issues the certificate, waits for the `Lumigo` cache's first
+    /// listing (answering before it would skip namespaces that have a resource), and binds.
+    pub async fn bind(
+        options: AdmissionOptions,
+        lumigos: Store<Lumigo>,
+        operator: OperatorSettings,
+        client: Client,
+    ) -> Result<Self> {
+        let engine_options = EngineOptions {
+            tick: (options.deadline / 20).clamp(Duration::from_millis(1), Duration::from_millis(10)),
+            deadline: options.deadline,
+        };
+        let module = options.module;
+        // Compiling takes seconds of CPU: not on a runtime thread.
+        let engine = tokio::task::spawn_blocking(move || PolicyEngine::new(&module, engine_options))
+            .await
+            .expect("compiling the policy module does not panic")?;
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certificates = CertificateManager::start(options.tls, client.clone(), provider.clone()).await?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(certificates.resolver());
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+        lumigos.wait_until_ready().await.map_err(|_| Error::CacheNotReady)?;
+        let (events, record_events) = EventSink::start(client, options.reporter);
+        let reviewer = Reviewer {
+            evaluator: Evaluator::new(engine, options.max_concurrent_evaluations, options.deadline),
+            lumigos,
+            operator,
+            events,
+        };
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| Error::Listen { address: options.listen, source })?;
+        Ok(AdmissionServer {
+            listener,
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            reviewer: Arc::new(reviewer),
+            certificates,
+            record_events: Box::pin(record_events),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until dropped; connections, certificate renewal and event recording stop with it.
+    pub async fn run(self) -> Result<()> {
+        let AdmissionServer { listener, acceptor, reviewer, certificates, record_events } = self;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(certificates.run());
+        tasks.spawn(record_events);
+        tracing::info!(address = ?listener.local_addr().ok(), "admission webhook listening");
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pass, rather than spin.
+                    tracing::warn!(%error, "accepting an admission connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, reviewer) = (acceptor.clone(), reviewer.clone());
+            tasks.spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => return tracing::debug!(%error, %peer, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+                let service = hyper::service::service_fn(move |request| answer(reviewer.clone(), request));
+                if let Err(error) =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await
+                {
+                    tracing::debug!(%error, %peer, "admission connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+/// Binds and serves the webhook; see [`AdmissionServer::bind`].
+pub async fn serve(
+    options: AdmissionOptions,
+    lumigos: Store<Lumigo>,
+    operator: OperatorSettings,
+    client: Client,
+) -> Result<()> {
+    AdmissionServer::bind(options, lumigos, operator, client).await?.run().await
+}
+
+async fn answer(reviewer: Arc<Reviewer>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.method() != Method::POST || request.uri().path() != MUTATE_PATH {
+        return Ok(plain(StatusCode::NOT_FOUND, format!("only POST {MUTATE_PATH} is served")));
+    }
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(error) => return Ok(plain(StatusCode::BAD_REQUEST, format!("cannot read the request body: {error}"))),
+    };
+    Ok(match reviewer.review(&body).await {
+        Ok(response) => {
+            let json = serde_json::to_vec(&response.into_review()).expect("an AdmissionReview serializes");
+            Response::builder()
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(json)))
+                .expect("a static header is valid")
+        }
+        Err(review::Unanswerable(message)) => plain(StatusCode::BAD_REQUEST, message),
+    })
+}
+
+fn plain(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(message)));
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,128 @@
+//! Command line: `run` (the default in the chart), `uninstall` (the pre-delete hook), `crdgen`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lumigo_mutation::config::{DEFAULT_LOGS_ENDPOINT, DEFAULT_TRACES_ENDPOINT};
+
+use crate::settings::OperatorSettings;
+
+#[derive(Parser, Debug)]
+#[command(name = "lumigo-operator", version, about = "Zero-code Lumigo tracing for Kubernetes workloads")]
+pub struct Cli {
+    #[arg(long, env = "LUMIGO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller (and the built-in admission webhook).
+    Run(RunArgs),
+    /// Delete every Lumigo resource and remove the injection from every workload.
+    Uninstall(UninstallArgs),
+    /// Print the Lumigo CustomResourceDefinition as YAML.
+    Crdgen,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InjectionArgs {
+    /// The image of the init container that copies the injector and the tracers.
+    #[arg(long, env = "LUMIGO_INJECTOR_IMAGE", default_value = concat!("ghcr.io/lumigo-rs/autotrace:", env!("CARGO_PKG_VERSION")))]
+    pub injector_image: String,
+    /// Where instrumented workloads send traces (the in-cluster telemetry proxy in the chart).
+    #[arg(long, env = "LUMIGO_TRACES_ENDPOINT", default_value = DEFAULT_TRACES_ENDPOINT)]
+    pub traces_endpoint: String,
+    /// Where instrumented workloads send logs.
+    #[arg(long, env = "LUMIGO_LOGS_ENDPOINT", default_value = DEFAULT_LOGS_ENDPOINT)]
+    pub logs_endpoint: String,
+    /// Written into the `lumigo.auto-trace` label; workloads with another value are re-injected.
+    #[arg(long, env = "LUMIGO_OPERATOR_VERSION", default_value = env!("CARGO_PKG_VERSION"), hide = true)]
+    pub operator_version: String,
+    /// Workload writes in flight at once during a rollout.
+    #[arg(long, env = "LUMIGO_MAX_CONCURRENT_WRITES", default_value_t = 8)]
+    pub max_concurrent_writes: usize,
+}
+
+impl InjectionArgs {
+    pub fn operator_settings(&self) -> OperatorSettings {
+        OperatorSettings {
+            injector_image: self.injector_image.clone(),
+            traces_endpoint: self.traces_endpoint.clone(),
+            logs_endpoint: self.logs_endpoint.clone(),
+            operator_version: self.operator_version.clone(),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub injection: InjectionArgs,
+    /// The operator's own namespace (leader lease, webhook certificate).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "lumigo-system")]
+    pub namespace: String,
+    /// This replica's name in the leader lease.
+    #[arg(long, env = "POD_NAME", default_value = "lumigo-operator-local")]
+    pub identity: String,
+    /// Take part in leader election, so that only one replica acts.
+    #[arg(long, env = "LUMIGO_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    #[arg(long, default_value = "lumigo-operator")]
+    pub lease_name: String,
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "LUMIGO_PROBE_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub probe_address: SocketAddr,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    pub injection: InjectionArgs,
+    /// How long the running operator gets to clean up through its finalizers before this command does it.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub wait_for_operator: Duration,
+}
+
+/// `500ms`, `15s`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 500ms, 15s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" | "" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

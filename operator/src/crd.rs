@@ -1,0 +1,173 @@
+//! The `Lumigo` custom resource, compatible with the original operator's
+//! `operator.lumigo.io/v1alpha1`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const FINALIZER: &str = "operator.lumigo.io/lumigo-finalizer";
+
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "operator.lumigo.io",
+    version = "v1alpha1",
+    kind = "Lumigo",
+    plural = "lumigoes",
+    namespaced,
+    status = "LumigoStatus",
+    printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.conditions[?(@.type==\"Active\")].status"}"#,
+    printcolumn = r#"{"name":"Instrumented","type":"integer","jsonPath":".status.instrumentedCount"}"#,
+    printcolumn = r#"{"name":"Error","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Error\")].message"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LumigoSpec {
+    /// Where the Lumigo token is: a key of a Secret in this namespace.
+    pub lumigo_token: LumigoToken,
+    #[serde(default)]
+    pub tracing: Tracing,
+    #[serde(default)]
+    pub logging: Logging,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LumigoToken {
+    pub secret_ref: SecretRef,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretRef {
+    /// Name of the Secret, in the namespace of this resource.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key of the token in the Secret's data.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tracing {
+    /// Send traces.
+    #[serde(default = "enabled")]
+    #[schemars(default = "enabled")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub injection: Injection,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Tracing { enabled: true, injection: Injection::default() }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Injection {
+    /// Inject workloads of this namespace at all (new ones at admission, existing ones by rollout).
+    #[serde(default = "enabled")]
+    #[schemars(default = "enabled")]
+    pub enabled: bool,
+    /// Inject the workloads that exist when this resource is created.
+    #[serde(default = "enabled")]
+    #[schemars(default = "enabled")]
+    pub inject_lumigo_into_existing_resources_on_creation: bool,
+    /// Remove the injection from every workload when this resource is deleted.
+    #[serde(default = "enabled")]
+    #[schemars(default = "enabled")]
+    pub remove_lumigo_from_resources_on_deletion: bool,
+}
+
+impl Default for Injection {
+    fn default() -> Self {
+        Injection {
+            enabled: true,
+            inject_lumigo_into_existing_resources_on_creation: true,
+            remove_lumigo_from_resources_on_deletion: true,
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct Logging {
+    /// Send logs.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LumigoStatus {
+    /// `Active` and `Error`, each with a reason and a message a person can act on.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The workloads of this namespace whose pod template carries the injection.
+    #[serde(default)]
+    pub instrumented_resources: Vec<InstrumentedResource>,
+    #[serde(default)]
+    pub instrumented_count: i64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstrumentedResource {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+}
+
+/// The CRD as YAML, the form `crdgen` prints and the chart ships.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_norway::to_string(&Lumigo::crd()).expect("the CRD serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_minimal_spec_gets_the_documented_defaults() {
+        let spec: LumigoSpec =
+            serde_json::from_value(json!({"lumigoToken": {"secretRef": {"name": "s", "key": "token"}}})).unwrap();
+        assert!(spec.tracing.enabled);
+        assert!(spec.tracing.injection.enabled);
+        assert!(spec.tracing.injection.inject_lumigo_into_existing_resources_on_creation);
+        assert!(spec.tracing.injection.remove_lumigo_from_resources_on_deletion);
+        assert!(!spec.logging.enabled);
+    }
+
+    /// The checked-in CRD is what the types generate: regenerate with `just operator::crdgen`.
+    #[test]
+    fn the_checked_in_crd_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/lumigo-operator/crds/lumigo.yaml");
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(checked_in == crd_yaml(), "{path} is stale: run `just operator::crdgen`");
+    }
+
+    #[test]
+    fn the_schema_carries_defaults_and_printer_columns() {
+        let crd = serde_json::to_value(<Lumigo as kube::CustomResourceExt>::crd()).unwrap();
+        let version = &crd["spec"]["versions"][0];
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let injection = &spec["properties"]["tracing"]["properties"]["injection"]["properties"];
+        assert_eq!(injection["removeLumigoFromResourcesOnDeletion"]["default"], true);
+        assert_eq!(spec["required"], json!(["lumigoToken"]));
+        let columns: Vec<_> =
+            version["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].clone()).collect();
+        assert_eq!(columns, ["Active", "Instrumented", "Error", "Age"]);
+        assert_eq!(crd["spec"]["names"]["plural"], "lumigoes");
+        assert!(version["subresources"]["status"].is_object());
+    }
+}

@@ -1,0 +1,82 @@
+//! Kubernetes Events on workloads, each naming what changed and what triggered it.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::Client;
+use lumigo_mutation::{Change, Reason};
+
+use crate::crd::InstrumentedResource;
+
+pub const CONTROLLER_NAME: &str = "lumigo-operator";
+
+pub struct Events {
+    recorder: Recorder,
+    /// Warnings already recorded, by object uid and reason: a sweep that finds the same
+    /// problem again must not write again.
+    warned: Mutex<HashSet<(String, String)>>,
+}
+
+impl Events {
+    pub fn new(client: Client, instance: Option<String>) -> Self {
+        let reporter = Reporter { controller: CONTROLLER_NAME.into(), instance };
+        Events { recorder: Recorder::new(client, reporter), warned: Mutex::default() }
+    }
+
+    pub async fn changed(&self, workload: &InstrumentedResource, change: &Change, trigger: &str) {
+        let event = Event {
+            type_: EventType::Normal,
+            reason: change.event_reason().into(),
+            note: Some(format!("{change}; trigger: {trigger}")),
+            action: action_of(change).into(),
+            secondary: None,
+        };
+        self.publish(&event, workload).await;
+    }
+
+    /// A workload that should have been changed and could not be, recorded once per operator run.
+    pub async fn could_not(&self, workload: &InstrumentedResource, adding: bool, reason: &Reason, trigger: &str) {
+        let event_reason = if adding { "LumigoCannotAddInstrumentation" } else { "LumigoCannotRemoveInstrumentation" };
+        let first_time = self
+            .warned
+            .lock()
+            .expect("the warned set is never poisoned: no code panics while holding it")
+            .insert((workload.uid.clone(), format!("{event_reason}:{reason}")));
+        if !first_time {
+            return;
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: event_reason.into(),
+            note: Some(format!("{reason}; trigger: {trigger}")),
+            action: if adding { "Instrument" } else { "RemoveInstrumentation" }.into(),
+            secondary: None,
+        };
+        self.publish(&event, workload).await;
+    }
+
+    async fn publish(&self, event: &Event, workload: &InstrumentedResource) {
+        let reference = ObjectReference {
+            api_version: Some(workload.api_version.clone()),
+            kind: Some(workload.kind.clone()),
+            name: Some(workload.name.clone()),
+            namespace: Some(workload.namespace.clone()),
+            uid: Some(workload.uid.clone()).filter(|uid| !uid.is_empty()),
+            ..Default::default()
+        };
+        // An event is a courtesy: failing to record one must not fail the change it describes.
+        if let Err(error) = self.recorder.publish(event, &reference).await {
+            tracing::warn!(%error, reason = %event.reason, workload = %workload.name, "could not record an event");
+        }
+    }
+}
+
+fn action_of(change: &Change) -> &'static str {
+    match change {
+        Change::Injected => "Instrument",
+        Change::Reinjected { .. } => "UpdateInstrumentation",
+        Change::Removed => "RemoveInstrumentation",
+    }
+}

@@ -1,0 +1,22 @@
+//! The Lumigo operator: the `Lumigo` resource's lifecycle (validation, rollout into existing
+//! workloads, re-injection, removal, uninstall) and the built-in admission webhook. Every change
+//! to a pod template goes through the mutation core, `lumigo_mutation`.
+
+pub mod cli;
+pub mod admission;
+pub mod crd;
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod leader;
+pub mod metrics;
+pub mod reconciler;
+pub mod rollout;
+pub mod run;
+pub mod settings;
+pub mod status;
+pub mod token;
+pub mod uninstall;
+pub mod workloads;
+
+pub use error::{Error, Result};

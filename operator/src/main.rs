@@ -1,0 +1,35 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use lumigo_operator::cli::{Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Crdgen => {
+            print!("{}", lumigo_operator::crd::crd_yaml());
+            Ok(())
+        }
+        Command::Run(args) => lumigo_operator::run::run(args).await,
+        Command::Uninstall(args) => lumigo_operator::run::uninstall(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "lumigo-operator failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,86 @@
+//! Prometheus metrics: reconciles, their errors, and workloads written and instrumented.
+
+use std::sync::atomic::AtomicI64;
+
+use lumigo_mutation::{Change, WorkloadKind};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindChange {
+    kind: String,
+    change: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabel {
+    namespace: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Counter,
+    reconcile_errors: Counter,
+    writes: Family<KindChange, Counter>,
+    write_failures: Family<KindLabel, Counter>,
+    instrumented: Family<NamespaceLabel, Gauge<i64, AtomicI64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("lumigo_operator");
+        let reconciles = Counter::default();
+        let reconcile_errors = Counter::default();
+        let writes = Family::default();
+        let write_failures = Family::default();
+        let instrumented = Family::default();
+        registry.register("reconciles", "Reconciliations of Lumigo resources", reconciles.clone());
+        registry.register("reconcile_errors", "Reconciliations that failed and were retried", reconcile_errors.clone());
+        registry.register("workload_writes", "Workloads written, by kind and change", writes.clone());
+        registry.register("workload_write_failures", "Workload writes that failed", write_failures.clone());
+        registry.register("workloads_instrumented", "Workloads instrumented, by namespace", instrumented.clone());
+        Metrics { registry, reconciles, reconcile_errors, writes, write_failures, instrumented }
+    }
+}
+
+impl Metrics {
+    pub fn reconciled(&self) {
+        self.reconciles.inc();
+    }
+
+    pub fn reconcile_failed(&self) {
+        self.reconcile_errors.inc();
+    }
+
+    pub fn workload_written(&self, kind: WorkloadKind, change: &Change) {
+        let labels = KindChange { kind: kind.name().into(), change: change.event_reason().into() };
+        self.writes.get_or_create(&labels).inc();
+    }
+
+    pub fn write_failed(&self, kind: WorkloadKind) {
+        self.write_failures.get_or_create(&KindLabel { kind: kind.name().into() }).inc();
+    }
+
+    pub fn set_instrumented(&self, namespace: &str, count: usize) {
+        let gauge = self.instrumented.get_or_create(&NamespaceLabel { namespace: namespace.into() });
+        gauge.set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn forget_namespace(&self, namespace: &str) {
+        self.instrumented.remove(&NamespaceLabel { namespace: namespace.into() });
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}

@@ -1,0 +1,240 @@
+//! The `Lumigo` controller: validates the resource and its Secret, rolls the injection into the
+//! namespace's workloads, keeps the status current, and removes the injection on deletion.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{stream, Stream, StreamExt};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{ReplicationController, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{predicates, watcher, Predicate, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::{Lumigo, FINALIZER};
+use crate::error::{Error, Result};
+use crate::events::Events;
+use crate::metrics::Metrics;
+use crate::rollout::{Desired, Sweeper};
+use crate::settings::{injection_config, OperatorSettings};
+use crate::status::{next_status, Health};
+use crate::token::check_secret_data;
+use crate::workloads::WorkloadApi;
+
+/// How soon a resource whose Secret is missing or wrong is looked at again: the operator does
+/// not watch Secrets (that would need list access to every Secret of the cluster).
+const SECRET_RECHECK: Duration = Duration::from_secs(5);
+/// How soon a sweep that could not write every workload is retried.
+const RETRY_FAILED_WRITES: Duration = Duration::from_secs(10);
+/// A read-only safety net: a sweep that finds nothing to do writes nothing.
+const RESYNC: Duration = Duration::from_secs(600);
+
+pub struct Context {
+    pub client: Client,
+    pub operator: OperatorSettings,
+    pub workloads: WorkloadApi,
+    pub events: Events,
+    pub metrics: Arc<Metrics>,
+    pub max_concurrent_writes: usize,
+}
+
+impl Context {
+    pub fn sweeper(&self) -> Sweeper<'_> {
+        Sweeper {
+            api: &self.workloads,
+            events: &self.events,
+            metrics: &self.metrics,
+            max_concurrent_writes: self.max_concurrent_writes,
+        }
+    }
+}
+
+/// The controller and the store of `Lumigo` resources it maintains (the admission webhook reads
+/// its settings from the same store).
+pub fn controller(client: Client) -> (Controller<Lumigo>, Store<Lumigo>) {
+    let controller = Controller::new(Api::<Lumigo>::all(client), watcher::Config::default())
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(300)));
+    let store = controller.store();
+    (controller, store)
+}
+
+/// Runs the controller until the stream ends (on shutdown).
+pub async fn run(ctx: Arc<Context>, controller: Controller<Lumigo>, store: Store<Lumigo>) {
+    controller
+        .reconcile_on(workload_changes(ctx.client.clone(), store))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile request failed");
+            }
+        })
+        .await;
+}
+
+/// A workload created, changed or labelled (e.g. opted out) in a namespace with a `Lumigo`
+/// resource asks for that resource's reconcile. Only metadata is watched, and only generation
+/// and label changes count, so status churn and large specs cost nothing.
+fn workload_changes(client: Client, store: Store<Lumigo>) -> impl Stream<Item = ObjectRef<Lumigo>> + Send {
+    fn namespaces_of<K>(client: &Client) -> impl Stream<Item = String> + Send + 'static
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    {
+        watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+            .predicate_filter(predicates::generation.combine(predicates::labels), Default::default())
+            .filter_map(|object| async move { object.ok().and_then(|o| o.metadata.namespace) })
+    }
+    let namespaces = stream::select_all([
+        namespaces_of::<Deployment>(&client).boxed(),
+        namespaces_of::<DaemonSet>(&client).boxed(),
+        namespaces_of::<StatefulSet>(&client).boxed(),
+        namespaces_of::<ReplicaSet>(&client).boxed(),
+        namespaces_of::<CronJob>(&client).boxed(),
+        namespaces_of::<Job>(&client).boxed(),
+        namespaces_of::<ReplicationController>(&client).boxed(),
+    ]);
+    namespaces.flat_map(move |namespace| {
+        let owners: Vec<ObjectRef<Lumigo>> = store
+            .state()
+            .iter()
+            .filter(|lumigo| lumigo.namespace().as_deref() == Some(namespace.as_str()))
+            .map(|lumigo| ObjectRef::from_obj(lumigo.as_ref()))
+            .collect();
+        stream::iter(owners)
+    })
+}
+
+pub async fn reconcile(lumigo: Arc<Lumigo>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics.reconciled();
+    let namespace = lumigo.namespace().ok_or(Error::NotNamespaced)?;
+    let api: Api<Lumigo> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, lumigo, |event| async {
+        match event {
+            FinalizerEvent::Apply(lumigo) => apply(&lumigo, &ctx, &api).await,
+            FinalizerEvent::Cleanup(lumigo) => cleanup(&lumigo, &ctx, &api).await,
+        }
+    })
+    .await
+    .map_err(|error| Error::Finalizer(Box::new(error)))
+}
+
+pub fn error_policy(lumigo: Arc<Lumigo>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed();
+    tracing::warn!(%error, lumigo = %lumigo.name_any(), namespace = ?lumigo.namespace(), "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Action> {
+    let namespace = lumigo.namespace().ok_or(Error::NotNamespaced)?;
+    if let Some(first) = earlier_resource_in_namespace(lumigo, api).await? {
+        let health = Health::Failing {
+            reason: "DuplicateResource",
+            message: format!("namespace {namespace} is already instrumented by the Lumigo resource {first}; only one is used per namespace, delete this one"),
+        };
+        write_status(lumigo, api, &health, None).await?;
+        return Ok(Action::await_change());
+    }
+    if let Err(message) = check_secret(lumigo, ctx, &namespace).await? {
+        let health = Health::Failing { reason: "InvalidToken", message };
+        write_status(lumigo, api, &health, None).await?;
+        return Ok(Action::requeue(SECRET_RECHECK));
+    }
+    let Some(config) = injection_config(lumigo, &ctx.operator) else {
+        let health = Health::Active {
+            reason: "InjectionDisabled",
+            message: "the token is valid; injection is disabled by spec.tracing.injection.enabled".into(),
+        };
+        write_status(lumigo, api, &health, None).await?;
+        return Ok(Action::await_change());
+    };
+    let desired = Desired::Injected {
+        config: &config,
+        inject_uninjected: lumigo.spec.tracing.injection.inject_lumigo_into_existing_resources_on_creation,
+    };
+    let trigger = format!("Lumigo resource {namespace}/{} (generation {})", lumigo.name_any(), lumigo.metadata.generation.unwrap_or_default());
+    let report = ctx.sweeper().sweep(Some(&namespace), desired, &trigger).await?;
+    ctx.metrics.set_instrumented(&namespace, report.instrumented.len());
+    let count = report.instrumented.len();
+    let health = Health::Active {
+        reason: "Instrumenting",
+        message: format!("{count} workload{} instrumented", if count == 1 { "" } else { "s" }),
+    };
+    write_status(lumigo, api, &health, Some(report.instrumented)).await?;
+    if report.failed > 0 {
+        tracing::info!(namespace, failed = report.failed, "some workloads could not be written; retrying soon");
+        return Ok(Action::requeue(RETRY_FAILED_WRITES));
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn cleanup(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Action> {
+    let namespace = lumigo.namespace().ok_or(Error::NotNamespaced)?;
+    // A duplicate resource never instrumented anything: its deletion must not undo the work
+    // of the one that did.
+    let another_instruments = api
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .any(|other| other.uid() != lumigo.uid() && other.metadata.deletion_timestamp.is_none());
+    if lumigo.spec.tracing.injection.remove_lumigo_from_resources_on_deletion && !another_instruments {
+        let trigger = format!("deletion of Lumigo resource {namespace}/{}", lumigo.name_any());
+        let report = ctx.sweeper().sweep(Some(&namespace), Desired::Removed, &trigger).await?;
+        if report.failed > 0 {
+            return Err(Error::Incomplete(format!("{} workloads of {namespace} still carry the injection", report.failed)));
+        }
+    }
+    ctx.metrics.forget_namespace(&namespace);
+    Ok(Action::await_change())
+}
+
+/// The oldest other `Lumigo` of the namespace, which wins: creation time, then name.
+async fn earlier_resource_in_namespace(lumigo: &Lumigo, api: &Api<Lumigo>) -> Result<Option<String>> {
+    let key = |l: &Lumigo| (l.metadata.creation_timestamp.clone().map(|t| t.0), l.name_any());
+    let mine = key(lumigo);
+    Ok(api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|other| other.uid() != lumigo.uid() && other.metadata.deletion_timestamp.is_none())
+        .filter(|other| key(other) < mine)
+        .map(|other| other.name_any())
+        .min())
+}
+
+/// `Ok(Err(message))` when the Secret cannot provide a token, saying what to fix.
+async fn check_secret(lumigo: &Lumigo, ctx: &Context, namespace: &str) -> Result<Result<(), String>> {
+    let reference = &lumigo.spec.lumigo_token.secret_ref;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    match secrets.get_opt(&reference.name).await? {
+        None => Ok(Err(format!(
+            "the Secret {} does not exist in namespace {namespace}; create it with the Lumigo token under the key {:?}",
+            reference.name, reference.key
+        ))),
+        Some(secret) => Ok(check_secret_data(&reference.name, &reference.key, secret.data.as_ref())),
+    }
+}
+
+async fn write_status(
+    lumigo: &Lumigo,
+    api: &Api<Lumigo>,
+    health: &Health,
+    instrumented: Option<Vec<crate::crd::InstrumentedResource>>,
+) -> Result<()> {
+    let status = next_status(lumigo.status.as_ref(), lumigo.metadata.generation, health, instrumented);
+    if lumigo.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    api.patch_status(&lumigo.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+        .await?;
+    Ok(())
+}

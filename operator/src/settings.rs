@@ -1,0 +1,34 @@
+//! The operator's own configuration, and the injection settings it derives for a namespace
+//! from its `Lumigo` resource (the same JSON the Kubewarden policy takes).
+
+use lumigo_mutation::{InjectionConfig, SecretKeyRef};
+
+use crate::crd::Lumigo;
+
+/// What every namespace's injection shares: set once per operator installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorSettings {
+    pub injector_image: String,
+    pub traces_endpoint: String,
+    pub logs_endpoint: String,
+    /// Written into the `lumigo.auto-trace` label; workloads labelled by another version are
+    /// re-injected.
+    pub operator_version: String,
+}
+
+/// The injection settings of a namespace, or `None` when its resource does not ask for injection.
+pub fn injection_config(lumigo: &Lumigo, operator: &OperatorSettings) -> Option<InjectionConfig> {
+    if !lumigo.spec.tracing.injection.enabled || lumigo.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let secret = &lumigo.spec.lumigo_token.secret_ref;
+    Some(InjectionConfig {
+        injector_image: operator.injector_image.clone(),
+        token_secret: SecretKeyRef { name: secret.name.clone(), key: secret.key.clone() },
+        traces_endpoint: operator.traces_endpoint.clone(),
+        logs_endpoint: operator.logs_endpoint.clone(),
+        enable_traces: lumigo.spec.tracing.enabled,
+        enable_logs: lumigo.spec.logging.enabled,
+        operator_version: operator.operator_version.clone(),
+    })
+}

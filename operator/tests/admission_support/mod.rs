@@ -1,0 +1,230 @@
+//! What the admission tests and the admission benchmark share: the built policy module, the
+//! operator's settings, a `Lumigo` resource, the CRD on the control plane, and an HTTPS client
+//! that speaks AdmissionReview to the webhook.
+
+#![allow(dead_code)] // each test binary uses its own part of it
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::PostParams;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, CustomResourceExt};
+use lumigo_operator::admission::{AdmissionOptions, TlsOptions};
+use lumigo_operator::crd::{Lumigo, LumigoSpec};
+use lumigo_operator::settings::OperatorSettings;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The built policy module; `just operator::test-admission` sets the variable.
+pub fn policy_module() -> Vec<u8> {
+    let path = std::env::var("LUMIGO_POLICY_WASM").unwrap_or_else(|_| {
+        panic!("LUMIGO_POLICY_WASM must name the built policy module: LUMIGO_POLICY_WASM=$(just policy::path) after `just policy::build`")
+    });
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading the policy module {path}: {e}"))
+}
+
+pub fn operator_settings() -> OperatorSettings {
+    OperatorSettings {
+        injector_image: "ghcr.io/lumigo-rs/autotrace:0.1.0".into(),
+        traces_endpoint: "http://lumigo-telemetry.lumigo-system.svc:4318/v1/traces".into(),
+        logs_endpoint: "http://lumigo-telemetry.lumigo-system.svc:4318/v1/logs".into(),
+        operator_version: "0.1.0".into(),
+    }
+}
+
+pub fn reporter() -> Reporter {
+    Reporter { controller: "lumigo-operator".into(), instance: None }
+}
+
+pub fn options(tls: TlsOptions, module: Vec<u8>, deadline: Duration) -> AdmissionOptions {
+    AdmissionOptions {
+        listen: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+        module,
+        tls,
+        deadline,
+        max_concurrent_evaluations: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        reporter: reporter(),
+    }
+}
+
+pub fn lumigo(name: &str, injection_enabled: bool) -> Lumigo {
+    let spec: LumigoSpec = serde_json::from_value(json!({
+        "lumigoToken": {"secretRef": {"name": "lumigo-credentials", "key": "token"}},
+        "tracing": {"injection": {"enabled": injection_enabled}}
+    }))
+    .expect("a valid Lumigo spec");
+    Lumigo::new(name, spec)
+}
+
+/// The Lumigo CRD, served and established.
+pub async fn apply_crd(client: &Client) -> Result<()> {
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    match crds.create(&PostParams::default(), &Lumigo::crd()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(error).context("creating the Lumigo CRD"),
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let crd = crds.get(&Lumigo::crd_name()).await?;
+        let established = crd.status.iter().flat_map(|s| s.conditions.iter().flatten()).any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            return Ok(());
+        }
+        if started.elapsed() > WAIT {
+            bail!("the Lumigo CRD was not established within {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A `Lumigo` cache fed by a watch on the control plane, as the operator runs it; the watch runs on
+/// the caller's runtime.
+pub fn watched_lumigos(client: Client) -> Store<Lumigo> {
+    use futures::StreamExt;
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(Api::<Lumigo>::all(client), watcher::Config::default()));
+    tokio::spawn(stream.for_each(|_| async {}));
+    store
+}
+
+/// A cache holding `lumigos`, for a webhook host that no apiserver calls.
+pub fn fixed_lumigos(lumigos: Vec<Lumigo>) -> Store<Lumigo> {
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for lumigo in lumigos {
+        writer.apply_watcher_event(&watcher::Event::InitApply(lumigo));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
+}
+
+/// The CA the webhook's serving certificate is issued by, from the Secret the operator keeps.
+pub async fn serving_ca(client: &Client, namespace: &str, secret: &str) -> Result<String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get(secret).await?;
+    let ca = secret.data.and_then(|d| d.get("ca.crt").cloned()).context("the Secret has no ca.crt")?;
+    Ok(String::from_utf8(ca.0)?)
+}
+
+/// One kept-alive HTTPS connection to the webhook, trusting only `ca_pem`.
+pub struct ReviewClient {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl ReviewClient {
+    pub async fn connect(address: SocketAddr, ca_pem: &str) -> Result<Self> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(address).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::IpAddress(address.ip().into());
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        tokio::spawn(connection);
+        Ok(ReviewClient { sender })
+    }
+
+    /// Posts `body` to /mutate: the HTTP status and the body, as JSON when it is JSON.
+    pub async fn post(&mut self, body: Bytes) -> Result<(u16, Value)> {
+        let request = hyper::Request::post("/mutate")
+            .header("host", "127.0.0.1")
+            .header("content-type", "application/json")
+            .body(Full::new(body))?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Ok((status, body))
+    }
+
+    /// Posts a review and returns its `response`, failing unless it is a 200 AdmissionReview.
+    pub async fn review(&mut self, review: &Value) -> Result<Value> {
+        let (status, body) = self.post(Bytes::from(serde_json::to_vec(review)?)).await?;
+        if status != 200 {
+            bail!("the webhook answered {status}: {body}");
+        }
+        Ok(body["response"].clone())
+    }
+}
+
+/// An AdmissionReview v1 request as the apiserver sends it, for a workload of `kind`.
+pub fn admission_review(uid: &str, namespace: &str, operation: &str, object: Value) -> Value {
+    let api_version = object["apiVersion"].as_str().unwrap_or("v1");
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let resource = format!("{}s", kind.to_lowercase());
+    let name = object.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": group, "version": version, "kind": kind},
+            "resource": {"group": group, "version": version, "resource": resource},
+            "requestKind": {"group": group, "version": version, "kind": kind},
+            "requestResource": {"group": group, "version": version, "resource": resource},
+            "name": name,
+            "namespace": namespace,
+            "operation": operation,
+            "userInfo": {"username": "admin", "groups": ["system:masters"]},
+            "object": object,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    })
+}
+
+/// A typical Deployment, as a user applies it.
+pub fn deployment(name: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{
+                    "name": "app",
+                    "image": "registry.invalid/app:1",
+                    "ports": [{"containerPort": 8080}],
+                    "env": [{"name": "MODE", "value": "production"}],
+                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}
+                }]}
+            }
+        }
+    })
+}
+
+/// The object after applying the response's JSON Patch to `object`.
+pub fn patched(object: &Value, response: &Value) -> Result<Value> {
+    use base64::Engine;
+    let mut object = object.clone();
+    if let Some(patch) = response["patch"].as_str() {
+        let patch: json_patch::Patch =
+            serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(patch)?)?;
+        json_patch::patch(&mut object, &patch)?;
+    }
+    Ok(object)
+}

@@ -1,0 +1,172 @@
+//! Shared by the operator's end-to-end tests: the CRD, the operator binary as a real process
+//! against the real control plane, workload manifests, and polling.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::future::Future;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Client, CustomResourceExt};
+use lumigo_e2e::{ControlPlane, Process};
+use lumigo_mutation::WorkloadKind;
+use lumigo_operator::crd::Lumigo;
+use lumigo_operator::workloads::WorkloadApi;
+use serde_json::{json, Value};
+
+pub const TOKEN: &str = "t_0123456789abcdef01234";
+
+pub async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("lumigo-operator-tests").force();
+    crds.patch("lumigoes.operator.lumigo.io", &params, &Patch::Apply(Lumigo::crd())).await.unwrap();
+    eventually("the Lumigo CRD to be established", Duration::from_secs(30), || async {
+        let crd = crds.get("lumigoes.operator.lumigo.io").await.ok()?;
+        let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(())
+    })
+    .await;
+}
+
+/// The operator binary, started against the control plane as a real process.
+pub fn start_operator(cp: &ControlPlane, version: &str, extra_env: &[(&str, &str)]) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lumigo-operator"));
+    command
+        .args(["run", "--leader-election=false", "--probe-address=127.0.0.1:0"])
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env("LUMIGO_OPERATOR_VERSION", version)
+        .env("LUMIGO_INJECTOR_IMAGE", "ghcr.io/lumigo-rs/autotrace:0.1.0")
+        .env("RUST_LOG", "info,lumigo_operator=debug,kube=warn");
+    for (key, value) in extra_env {
+        command.env(key, value);
+    }
+    let log = cp.dir().join(format!("operator-{version}-{}.log", std::process::id()));
+    Process::spawn_command("lumigo-operator", command, log).unwrap()
+}
+
+pub async fn create_secret(client: &Client, namespace: &str, name: &str, data: &[(&str, &str)]) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let string_data: serde_json::Map<String, Value> =
+        data.iter().map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned()))).collect();
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": name}, "stringData": string_data})).unwrap();
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+}
+
+pub async fn create_lumigo(client: &Client, namespace: &str, name: &str, spec: Value) -> Lumigo {
+    let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), namespace);
+    let lumigo: Lumigo = serde_json::from_value(json!({
+        "apiVersion": "operator.lumigo.io/v1alpha1", "kind": "Lumigo",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap();
+    lumigos.create(&PostParams::default(), &lumigo).await.unwrap()
+}
+
+pub fn default_spec(secret: &str) -> Value {
+    json!({"lumigoToken": {"secretRef": {"name": secret, "key": "token"}}})
+}
+
+/// A manifest of `kind` named `name` with one container running `image`; `replicas` 0 keeps
+/// the controller-manager from creating Pods where a test does not need them.
+pub fn manifest(kind: WorkloadKind, name: &str, replicas: u32) -> Value {
+    let template = json!({
+        "metadata": {"labels": {"app": name}},
+        "spec": {
+            "containers": [{"name": "app", "image": "registry.example.com/shop/app:1.0",
+                            "env": [{"name": "LD_PRELOAD", "value": "/usr/lib/libjemalloc.so"}]}],
+            "restartPolicy": if matches!(kind, WorkloadKind::Job | WorkloadKind::CronJob) { "Never" } else { "Always" }
+        }
+    });
+    let metadata = json!({"name": name, "labels": {"app": name}});
+    let api_version = lumigo_operator::workloads::api_version(kind);
+    let spec = match kind {
+        WorkloadKind::Deployment | WorkloadKind::StatefulSet | WorkloadKind::ReplicaSet => json!({
+            "replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": template
+        }),
+        WorkloadKind::DaemonSet => json!({"selector": {"matchLabels": {"app": name}}, "template": template}),
+        WorkloadKind::ReplicationController => json!({"replicas": replicas, "selector": {"app": name}, "template": template}),
+        WorkloadKind::Job => json!({"template": template, "backoffLimit": 0}),
+        WorkloadKind::CronJob => json!({"schedule": "0 0 1 1 *", "jobTemplate": {"spec": {"template": template}}}),
+        WorkloadKind::Pod => unreachable!("the rollout does not create bare pods"),
+    };
+    let mut object = json!({"apiVersion": api_version, "kind": kind.name(), "metadata": metadata, "spec": spec});
+    if kind == WorkloadKind::StatefulSet {
+        object["spec"]["serviceName"] = json!(name);
+    }
+    object
+}
+
+pub async fn create(client: &Client, namespace: &str, kind: WorkloadKind, object: Value) {
+    let plural = lumigo_operator::workloads::plural(kind);
+    let (group, version) = match lumigo_operator::workloads::api_version(kind).split_once('/') {
+        Some((group, version)) => (group, version),
+        None => ("", "v1"),
+    };
+    let resource = kube::api::ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: lumigo_operator::workloads::api_version(kind).into(),
+        kind: kind.name().into(),
+        plural: plural.into(),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let object: DynamicObject = serde_json::from_value(object).unwrap();
+    api.create(&PostParams::default(), &object).await.unwrap();
+}
+
+pub async fn get(client: &Client, namespace: &str, kind: WorkloadKind, name: &str) -> Value {
+    WorkloadApi::new(client.clone()).get(kind, namespace, name).await.unwrap()
+}
+
+/// The spec as the API server serializes it: what "byte for byte" compares.
+pub async fn spec_bytes(client: &Client, namespace: &str, kind: WorkloadKind, name: &str) -> String {
+    serde_json::to_string(&get(client, namespace, kind, name).await["spec"]).unwrap()
+}
+
+pub fn injected_label(object: &Value, kind: WorkloadKind) -> Option<String> {
+    let template = object.pointer(kind.template_pointer())?;
+    template.pointer("/metadata/labels/lumigo.auto-trace")?.as_str().map(str::to_owned)
+}
+
+/// Reasons of the events recorded on the object named `name` in `namespace`.
+pub async fn event_reasons(client: &Client, namespace: &str, name: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), namespace);
+    let params = kube::api::ListParams::default().fields(&format!("regarding.name={name}"));
+    events
+        .list(&params)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|event| event.reason)
+        .collect()
+}
+
+/// Polls `check` until it yields a value; panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn lumigo_status(client: &Client, namespace: &str, name: &str) -> Option<Value> {
+    let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), namespace);
+    let lumigo = lumigos.get_opt(name).await.unwrap()?;
+    lumigo.status.map(|status| serde_json::to_value(status).unwrap())
+}
+
+pub fn condition<'a>(status: &'a Value, kind: &str) -> Option<&'a Value> {
+    status["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+}
