@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use crate::outcome::Reason;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum WorkloadKind {
     Pod,
     Deployment,

@@ -1,0 +1,519 @@
+#!/usr/bin/env python3
+"""The injector's acceptance tests, against the built .so files and real programs.
+
+    harness.py [golden] [matrix] [e2e]      (all three when none is named)
+
+golden  the shipped objects import and export no dynamic symbol, need no library, link no
+        panic machinery, fit the size budget;
+matrix  small C programs built for {x86_64, aarch64 (qemu-user)} x {glibc, musl}, built like
+        the runtimes the injector serves (exporting their C API, linking their library) or not,
+        print what they see through getenv and environ; plus static, libc-free, `sh`, 64 KB
+        values, kill switch, missing payload, child processes;
+e2e     real node, python3 (and java when the agent was downloaded) with the real payload tree
+        send spans to an OTLP/HTTP receiver run here; without LD_PRELOAD they send none.
+
+Prints one PASS/FAIL line per check and ends with 'N passed, N failed'; exits 1 on any failure.
+"""
+
+import gzip
+import http.server
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+INJECTOR = HERE.parent
+CACHE = Path(os.environ["LUMIGO_CACHE"]) / "injector"
+DIST = CACHE / "dist"
+HOST = platform.machine()
+SIZE_BUDGET = 32 * 1024
+
+results = []
+
+
+def check(name, ok, detail=""):
+    results.append(ok)
+    print(f"{'PASS' if ok else 'FAIL'} {name}" + ("" if ok or not detail else f"\n     {detail}"), flush=True)
+    return ok
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=kw.pop("timeout", 120), **kw)
+
+
+# ---------------------------------------------------------------------------------- golden
+
+def golden():
+    for arch, machine in (("x86_64", "X86-64"), ("aarch64", "AArch64")):
+        so = DIST / arch / "lumigo_injector.so"
+        unstripped = DIST / arch / "lumigo_injector.unstripped.so"
+        header = run(["readelf", "-h", "-W", str(so)]).stdout
+        check(f"golden {arch}: built for {machine}", f"Machine:" in header and machine in header, header)
+        dynsyms = run(["readelf", "--dyn-syms", "-W", str(so)]).stdout
+        # readelf lists the mandatory null entry as symbol 0; anything numbered 1+ is a symbol.
+        symbols = [l for l in dynsyms.splitlines() if l.strip()[:2].rstrip(":").isdigit() and not l.strip().startswith("0:")]
+        check(f"golden {arch}: no imported or exported dynamic symbol", not symbols, "\n".join(symbols))
+        dynamic = run(["readelf", "-d", "-W", str(so)]).stdout
+        bad_tags = [t for t in ("(NEEDED)", "(TEXTREL)", "(VERNEED)", "(VERDEF)") if t in dynamic]
+        check(f"golden {arch}: no DT_NEEDED, text relocation or symbol versions", not bad_tags, str(bad_tags))
+        check(f"golden {arch}: runs from .init_array", "(INIT_ARRAY)" in dynamic, dynamic)
+        relocs = run(["readelf", "-r", "-W", str(so)]).stdout
+        kinds = {l.split()[2] for l in relocs.splitlines() if l[:1] in "0123456789abcdef" and len(l.split()) > 2}
+        check(f"golden {arch}: only relative relocations", kinds <= {"R_X86_64_RELATIVE", "R_AARCH64_RELATIVE"}, str(kinds))
+        segments = run(["readelf", "-l", "-W", str(so)]).stdout
+        stack = [l for l in segments.splitlines() if "GNU_STACK" in l]
+        check(f"golden {arch}: non-executable stack", len(stack) == 1 and " RWE " not in stack[0], str(stack))
+        static_symbols = run(["nm", "-a", str(unstripped)]).stdout
+        panicky = [l for l in static_symbols.splitlines() if any(w in l.lower() for w in ("panic", "unwind", "fmt"))]
+        check(f"golden {arch}: no panic, unwinding or formatting machinery",
+              bool(static_symbols.strip()) and not panicky, "\n".join(panicky[:10]) or "no symbols to inspect")
+        size = so.stat().st_size
+        check(f"golden {arch}: {size} bytes <= {SIZE_BUDGET}", size <= SIZE_BUDGET)
+
+
+# ---------------------------------------------------------------------------------- matrix
+
+ARCHES = {
+    "x86_64": {
+        "run": [],
+        "cc": {"glibc": ["gcc"], "musl": ["musl-gcc"]},
+        "interp": "/lib64/ld-linux-x86-64.so.2",
+    },
+    "aarch64": {
+        "run": ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
+        "cc": {"glibc": ["aarch64-linux-gnu-gcc"],
+               "musl": ["aarch64-linux-gnu-gcc", "-specs", "/usr/lib/aarch64-linux-musl/musl-gcc.specs"]},
+        "interp": "/lib/ld-linux-aarch64.so.1",
+    },
+}
+VARS = ("NODE_OPTIONS", "PYTHONPATH", "JAVA_TOOL_OPTIONS")
+UNSET = "<unset>"
+
+
+def payload_tree(root, arch, with_targets):
+    """A payload tree whose targets are empty files: enough for the injector's checks."""
+    (root / "injector").mkdir(parents=True)
+    shutil.copy(DIST / arch / "lumigo_injector.so", root / "injector")
+    if with_targets:
+        for f in ("nodejs/register.js", "python/bootstrap/sitecustomize.py", "java/javaagent.jar"):
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            (root / f).write_text("")
+    return root
+
+
+def launch(arch, exe, args, env, preload):
+    """Runs `exe` for `arch` with exactly `env` (plus PATH), LD_PRELOAD'ing `preload`."""
+    spec = ARCHES[arch]
+    full_env = {"PATH": "/usr/bin:/bin", **env}
+    if spec["run"]:
+        # The preload must reach the guest, not qemu itself (a host process).
+        cmd = spec["run"] + (["-E", f"LD_PRELOAD={preload}"] if preload else []) + [str(exe)] + args
+    else:
+        cmd = [str(exe)] + args
+        if preload:
+            full_env["LD_PRELOAD"] = str(preload)
+    return run(cmd, env=full_env)
+
+
+def seen(output):
+    """{(how, NAME): value} from showenv's lines."""
+    out = {}
+    for line in output.splitlines():
+        how, _, rest = line.partition(" ")
+        name, _, value = rest.partition("=")
+        out[(how, name)] = value
+    return out
+
+
+def check_env(name, proc, expected):
+    if proc.returncode != 0:
+        return check(name, False, f"exit {proc.returncode}: {proc.stderr[-500:]}")
+    got = seen(proc.stdout)
+    wrong = []
+    for var in VARS:
+        want = expected.get(var, UNSET)
+        for how in ("getenv", "environ"):
+            have = got.get((how, var))
+            if have != want:
+                wrong.append(f"{how} {var}: want {want[:120]!r} have {str(have)[:120]!r}")
+    return check(name, not wrong, "; ".join(wrong) + (f" stderr: {proc.stderr[-300:]}" if proc.stderr else ""))
+
+
+def build_programs(cc, out):
+    """showenv built as each kind of process the injector must tell apart. Returns the first
+    failed build, or the last one."""
+    src = str(HERE / "c/showenv.c")
+    (out / "named").mkdir()
+    steps = [
+        ["-o", out / "showenv", src],
+        ["-o", out / "named/node", src],
+        # What Node.js and a statically built CPython export for native extensions.
+        ["-o", out / "node", src, "-DEXPORT=node_module_register", "-rdynamic"],
+        ["-o", out / "python3.11", src, "-DEXPORT=Py_BytesMain", "-rdynamic"],
+    ]
+    # Stand-ins for the libraries: what counts is the name a program's DT_NEEDED records.
+    for lib in ("libjli.so", "libpython3.99.so", "libjvm.so"):
+        steps.append(["-shared", "-fPIC", f"-Wl,-soname,{lib}", "-o", out / lib, "-x", "c", "/dev/null"])
+    for name, lib in (("java", "libjli.so"), ("javac", "libjli.so"), ("embeds-libpython", "libpython3.99.so"),
+                      ("embeds-libjvm", "libjvm.so")):
+        steps.append(["-o", out / name, src, "-Wl,--no-as-needed", out / lib, "-Wl,-rpath,$ORIGIN"])
+    for step in steps:
+        built = run(cc + ["-O2"] + [str(a) for a in step])
+        if built.returncode != 0:
+            break
+    return built
+
+
+def matrix(tmp):
+    big = "--max-old-space-size=64 " + "x" * (64 * 1024)
+    for arch, spec in ARCHES.items():
+        root = payload_tree(tmp / arch / "lumigo", arch, True)
+        bare = payload_tree(tmp / arch / "bare", arch, False)
+        so, bare_so = root / "injector/lumigo_injector.so", bare / "injector/lumigo_injector.so"
+        N = f"--require {root}/nodejs/register.js"
+        P = f"{root}/python/bootstrap"
+        J = f"-javaagent:{root}/java/javaagent.jar"
+        for libc, cc in spec["cc"].items():
+            tag = f"{arch}/{libc}"
+            bin_dir = tmp / arch / libc
+            bin_dir.mkdir(parents=True)
+            built = build_programs(cc, bin_dir)
+            if not check(f"{tag}: build test programs", built.returncode == 0, built.stderr):
+                continue
+            show = lambda name, env, so_=so: launch(arch, bin_dir / name, list(VARS), env, so_)
+            # Classification reads the binary, not its name.
+            check_env(f"{tag}: a plain program named node is not served",
+                      show("named/node", {"NODE_OPTIONS": "--inspect"}), {"NODE_OPTIONS": "--inspect"})
+            check_env(f"{tag}: javac (links libjli, not started as java) is not served", show("javac", {}), {})
+            check_env(f"{tag}: node gets --require first", show("node", {}), {"NODE_OPTIONS": N})
+            check_env(f"{tag}: node keeps the user's NODE_OPTIONS",
+                      show("node", {"NODE_OPTIONS": "--max-old-space-size=64"}),
+                      {"NODE_OPTIONS": f"{N} --max-old-space-size=64"})
+            check_env(f"{tag}: python gets the bootstrap first on PYTHONPATH",
+                      show("python3.11", {"PYTHONPATH": "/app"}), {"PYTHONPATH": f"{P}:/app"})
+            check_env(f"{tag}: java gets -javaagent appended",
+                      show("java", {"JAVA_TOOL_OPTIONS": "-Xmx64m"}), {"JAVA_TOOL_OPTIONS": f"-Xmx64m {J}"})
+            user = {"NODE_OPTIONS": "--inspect", "PYTHONPATH": "/app", "JAVA_TOOL_OPTIONS": "-Xss1m"}
+            check_env(f"{tag}: a non-served program sees its environment unchanged", show("showenv", user), user)
+            check_env(f"{tag}: an inherited value is not added twice",
+                      show("node", {"NODE_OPTIONS": f"--inspect {N}"}), {"NODE_OPTIONS": f"--inspect {N}"})
+            check_env(f"{tag}: kill switch LUMIGO_INJECTOR_DISABLED=true",
+                      show("node", {"LUMIGO_INJECTOR_DISABLED": "true"}), {})
+            check_env(f"{tag}: LUMIGO_INJECTOR_DISABLED=false leaves it on",
+                      show("python3.11", {"LUMIGO_INJECTOR_DISABLED": "false"}), {"PYTHONPATH": P})
+            check_env(f"{tag}: nothing added when the payload file is missing",
+                      show("node", {"NODE_OPTIONS": "--inspect"}, bare_so), {"NODE_OPTIONS": "--inspect"})
+            check_env(f"{tag}: 64 KB user NODE_OPTIONS is kept whole",
+                      show("node", {"NODE_OPTIONS": big}), {"NODE_OPTIONS": f"{N} {big}"})
+            if not spec["run"]:
+                # Without binfmt_misc the kernel cannot exec a foreign binary, so the real
+                # parent-to-child inheritance is exercised natively only.
+                child = launch(arch, bin_dir / "node", ["--exec-self", *VARS], {"NODE_OPTIONS": "--inspect"}, so)
+                check_env(f"{tag}: the child of an injected process does not get it twice", child,
+                          {"NODE_OPTIONS": f"{N} --inspect"})
+            static = bin_dir / "static-node"
+            build = run(cc + ["-O2", "-static", "-rdynamic", "-DEXPORT=node_module_register", "-o", str(static),
+                              str(HERE / "c/showenv.c")])
+            if check(f"{tag}: build static program", build.returncode == 0, build.stderr):
+                # The kernel loads no dynamic loader for it, so LD_PRELOAD cannot apply.
+                check_env(f"{tag}: a static binary runs untouched",
+                          launch(arch, static, list(VARS), {"NODE_OPTIONS": "--inspect"}, so),
+                          {"NODE_OPTIONS": "--inspect"})
+            check_env(f"{tag}: a program linking libpython is served", show("embeds-libpython", {}), {"PYTHONPATH": P})
+            check_env(f"{tag}: a program linking libjvm is served",
+                      show("embeds-libjvm", {}), {"JAVA_TOOL_OPTIONS": J})
+        nolibc = tmp / arch / "nolibc"
+        build = run(spec["cc"]["glibc"] + ["-O2", "-nostdlib", "-fPIE", "-pie", "-rdynamic",
+                                           f"-Wl,--dynamic-linker={spec['interp']}",
+                                           "-o", str(nolibc), str(HERE / "c/nolibc.c")])
+        if check(f"{arch}: build libc-free dynamic program", build.returncode == 0, build.stderr):
+            # It exports Node.js's addon API, so the injector gets past classification and
+            # must then find no libc.
+            proc = launch(arch, nolibc, [], {}, so)
+            check(f"{arch}: a libc-free dynamically linked program classified as node runs",
+                  proc.returncode == 0 and proc.stdout == "nolibc ran\n" and not proc.stderr,
+                  f"exit {proc.returncode} out {proc.stdout!r} err {proc.stderr!r}")
+    so = tmp / HOST / "lumigo/injector/lumigo_injector.so"
+    proc = run(["sh", "-c", 'printf "%s|%s" "$NODE_OPTIONS" "${PYTHONPATH-unset}"'],
+               env={"PATH": "/usr/bin:/bin", "LD_PRELOAD": str(so), "NODE_OPTIONS": "--inspect"})
+    check("sh runs and sees its environment unchanged",
+          proc.returncode == 0 and proc.stdout == "--inspect|unset" and not proc.stderr, f"{proc.stdout!r} {proc.stderr!r}")
+
+
+# ------------------------------------------------------------------------------------- e2e
+
+def pb_fields(buf):
+    """(field number, wire type, value) of one protobuf message; enough for OTLP."""
+    i = 0
+
+    def varint():
+        nonlocal i
+        shift = value = 0
+        while True:
+            b = buf[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return value
+
+    while i < len(buf):
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            yield field, wire, varint()
+        elif wire == 1:
+            yield field, wire, buf[i:i + 8]
+            i += 8
+        elif wire == 2:
+            n = varint()
+            yield field, wire, buf[i:i + n]
+            i += n
+        elif wire == 5:
+            yield field, wire, buf[i:i + 4]
+            i += 4
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+def pb_attributes(fields, number):
+    """KeyValue attributes (string values only) under field `number`."""
+    attrs = {}
+    for f, _, kv in fields:
+        if f != number:
+            continue
+        kvf = list(pb_fields(kv))
+        key = next((v.decode() for n, _, v in kvf if n == 1), "")
+        for n, _, any_value in kvf:
+            if n == 2:
+                for an, _, av in pb_fields(any_value):
+                    if an == 1:
+                        attrs[key] = av.decode()
+    return attrs
+
+
+def decode_otlp(content_type, body):
+    """[(service.name, span name, span string attributes)] from an OTLP/HTTP trace export."""
+    spans = []
+    if "json" in content_type:
+        for rs in json.loads(body).get("resourceSpans", []):
+            res = {a["key"]: a["value"].get("stringValue") for a in rs.get("resource", {}).get("attributes", [])}
+            for ss in rs.get("scopeSpans", []):
+                for s in ss.get("spans", []):
+                    attrs = {a["key"]: a["value"].get("stringValue") for a in s.get("attributes", [])}
+                    spans.append((res.get("service.name"), s.get("name"), attrs))
+        return spans
+    for f, _, rs in pb_fields(body):
+        if f != 1:
+            continue
+        rsf = list(pb_fields(rs))
+        res = {}
+        for n, _, resource in rsf:
+            if n == 1:
+                res = pb_attributes(list(pb_fields(resource)), 1)
+        for n, _, ss in rsf:
+            if n != 2:
+                continue
+            for sn, _, span in pb_fields(ss):
+                if sn == 2:
+                    sf = list(pb_fields(span))
+                    name = next((v.decode() for k, _, v in sf if k == 5), None)
+                    spans.append((res.get("service.name"), name, pb_attributes(sf, 9)))
+    return spans
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """An OTLP/HTTP receiver that keeps every trace export, and the app's HTTP target."""
+
+    def __init__(self):
+        self.exports = []
+        self.hits = 0
+        super().__init__(("127.0.0.1", 0), self.Handler)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.server.hits += 1
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def do_POST(self):
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                body = b""
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()
+            else:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            if self.path.endswith("/v1/traces"):
+                self.server.exports.append((self.headers.get("Content-Type", ""), body))
+            json_reply = "json" in self.headers.get("Content-Type", "")
+            reply = b"{}" if json_reply else b""
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json" if json_reply else "application/x-protobuf")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+    def spans(self, service):
+        return [s for ct, body in list(self.exports) for s in decode_otlp(ct, body) if s[0] == service]
+
+
+NODE_APP = """
+const http = require('http');
+// The distro initialises asynchronously (resource detection): like a service that calls out
+// once it is up, the app makes its call a moment after start.
+setTimeout(() => {
+  http.get(process.env.TARGET_URL, (res) => {
+    res.resume();
+    res.on('end', () => console.log('app status', res.statusCode));
+  });
+}, 1000);
+// The distro exports in batches on a timer and does not flush when the event loop drains.
+setTimeout(() => {}, 3000);
+"""
+
+PYTHON_APP = """
+import os, requests
+print("app status", requests.get(os.environ["TARGET_URL"]).status_code)
+"""
+
+JAVA_APP = """
+public class App {
+    public static void main(String[] args) throws Exception {
+        var client = java.net.http.HttpClient.newHttpClient();
+        var request = java.net.http.HttpRequest.newBuilder(java.net.URI.create(System.getenv("TARGET_URL"))).build();
+        var response = client.send(request, java.net.http.HttpResponse.BodyHandlers.ofString());
+        System.out.println("app status " + response.statusCode());
+    }
+}
+"""
+
+
+def python_app_deps():
+    """`requests` for the Python app, as the application's own dependency on its PYTHONPATH."""
+    deps = CACHE / "e2e-python-deps"
+    if not deps.is_dir():
+        tmp = Path(tempfile.mkdtemp(dir=CACHE))
+        pip = run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                   "--root-user-action=ignore", "--target", str(tmp), "requests==2.32.3"], timeout=300)
+        if pip.returncode != 0:
+            raise RuntimeError(pip.stderr)
+        tmp.rename(deps)
+    return deps
+
+
+def e2e(tmp):
+    tree = tmp / "opt-lumigo"
+    made = run([str(INJECTOR / "scripts/payload.sh"), str(tree)], timeout=900)
+    if not check("e2e: payload tree assembled by the recipe", made.returncode == 0, made.stderr[-2000:]):
+        return
+    print("     " + made.stdout.strip())
+    so = tree / "injector/lumigo_injector.so"
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    port = receiver.server_address[1]
+    apps = tmp / "apps"
+    apps.mkdir()
+    (apps / "app.js").write_text(NODE_APP)
+    (apps / "app.py").write_text(PYTHON_APP)
+    (apps / "App.java").write_text(JAVA_APP)
+    # The application's own sitecustomize, which the bootstrap's must run after its own work.
+    (apps / "site").mkdir()
+    (apps / "site/sitecustomize.py").write_text('print("app sitecustomize ran")\n')
+    base = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        # The Node.js distro ignores calls to its endpoint's host, so the app calls the same
+        # server under another name.
+        "TARGET_URL": f"http://localhost:{port}/hello",
+        "LUMIGO_TRACER_TOKEN": "t_0123456789abcdef01234",
+        "LUMIGO_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces",
+        "LUMIGO_REPORT_DEPENDENCIES": "false",
+        # The OpenTelemetry Java agent is configured the standard way.
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
+    # Each interpreter on this machine, as the shell would find it, sees the composed variable.
+    pythons = sorted({sys.executable, *(p for p in ("/usr/bin/python3",) if os.path.exists(p))})
+    for cmd, var in [(["node", "-p", "process.env.NODE_OPTIONS"], "NODE_OPTIONS"),
+                     *[([p, "-c", "import os; print(os.environ['PYTHONPATH'])"], "PYTHONPATH") for p in pythons]]:
+        proc = run(cmd, env={"PATH": os.environ["PATH"], "LD_PRELOAD": str(so), "LUMIGO_SWITCH_OFF": "true"})
+        want = f"--require {tree}/nodejs/register.js" if var == "NODE_OPTIONS" else f"{tree}/python/bootstrap"
+        # The last line: the switched-off distro may say so first.
+        check(f"e2e {cmd[0]}: sees {var}={want}", proc.stdout.strip().splitlines()[-1:] == [want], f"{proc.stdout!r} {proc.stderr[-500:]}")
+    runtimes = [
+        ("node", [shutil.which("node") or "node", str(apps / "app.js")], {}),
+        ("python", [sys.executable, str(apps / "app.py")], {"PYTHONPATH": f"{python_app_deps()}:{apps / 'site'}"}),
+    ]
+    if (tree / "java/javaagent.jar").is_file() and shutil.which("java"):
+        # Compiled ahead: in source-file mode the agent sees a JDK tool and stays off.
+        javac = run(["javac", "-d", str(apps), str(apps / "App.java")])
+        if check("e2e java: test app compiled", javac.returncode == 0, javac.stderr):
+            runtimes.append(("java", ["java", "-cp", str(apps), "App"], {}))
+    else:
+        print("     java: agent or JVM unavailable, Java end to end not run")
+    for name, cmd, extra in runtimes:
+        for preload in (True, False):
+            service = f"e2e-{name}-{'injected' if preload else 'plain'}"
+            env = {**base, **extra, "OTEL_SERVICE_NAME": service}
+            if preload:
+                env["LD_PRELOAD"] = str(so)
+            hits = receiver.hits
+            proc = run(cmd, env=env, cwd=apps, timeout=180)
+            ran = proc.returncode == 0 and "app status 200" in proc.stdout and receiver.hits > hits
+            if not check(f"e2e {name}{'' if preload else ' without LD_PRELOAD'}: app made its HTTP call", ran,
+                         f"exit {proc.returncode}: {proc.stdout[-500:]} {proc.stderr[-1500:]}"):
+                continue
+            if name == "python":
+                check(f"e2e python{'' if preload else ' without LD_PRELOAD'}: the app's own sitecustomize ran",
+                      "app sitecustomize ran" in proc.stdout, proc.stdout[-500:])
+            if preload:
+                deadline = time.time() + 20
+                while not receiver.spans(service) and time.time() < deadline:
+                    time.sleep(0.2)
+                spans = receiver.spans(service)
+                client = [s for s in spans if any(str(v).endswith("/hello") for v in s[2].values())]
+                check(f"e2e {name}: spans exported under service {service}, incl. the HTTP call",
+                      bool(client), f"spans: {[(s[1], s[2]) for s in spans][:5]}; stderr: {proc.stderr[-1500:]}")
+            else:
+                time.sleep(1)
+                spans = receiver.spans(service)
+                check(f"e2e {name} without LD_PRELOAD: no spans", not spans, str(spans[:3]))
+    receiver.shutdown()
+
+
+def main():
+    wanted = set(sys.argv[1:]) or {"golden", "matrix", "e2e"}
+    with tempfile.TemporaryDirectory(prefix="lumigo-injector-") as t:
+        tmp = Path(t)
+        if "golden" in wanted:
+            golden()
+        if "matrix" in wanted:
+            matrix(tmp)
+        if "e2e" in wanted:
+            e2e(tmp)
+    passed, failed = results.count(True), results.count(False)
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed or not results else 0)
+
+
+if __name__ == "__main__":
+    main()
