@@ -9,9 +9,10 @@ export LUMIGO_CACHE := env("LUMIGO_CACHE", env("HOME") + "/.cache/lumigo-operato
 mod policy "policy-wasm/justfile"
 mod injector "injector/justfile"
 mod e2e "e2e/justfile"
+mod operator "operator/justfile"
 
 # Run every test of the project.
-test: setup policy::test injector::test e2e::test
+test: setup policy::test injector::test e2e::test operator::test
 
 # Install the toolchain parts the tests need (idempotent).
 setup:

@@ -60,6 +60,47 @@ impl WorkloadKind {
         }
     }
 
+    /// The resource name in API paths and admission rules.
+    pub fn plural(self) -> &'static str {
+        match self {
+            WorkloadKind::Pod => "pods",
+            WorkloadKind::Deployment => "deployments",
+            WorkloadKind::DaemonSet => "daemonsets",
+            WorkloadKind::StatefulSet => "statefulsets",
+            WorkloadKind::ReplicaSet => "replicasets",
+            WorkloadKind::Job => "jobs",
+            WorkloadKind::CronJob => "cronjobs",
+            WorkloadKind::ReplicationController => "replicationcontrollers",
+        }
+    }
+
+    /// `apiVersion` of the served version.
+    pub fn api_version(self) -> &'static str {
+        match self.group() {
+            "apps" => "apps/v1",
+            "batch" => "batch/v1",
+            _ => "v1",
+        }
+    }
+
+    /// The admission rules that send every kind to the mutation, on CREATE and UPDATE: the
+    /// policy's metadata, the Kubewarden AdmissionPolicy and the webhook configuration all use
+    /// these.
+    pub fn admission_rules() -> Value {
+        let mut rules: Vec<Value> = Vec::new();
+        for group in ["", "apps", "batch"] {
+            let resources: Vec<&str> =
+                Self::ALL.iter().filter(|kind| kind.group() == group).map(|kind| kind.plural()).collect();
+            rules.push(serde_json::json!({
+                "apiGroups": [group],
+                "apiVersions": ["v1"],
+                "resources": resources,
+                "operations": ["CREATE", "UPDATE"],
+            }));
+        }
+        Value::Array(rules)
+    }
+
     /// The API group: `""` for the core group.
     pub fn group(self) -> &'static str {
         match self {

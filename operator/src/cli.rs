@@ -23,6 +23,12 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AdmissionEngine {
+    Builtin,
+    Kubewarden,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller (and the built-in admission webhook).
@@ -80,6 +86,13 @@ pub struct RunArgs {
     pub lease_name: String,
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
+    /// Who admits new workloads: the operator itself, or Kubewarden through one AdmissionPolicy
+    /// per instrumented namespace.
+    #[arg(long, env = "LUMIGO_ADMISSION_ENGINE", value_enum, default_value_t = AdmissionEngine::Builtin)]
+    pub admission_engine: AdmissionEngine,
+    /// The policy module the Kubewarden engine's AdmissionPolicies run.
+    #[arg(long, env = "LUMIGO_KUBEWARDEN_POLICY_MODULE", default_value = concat!("registry://ghcr.io/lumigo-rs/policies/lumigo-autotrace:v", env!("CARGO_PKG_VERSION")))]
+    pub kubewarden_policy_module: String,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "LUMIGO_PROBE_ADDRESS", default_value = "0.0.0.0:8080")]
     pub probe_address: SocketAddr,

@@ -8,6 +8,7 @@ pub mod crd;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod kubewarden;
 pub mod leader;
 pub mod metrics;
 pub mod reconciler;

@@ -42,6 +42,8 @@ pub struct Context {
     pub events: Events,
     pub metrics: Arc<Metrics>,
     pub max_concurrent_writes: usize,
+    /// The module of the namespaces' Kubewarden AdmissionPolicies, when that engine admits.
+    pub kubewarden_module: Option<String>,
 }
 
 impl Context {
@@ -142,12 +144,17 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
         write_status(lumigo, api, &health, None).await?;
         return Ok(Action::await_change());
     }
-    if let Err(message) = check_secret(lumigo, ctx, &namespace).await? {
-        let health = Health::Failing { reason: "InvalidToken", message };
-        write_status(lumigo, api, &health, None).await?;
-        return Ok(Action::requeue(SECRET_RECHECK));
-    }
-    let Some(config) = injection_config(lumigo, &ctx.operator) else {
+    let config = match check_secret(lumigo, ctx, &namespace).await? {
+        Ok(()) => injection_config(lumigo, &ctx.operator),
+        Err(message) => {
+            stop_kubewarden_admission(ctx, &namespace).await?;
+            let health = Health::Failing { reason: "InvalidToken", message };
+            write_status(lumigo, api, &health, None).await?;
+            return Ok(Action::requeue(SECRET_RECHECK));
+        }
+    };
+    let Some(config) = config else {
+        stop_kubewarden_admission(ctx, &namespace).await?;
         let health = Health::Active {
             reason: "InjectionDisabled",
             message: "the token is valid; injection is disabled by spec.tracing.injection.enabled".into(),
@@ -155,6 +162,10 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
         write_status(lumigo, api, &health, None).await?;
         return Ok(Action::await_change());
     };
+    if let Some(module) = &ctx.kubewarden_module {
+        // Before the rollout, so that workloads created meanwhile are admitted injected.
+        crate::kubewarden::apply(&ctx.client, lumigo, &config, module).await?;
+    }
     let desired = Desired::Injected {
         config: &config,
         inject_uninjected: lumigo.spec.tracing.injection.inject_lumigo_into_existing_resources_on_creation,
@@ -185,6 +196,9 @@ async fn cleanup(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Ac
         .items
         .iter()
         .any(|other| other.uid() != lumigo.uid() && other.metadata.deletion_timestamp.is_none());
+    if !another_instruments {
+        stop_kubewarden_admission(ctx, &namespace).await?;
+    }
     if lumigo.spec.tracing.injection.remove_lumigo_from_resources_on_deletion && !another_instruments {
         let trigger = format!("deletion of Lumigo resource {namespace}/{}", lumigo.name_any());
         let report = ctx.sweeper().sweep(Some(&namespace), Desired::Removed, &trigger).await?;
@@ -194,6 +208,13 @@ async fn cleanup(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Ac
     }
     ctx.metrics.forget_namespace(&namespace);
     Ok(Action::await_change())
+}
+
+async fn stop_kubewarden_admission(ctx: &Context, namespace: &str) -> Result<()> {
+    if ctx.kubewarden_module.is_some() {
+        crate::kubewarden::delete(&ctx.client, namespace).await?;
+    }
+    Ok(())
 }
 
 /// The oldest other `Lumigo` of the namespace, which wins: creation time, then name.

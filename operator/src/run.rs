@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use kube::Client;
 
-use crate::cli::RunArgs;
+use crate::cli::{AdmissionEngine, RunArgs};
 use crate::error::Result;
 use crate::events::Events;
 use crate::health::{self, Probes};
@@ -15,7 +15,12 @@ use crate::metrics::Metrics;
 use crate::reconciler::{self, Context};
 use crate::workloads::WorkloadApi;
 
-pub fn context(client: Client, injection: &crate::cli::InjectionArgs, instance: Option<String>) -> Context {
+pub fn context(
+    client: Client,
+    injection: &crate::cli::InjectionArgs,
+    instance: Option<String>,
+    kubewarden_module: Option<String>,
+) -> Context {
     Context {
         client: client.clone(),
         operator: injection.operator_settings(),
@@ -23,12 +28,15 @@ pub fn context(client: Client, injection: &crate::cli::InjectionArgs, instance: 
         events: Events::new(client, instance),
         metrics: Arc::new(Metrics::default()),
         max_concurrent_writes: injection.max_concurrent_writes,
+        kubewarden_module,
     }
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let client = Client::try_default().await?;
-    let ctx = Arc::new(context(client.clone(), &args.injection, Some(args.identity.clone())));
+    let kubewarden_module =
+        (args.admission_engine == AdmissionEngine::Kubewarden).then(|| args.kubewarden_policy_module.clone());
+    let ctx = Arc::new(context(client.clone(), &args.injection, Some(args.identity.clone()), kubewarden_module));
     let ready = Arc::new(AtomicBool::new(false));
     let probes = Probes { metrics: ctx.metrics.clone(), ready: ready.clone() };
     let probe_server = tokio::spawn(health::serve(args.probe_address, probes));
@@ -56,7 +64,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
 pub async fn uninstall(args: crate::cli::UninstallArgs) -> Result<()> {
     let client = Client::try_default().await?;
-    let ctx = context(client, &args.injection, None);
+    let ctx = context(client, &args.injection, None, None);
     let report = crate::uninstall::uninstall(&ctx, args.wait_for_operator).await?;
     tracing::info!(
         resources_deleted = report.resources_deleted,

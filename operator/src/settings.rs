@@ -16,6 +16,20 @@ pub struct OperatorSettings {
     pub operator_version: String,
 }
 
+/// Whether the resource's last reconcile found it valid (its `Active` condition is true).
+pub fn is_active(lumigo: &Lumigo) -> bool {
+    lumigo
+        .status
+        .as_ref()
+        .is_some_and(|status| status.conditions.iter().any(|c| c.type_ == crate::status::ACTIVE && c.status == "True"))
+}
+
+/// The settings admission applies in the resource's namespace: only once the operator found the
+/// resource valid, so that a duplicate or a resource with a broken Secret injects nothing.
+pub fn admission_config(lumigo: &Lumigo, operator: &OperatorSettings) -> Option<InjectionConfig> {
+    is_active(lumigo).then(|| injection_config(lumigo, operator)).flatten()
+}
+
 /// The injection settings of a namespace, or `None` when its resource does not ask for injection.
 pub fn injection_config(lumigo: &Lumigo, operator: &OperatorSettings) -> Option<InjectionConfig> {
     if !lumigo.spec.tracing.injection.enabled || lumigo.metadata.deletion_timestamp.is_some() {

@@ -25,35 +25,14 @@ pub const ROLLOUT_KINDS: [WorkloadKind; 7] = [
 /// Objects per list page: bounds the memory a sweep of a large namespace holds at once.
 const PAGE_SIZE: u32 = 250;
 
-pub fn api_version(kind: WorkloadKind) -> &'static str {
-    match kind.group() {
-        "apps" => "apps/v1",
-        "batch" => "batch/v1",
-        _ => "v1",
-    }
-}
-
-pub fn plural(kind: WorkloadKind) -> &'static str {
-    match kind {
-        WorkloadKind::Pod => "pods",
-        WorkloadKind::Deployment => "deployments",
-        WorkloadKind::DaemonSet => "daemonsets",
-        WorkloadKind::StatefulSet => "statefulsets",
-        WorkloadKind::ReplicaSet => "replicasets",
-        WorkloadKind::Job => "jobs",
-        WorkloadKind::CronJob => "cronjobs",
-        WorkloadKind::ReplicationController => "replicationcontrollers",
-    }
-}
-
 fn collection_path(kind: WorkloadKind, namespace: Option<&str>) -> String {
     let prefix = match kind.group() {
         "" => "/api/v1".to_owned(),
-        _ => format!("/apis/{}", api_version(kind)),
+        _ => format!("/apis/{}", kind.api_version()),
     };
     match namespace {
-        Some(namespace) => format!("{prefix}/namespaces/{namespace}/{}", plural(kind)),
-        None => format!("{prefix}/{}", plural(kind)),
+        Some(namespace) => format!("{prefix}/namespaces/{namespace}/{}", kind.plural()),
+        None => format!("{prefix}/{}", kind.plural()),
     }
 }
 
@@ -61,7 +40,7 @@ fn collection_path(kind: WorkloadKind, namespace: Option<&str>) -> String {
 pub fn reference(kind: WorkloadKind, object: &Value) -> InstrumentedResource {
     let field = |name: &str| object.pointer(&format!("/metadata/{name}")).and_then(Value::as_str).unwrap_or_default();
     InstrumentedResource {
-        api_version: api_version(kind).to_owned(),
+        api_version: kind.api_version().to_owned(),
         kind: kind.name().to_owned(),
         name: field("name").to_owned(),
         namespace: field("namespace").to_owned(),
@@ -125,7 +104,7 @@ impl WorkloadApi {
 
 fn with_type(kind: WorkloadKind, mut object: Value) -> Value {
     if let Some(map) = object.as_object_mut() {
-        map.entry("apiVersion").or_insert_with(|| Value::String(api_version(kind).to_owned()));
+        map.entry("apiVersion").or_insert_with(|| Value::String(kind.api_version().to_owned()));
         map.entry("kind").or_insert_with(|| Value::String(kind.name().to_owned()));
     }
     object

@@ -13,6 +13,12 @@ use wasmtime_provider::{EpochDeadlines, WasmtimeEngineProviderBuilder, WasmtimeE
 
 use crate::error::{Error, Result};
 
+/// Instances alive at once; more concurrent evaluations than this fail (and are admitted
+/// unchanged by the caller), so callers bound their concurrency below it.
+const POOLED_INSTANCES: u32 = 128;
+/// A policy evaluation needs a few MiB; this bounds a runaway one.
+const MAX_MEMORY_BYTES: usize = 256 << 20;
+
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
     /// How often the epoch advances; deadlines are whole ticks.
@@ -37,6 +43,15 @@ impl PolicyEngine {
     pub fn new(module: &[u8], options: EngineOptions) -> Result<Self> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        // Every evaluation gets a fresh instance; the pooling allocator makes that cheap by
+        // reusing memory slots instead of mapping a new linear memory each time.
+        let mut pooling = wasmtime::PoolingAllocationConfig::new();
+        pooling
+            .total_memories(POOLED_INSTANCES)
+            .total_tables(POOLED_INSTANCES)
+            .total_core_instances(POOLED_INSTANCES)
+            .max_memory_size(MAX_MEMORY_BYTES);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
         let engine = wasmtime::Engine::new(&config).map_err(|e| Error::Engine(e.to_string()))?;
         let ticks = (options.deadline.as_nanos() / options.tick.as_nanos().max(1)).max(1) as u64;
         let deadlines = EpochDeadlines { wapc_init: ticks, wapc_func: ticks };

@@ -16,6 +16,9 @@ fn artifact_hub_metadata_matches_the_policy_metadata() {
 
     let rules: Value = serde_norway::from_str(annotations["kubewarden/rules"].as_str().unwrap()).unwrap();
     assert_eq!(rules, metadata["rules"]);
+    let rules_of_the_core: Value =
+        serde_json::from_str(&lumigo_mutation::WorkloadKind::admission_rules().to_string()).unwrap();
+    assert_eq!(metadata["rules"], rules_of_the_core, "metadata.yml must list exactly the kinds the core mutates");
     assert_eq!(annotations["kubewarden/mutation"], "true");
     assert_eq!(metadata["mutating"], true);
     assert_eq!(annotations["kubewarden/resources"], metadata["annotations"]["io.artifacthub.resources"]);

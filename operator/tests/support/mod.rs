@@ -81,7 +81,7 @@ pub fn manifest(kind: WorkloadKind, name: &str, replicas: u32) -> Value {
         }
     });
     let metadata = json!({"name": name, "labels": {"app": name}});
-    let api_version = lumigo_operator::workloads::api_version(kind);
+    let api_version = kind.api_version();
     let spec = match kind {
         WorkloadKind::Deployment | WorkloadKind::StatefulSet | WorkloadKind::ReplicaSet => json!({
             "replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": template
@@ -100,15 +100,15 @@ pub fn manifest(kind: WorkloadKind, name: &str, replicas: u32) -> Value {
 }
 
 pub async fn create(client: &Client, namespace: &str, kind: WorkloadKind, object: Value) {
-    let plural = lumigo_operator::workloads::plural(kind);
-    let (group, version) = match lumigo_operator::workloads::api_version(kind).split_once('/') {
+    let plural = kind.plural();
+    let (group, version) = match kind.api_version().split_once('/') {
         Some((group, version)) => (group, version),
         None => ("", "v1"),
     };
     let resource = kube::api::ApiResource {
         group: group.into(),
         version: version.into(),
-        api_version: lumigo_operator::workloads::api_version(kind).into(),
+        api_version: kind.api_version().into(),
         kind: kind.name().into(),
         plural: plural.into(),
     };
