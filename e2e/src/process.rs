@@ -77,6 +77,10 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log
     }

@@ -33,9 +33,14 @@ pub async fn install_crd(client: &Client) {
 
 /// The operator binary, started against the control plane as a real process.
 pub fn start_operator(cp: &ControlPlane, version: &str, extra_env: &[(&str, &str)]) -> Process {
+    start_operator_probed(cp, version, extra_env, "127.0.0.1:0")
+}
+
+/// The same, with /metrics on `probe_address`.
+pub fn start_operator_probed(cp: &ControlPlane, version: &str, extra_env: &[(&str, &str)], probe_address: &str) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lumigo-operator"));
     command
-        .args(["run", "--leader-election=false", "--probe-address=127.0.0.1:0"])
+        .args(["run", "--leader-election=false", &format!("--probe-address={probe_address}")])
         .env("KUBECONFIG", cp.kubeconfig())
         .env("LUMIGO_OPERATOR_VERSION", version)
         .env("LUMIGO_INJECTOR_IMAGE", "ghcr.io/lumigo-rs/autotrace:0.1.0")

@@ -1,0 +1,103 @@
+//! Rollout figures on the real control plane, with the operator binary as a process:
+//! time to inject and to remove 500 Deployments, API writes per workload, and the operator's
+//! peak RSS while it watches and rolls 2,000 workloads. Run: `just operator::bench`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+use kube::api::{Api, DeleteParams};
+use lumigo_e2e::ControlPlane;
+use lumigo_mutation::WorkloadKind;
+use lumigo_operator::crd::Lumigo;
+use serde_json::json;
+use support::*;
+
+const FIRST: usize = 500;
+const TOTAL: usize = 2_000;
+const WAIT: Duration = Duration::from_secs(600);
+
+async fn create_deployments(client: &kube::Client, ns: &str, range: std::ops::Range<usize>) {
+    stream::iter(range)
+        .for_each_concurrent(16, |index| async move {
+            let name = format!("svc-{index:04}");
+            create(client, ns, WorkloadKind::Deployment, manifest(WorkloadKind::Deployment, &name, 0)).await;
+        })
+        .await;
+}
+
+async fn wait_instrumented(client: &kube::Client, ns: &str, count: usize) -> Duration {
+    let start = Instant::now();
+    eventually(&format!("{count} instrumented"), WAIT, || async {
+        (lumigo_status(client, ns, "lumigo").await?["instrumentedCount"] == json!(count)).then_some(())
+    })
+    .await;
+    start.elapsed()
+}
+
+fn writes_so_far(metrics_url: &str) -> u64 {
+    let body = std::process::Command::new("curl").args(["-sf", metrics_url]).output().unwrap().stdout;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|line| line.starts_with("lumigo_operator_workload_writes_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|line| line.starts_with(field))
+        .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::main]
+async fn main() {
+    let cp = ControlPlane::start().await.unwrap();
+    let client = cp.client().unwrap();
+    install_crd(&client).await;
+    let ns = cp.create_namespace("bench", &[]).await.unwrap();
+    create_deployments(&client, &ns, 0..FIRST).await;
+    create_secret(&client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
+
+    let port = free_port();
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let operator = start_operator_probed(&cp, "0.1.0", &[("RUST_LOG", "warn")], &format!("127.0.0.1:{port}"));
+    eventually("the operator's metrics endpoint", Duration::from_secs(30), || async {
+        std::process::Command::new("curl").args(["-sf", &metrics_url]).output().ok()?.status.success().then_some(())
+    })
+    .await;
+
+    let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
+    create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
+    let inject = wait_instrumented(&client, &ns, FIRST).await;
+    let inject_writes = writes_so_far(&metrics_url);
+
+    let start = Instant::now();
+    lumigos.delete("lumigo", &DeleteParams::default()).await.unwrap();
+    eventually("the removal to finish", WAIT, || async { lumigos.get_opt("lumigo").await.unwrap().is_none().then_some(()) })
+        .await;
+    let remove = start.elapsed();
+    let remove_writes = writes_so_far(&metrics_url) - inject_writes;
+
+    create_deployments(&client, &ns, FIRST..TOTAL).await;
+    create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
+    let inject_all = wait_instrumented(&client, &ns, TOTAL).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (peak, now) = (memory_kib(operator.id(), "VmHWM:"), memory_kib(operator.id(), "VmRSS:"));
+
+    println!("rollout on a real control plane, {FIRST} Deployments in one namespace:");
+    println!("  inject  {:>6.2} s   {:.2} writes per workload", inject.as_secs_f64(), inject_writes as f64 / FIRST as f64);
+    println!("  remove  {:>6.2} s   {:.2} writes per workload", remove.as_secs_f64(), remove_writes as f64 / FIRST as f64);
+    println!("with {TOTAL} Deployments (and their ReplicaSets) watched:");
+    println!("  inject all {TOTAL}: {:.2} s", inject_all.as_secs_f64());
+    println!("  operator RSS: peak {:.1} MB, settled {:.1} MB", peak as f64 / 1024.0, now as f64 / 1024.0);
+}
