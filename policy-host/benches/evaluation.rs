@@ -26,12 +26,16 @@ fn main() {
     });
     let engine = PolicyEngine::new(&module, EngineOptions::default()).unwrap();
     let wasm = measure(|| engine.call("validate", &payload).unwrap());
+    // A fresh instance and a call that does nothing: the fixed cost every evaluation pays.
+    let instance_only = measure(|| engine.call("protocol_version", b"").unwrap());
 
     let (native_median, native_p99) = percentiles(native);
     let (wasm_median, wasm_p99) = percentiles(wasm);
+    let (instance_median, instance_p99) = percentiles(instance_only);
     println!("typical Deployment CREATE request ({} bytes), {SAMPLES} evaluations each", payload.len());
     println!("native  median {:>8.1} µs   p99 {:>8.1} µs", micros(native_median), micros(native_p99));
     println!("wasm    median {:>8.1} µs   p99 {:>8.1} µs", micros(wasm_median), micros(wasm_p99));
+    println!("  of which a fresh instance + empty call: median {:>6.1} µs   p99 {:>8.1} µs", micros(instance_median), micros(instance_p99));
     println!(
         "wasm/native  median {:.2}x   p99 {:.2}x",
         micros(wasm_median) / micros(native_median),
