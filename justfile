@@ -9,11 +9,16 @@ export LUMIGO_CACHE := env("LUMIGO_CACHE", env("HOME") + "/.cache/lumigo-operato
 mod policy "policy-wasm/justfile"
 mod injector "injector/justfile"
 mod e2e "e2e/justfile"
+mod chart "charts/justfile"
 mod operator "operator/justfile"
 
 # Run every test of the project.
-test: setup policy::test injector::test e2e::test operator::test
+test: setup policy::test injector::test e2e::test chart::test operator::test
 
 # Install the toolchain parts the tests need (idempotent).
 setup:
     scripts/setup.sh
+
+# Show the operator at work on a local control plane: inject a namespace, then remove it again.
+demo:
+    demo/run.sh

@@ -40,6 +40,9 @@ pub struct PolicyEngine {
 }
 
 impl PolicyEngine {
+    /// Calls that may run at once; callers bound their concurrency to it.
+    pub const MAX_CONCURRENT_CALLS: usize = POOLED_INSTANCES as usize;
+
     pub fn new(module: &[u8], options: EngineOptions) -> Result<Self> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);

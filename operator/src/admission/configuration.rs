@@ -6,6 +6,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::api::ObjectMeta;
+use lumigo_mutation::WorkloadKind;
 
 pub const WEBHOOK_NAME: &str = "injection.operator.lumigo.io";
 pub const MUTATE_PATH: &str = "/mutate";
@@ -43,13 +44,12 @@ pub fn webhook_configuration(
             WebhookClientConfig { url: Some(format!("{}{MUTATE_PATH}", base.trim_end_matches('/'))), ..Default::default() }
         }
     };
-    let rule = |group: &str, resources: &[&str]| RuleWithOperations {
-        api_groups: Some(vec![group.into()]),
-        api_versions: Some(vec!["v1".into()]),
-        operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
-        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
-        scope: Some("Namespaced".into()),
-    };
+    // The mutation core's rules: the policy's metadata and the Kubewarden policy use the same.
+    let mut rules: Vec<RuleWithOperations> = serde_json::from_value(WorkloadKind::admission_rules())
+        .expect("the core's admission rules have the shape of RuleWithOperations");
+    for rule in &mut rules {
+        rule.scope = Some("Namespaced".into());
+    }
     MutatingWebhookConfiguration {
         metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
         webhooks: Some(vec![MutatingWebhook {
@@ -59,11 +59,7 @@ pub fn webhook_configuration(
                 ca_bundle: ca_bundle.map(|pem| k8s_openapi::ByteString(pem.as_bytes().to_vec())),
                 ..client_config
             },
-            rules: Some(vec![
-                rule("", &["pods", "replicationcontrollers"]),
-                rule("apps", &["deployments", "daemonsets", "statefulsets", "replicasets"]),
-                rule("batch", &["jobs", "cronjobs"]),
-            ]),
+            rules: Some(rules),
             namespace_selector: Some(LabelSelector {
                 match_expressions: Some(vec![LabelSelectorRequirement {
                     key: "kubernetes.io/metadata.name".into(),
@@ -87,7 +83,6 @@ pub fn webhook_configuration(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lumigo_mutation::WorkloadKind;
 
     #[test]
     fn every_workload_kind_is_sent_on_create_and_update_and_never_blocks() {
@@ -96,7 +91,7 @@ mod tests {
         let webhook = &configuration.webhooks.as_ref().unwrap()[0];
         let rules = webhook.rules.as_ref().unwrap();
         for kind in WorkloadKind::ALL {
-            let resource = format!("{}s", kind.name().to_lowercase());
+            let resource = kind.plural().to_owned();
             let rule = rules
                 .iter()
                 .find(|r| r.api_groups.as_deref() == Some(&[kind.group().to_owned()][..]) && r.resources.as_ref().unwrap().contains(&resource))

@@ -69,7 +69,8 @@ pub struct AdmissionOptions {
     pub tls: TlsOptions,
     /// How long one evaluation may run before the module is interrupted.
     pub deadline: Duration,
-    /// Evaluations running at once; more wait (up to `deadline`) for a slot.
+    /// Evaluations running at once (at most `PolicyEngine::MAX_CONCURRENT_CALLS`); more wait, up
+    /// to `deadline`, for a slot. The number of cores is a good value: evaluations are CPU-bound.
     pub max_concurrent_evaluations: usize,
     /// Who the admission events say recorded them.
     pub reporter: Reporter,

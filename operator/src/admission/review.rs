@@ -104,7 +104,8 @@ pub(crate) struct Evaluator {
 
 impl Evaluator {
     pub fn new(engine: PolicyEngine, max_concurrent: usize, queue_timeout: Duration) -> Self {
-        Evaluator { engine: Arc::new(engine), permits: Arc::new(Semaphore::new(max_concurrent.max(1))), queue_timeout }
+        let permits = max_concurrent.clamp(1, PolicyEngine::MAX_CONCURRENT_CALLS);
+        Evaluator { engine: Arc::new(engine), permits: Arc::new(Semaphore::new(permits)), queue_timeout }
     }
 
     async fn validate(&self, payload: Vec<u8>) -> Result<Vec<u8>, String> {
@@ -195,24 +196,21 @@ impl Reviewer {
         response
     }
 
-    /// The injection settings of the namespace's active Lumigo resource, from the watch cache. Should
-    /// a namespace have several (the reconciler flags all but one as an error), the oldest wins, as
-    /// the reconciler decides.
+    /// The injection settings of the namespace's `Lumigo` resource, from the watch cache. Should a
+    /// namespace have several, the oldest one not being deleted counts, as for the reconciler (which
+    /// flags the others as duplicates).
     fn settings_for(&self, namespace: &str) -> Option<InjectionConfig> {
         if namespace.is_empty() {
             return None;
         }
-        let mut candidates: Vec<_> = self
+        let winner = self
             .lumigos
-            .state_filter(|lumigo| lumigo.metadata.namespace.as_deref() == Some(namespace))
-            .into_iter()
-            .filter_map(|lumigo| {
-                let config = injection_config(&lumigo, &self.operator)?;
-                Some(((lumigo.metadata.creation_timestamp.clone(), lumigo.metadata.name.clone()), config))
+            .state_filter(|lumigo| {
+                lumigo.metadata.namespace.as_deref() == Some(namespace) && lumigo.metadata.deletion_timestamp.is_none()
             })
-            .collect();
-        candidates.sort_by(|a, b| a.0.cmp(&b.0));
-        candidates.into_iter().next().map(|(_, config)| config)
+            .into_iter()
+            .min_by_key(|lumigo| (lumigo.metadata.creation_timestamp.clone(), lumigo.metadata.name.clone()))?;
+        injection_config(&winner, &self.operator)
     }
 }
 

@@ -77,7 +77,7 @@ pub async fn apply_crd(client: &Client) -> Result<()> {
     }
     let started = std::time::Instant::now();
     loop {
-        let crd = crds.get(&Lumigo::crd_name()).await?;
+        let crd = crds.get(Lumigo::crd_name()).await?;
         let established = crd.status.iter().flat_map(|s| s.conditions.iter().flatten()).any(|c| c.type_ == "Established" && c.status == "True");
         if established {
             return Ok(());

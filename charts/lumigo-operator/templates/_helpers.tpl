@@ -1,0 +1,96 @@
+{{/*
+Names. One operator per cluster (its MutatingWebhookConfiguration and ClusterRoles are cluster-wide),
+so the default full name is the chart name, not `<release>-<chart>`: the webhook Service is then
+`lumigo-operator-webhook` whatever the release is called.
+*/}}
+{{- define "lumigo.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "lumigo.fullname" -}}
+{{- default (include "lumigo.name" .) .Values.fullnameOverride | trunc 48 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "lumigo.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "lumigo.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "lumigo.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lumigo.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "lumigo.proxySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "lumigo.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: telemetry-proxy
+{{- end }}
+
+{{- define "lumigo.operatorImage" -}}
+{{ .Values.operator.image.repository }}:{{ default .Chart.AppVersion .Values.operator.image.tag }}
+{{- end }}
+
+{{- define "lumigo.injectorImage" -}}
+{{- $tag := default .Chart.AppVersion .Values.injector.image.tag }}
+{{- if eq $tag "latest" }}{{ fail "injector.image.tag must be pinned, not latest" }}{{ end }}
+{{- .Values.injector.image.repository }}:{{ $tag }}
+{{- end }}
+
+{{- define "lumigo.serviceAccountName" -}}
+{{ include "lumigo.fullname" . }}
+{{- end }}
+
+{{- define "lumigo.webhookService" -}}
+{{ include "lumigo.fullname" . }}-webhook
+{{- end }}
+
+{{- define "lumigo.webhookSecret" -}}
+{{ include "lumigo.fullname" . }}-webhook-tls
+{{- end }}
+
+{{- define "lumigo.proxyName" -}}
+{{ include "lumigo.fullname" . }}-telemetry-proxy
+{{- end }}
+
+{{/* Where instrumented apps send OTLP: the proxy's Service, or the exporter endpoint itself. */}}
+{{- define "lumigo.otlpBase" -}}
+{{- if .Values.telemetryProxy.enabled -}}
+http://{{ include "lumigo.proxyName" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.telemetryProxy.port }}
+{{- else -}}
+{{ trimSuffix "/" .Values.telemetryProxy.exporter.endpoint }}
+{{- end }}
+{{- end }}
+
+{{- define "lumigo.engine" -}}
+{{- $engine := .Values.admission.engine }}
+{{- if not (has $engine (list "builtin" "kubewarden")) }}{{ fail (printf "admission.engine must be builtin or kubewarden, not %q" $engine) }}{{ end }}
+{{- $engine }}
+{{- end }}
+
+{{/* The restricted-profile security context every container of the chart runs with. */}}
+{{- define "lumigo.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "lumigo.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}

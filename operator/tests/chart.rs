@@ -1,0 +1,431 @@
+//! The Helm chart: `helm lint` is clean, both admission engines render, the real apiserver accepts
+//! every rendered object (server-side dry run), the webhook the chart registers is the operator's
+//! own definition, the containers are hardened, values.yaml is documented key by key, and the
+//! Artifact Hub metadata (Chart.yaml annotations, artifacthub-pkg.yml) follows Artifact Hub's schema.
+
+mod chart_support;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use chart_support::*;
+use clap::Parser;
+use lumigo_e2e::ControlPlane;
+use lumigo_operator::admission::{webhook_configuration, WebhookTarget};
+use serde_json::{json, Value};
+
+const ENGINES: [&str; 2] = ["builtin", "kubewarden"];
+
+#[test]
+fn helm_lint_is_clean_for_both_engines() {
+    for engine in ENGINES {
+        let output = run(Command::new(helm())
+            .args(["lint", "--strict"])
+            .arg(chart_dir())
+            .args(["--set", &format!("admission.engine={engine}")]));
+        let out = text(&output);
+        assert!(output.status.success(), "helm lint ({engine}):\n{out}");
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+        assert!(!out.contains("[INFO]") && !out.contains("[WARNING]") && !out.contains("[ERROR]"), "helm lint ({engine}) is not clean:\n{out}");
+    }
+}
+
+#[test]
+fn an_unknown_engine_or_a_latest_injector_is_refused() {
+    for args in [["--set", "admission.engine=sidecar"], ["--set", "injector.image.tag=latest"]] {
+        let output = run(Command::new(helm()).args(["template", "x"]).arg(chart_dir()).args(args));
+        assert!(!output.status.success(), "{args:?} should not render");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_apiserver_accepts_every_rendered_object_for_both_engines() {
+    let cp = ControlPlane::shared().await.unwrap();
+    for engine in ENGINES {
+        let namespace = cp.create_namespace("lumigo-system", &[]).await.unwrap();
+        let yaml = render(&namespace, &["--include-crds", "--set", &format!("admission.engine={engine}")]);
+        let count = documents(&yaml).len();
+        // The kubewarden engine renders no AdmissionPolicy: the operator creates them at run time
+        // (one per namespace with a Lumigo resource), so Kubewarden's CRDs are not needed here.
+        let output = run_with_stdin(cp.kubectl().args(["apply", "--dry-run=server", "-f", "-"]), &yaml);
+        let out = text(&output);
+        assert!(output.status.success(), "the apiserver refused the {engine} chart:\n{out}");
+        let accepted = out.lines().filter(|l| l.ends_with("(server dry run)")).count();
+        assert_eq!(accepted, count, "{engine}: every object is accepted:\n{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_crd_examples_of_the_artifact_hub_annotations_are_valid_lumigo_resources() {
+    let cp = ControlPlane::shared().await.unwrap();
+    let crd = chart_dir().join("crds/lumigo.yaml");
+    let output = run(cp.kubectl().args(["apply", "--server-side", "--force-conflicts", "-f"]).arg(&crd));
+    assert!(output.status.success(), "{}", text(&output));
+    let output = run(cp.kubectl().args(["wait", "--for=condition=Established", "--timeout=60s", "crd/lumigoes.operator.lumigo.io"]));
+    assert!(output.status.success(), "{}", text(&output));
+    let namespace = cp.create_namespace("examples", &[]).await.unwrap();
+    let chart = yaml_file(&chart_dir().join("Chart.yaml"));
+    let examples: Vec<Value> =
+        serde_norway::from_str(chart["annotations"]["artifacthub.io/crdsExamples"].as_str().unwrap()).unwrap();
+    let yaml = to_yaml(&examples.iter().collect::<Vec<_>>());
+    let output = run_with_stdin(cp.kubectl().args(["apply", "--dry-run=server", "-n", &namespace, "-f", "-"]), &yaml);
+    assert!(output.status.success(), "the CRD refused the example: {}", text(&output));
+}
+
+#[test]
+fn the_chart_registers_exactly_the_webhook_the_operator_defines() {
+    let docs = documents(&render("lumigo-system", &[]));
+    let rendered = find(&docs, "MutatingWebhookConfiguration", "lumigo-operator");
+    let service = find(&docs, "Service", "lumigo-operator-webhook");
+    assert_eq!(service["spec"]["ports"][0]["port"], 443);
+    let target = WebhookTarget::Service { name: "lumigo-operator-webhook".into(), namespace: "lumigo-system".into(), port: 443 };
+    let expected = serde_json::to_value(webhook_configuration("lumigo-operator", &target, "lumigo-system", None)).unwrap();
+    assert_eq!(rendered["webhooks"], expected["webhooks"], "templates/webhook.yaml and admission::webhook_configuration() differ");
+    assert!(rendered["webhooks"][0]["clientConfig"].get("caBundle").is_none(), "the operator owns caBundle");
+    // The webhook's container port behind the Service.
+    let deployment = find(&docs, "Deployment", "lumigo-operator");
+    let ports = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert!(ports.as_array().unwrap().iter().any(|p| p["name"] == "webhook" && p["containerPort"] == 9443));
+
+    let kubewarden = documents(&render("lumigo-system", &["--set", "admission.engine=kubewarden"]));
+    assert!(kubewarden.iter().all(|d| d["kind"] != "MutatingWebhookConfiguration"));
+}
+
+#[test]
+fn every_container_is_hardened_and_the_operator_is_wired_to_the_proxy() {
+    let chart = yaml_file(&chart_dir().join("Chart.yaml"));
+    let app_version = chart["appVersion"].as_str().unwrap();
+    for engine in ENGINES {
+        let docs = documents(&render("lumigo-system", &["--set", &format!("admission.engine={engine}")]));
+        let mut containers = 0;
+        for doc in &docs {
+            let pod = match doc["kind"].as_str().unwrap() {
+                "Deployment" | "Job" => &doc["spec"]["template"]["spec"],
+                _ => continue,
+            };
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+            assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+            for container in pod["containers"].as_array().unwrap() {
+                containers += 1;
+                let security = &container["securityContext"];
+                assert_eq!(security["readOnlyRootFilesystem"], true, "{}", container["name"]);
+                assert_eq!(security["allowPrivilegeEscalation"], false);
+                assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+                assert!(container["resources"]["limits"]["memory"].is_string(), "{} has limits", container["name"]);
+                assert!(!container["image"].as_str().unwrap().ends_with(":latest"));
+            }
+        }
+        assert_eq!(containers, 3, "operator, telemetry proxy, uninstall hook");
+
+        let operator = &find(&docs, "Deployment", "lumigo-operator")["spec"]["template"]["spec"]["containers"][0];
+        let env = |name: &str| -> Value {
+            operator["env"].as_array().unwrap().iter().find(|e| e["name"] == name).cloned().unwrap_or(Value::Null)
+        };
+        assert_eq!(env("LUMIGO_INJECTOR_IMAGE")["value"], format!("ghcr.io/lumigo-rs/autotrace:{app_version}"));
+        assert_eq!(operator["image"], format!("ghcr.io/lumigo-rs/lumigo-operator:{app_version}"));
+        let proxy = "http://lumigo-operator-telemetry-proxy.lumigo-system.svc.cluster.local:4318";
+        assert_eq!(env("LUMIGO_TRACES_ENDPOINT")["value"], format!("{proxy}/v1/traces"));
+        assert_eq!(env("LUMIGO_LOGS_ENDPOINT")["value"], format!("{proxy}/v1/logs"));
+        assert_eq!(env("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+        assert_eq!(env("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+        assert_eq!(env("LUMIGO_LEADER_ELECTION")["value"], "true");
+        assert_eq!(operator["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(operator["readinessProbe"]["httpGet"]["path"], "/readyz");
+
+        // The uninstall hook: pre-delete, deleted on success, the operator's identity.
+        let hook = find(&docs, "Job", "lumigo-operator-uninstall");
+        assert_eq!(hook["metadata"]["annotations"]["helm.sh/hook"], "pre-delete");
+        assert!(hook["metadata"]["annotations"]["helm.sh/hook-delete-policy"].as_str().unwrap().contains("hook-succeeded"));
+        assert_eq!(hook["spec"]["template"]["spec"]["serviceAccountName"], "lumigo-operator");
+        assert_eq!(hook["spec"]["template"]["spec"]["containers"][0]["args"][0], "uninstall");
+    }
+}
+
+#[test]
+fn the_telemetry_proxy_forwards_the_callers_token_and_holds_none() {
+    let docs = documents(&render("lumigo-system", &["--set", "telemetryProxy.exporter.endpoint=https://otlp.example.com/"]));
+    let config_map = find(&docs, "ConfigMap", "lumigo-operator-telemetry-proxy");
+    let text = config_map["data"]["config.yaml"].as_str().unwrap();
+    let config: Value = serde_norway::from_str(text).unwrap();
+    assert_eq!(config["receivers"]["otlp"]["protocols"]["http"]["include_metadata"], true);
+    assert_eq!(config["receivers"]["otlp"]["protocols"]["http"]["endpoint"], "0.0.0.0:4318");
+    assert_eq!(config["extensions"]["headers_setter"]["headers"][0], json!({"key": "Authorization", "from_context": "authorization", "action": "upsert"}));
+    assert_eq!(config["processors"]["batch"]["metadata_keys"], json!(["authorization"]));
+    assert_eq!(config["exporters"]["otlphttp"]["endpoint"], "https://otlp.example.com");
+    assert_eq!(config["exporters"]["otlphttp"]["auth"]["authenticator"], "headers_setter");
+    for pipeline in ["traces", "logs"] {
+        let processors = &config["service"]["pipelines"][pipeline]["processors"];
+        assert_eq!(processors, &json!(["memory_limiter", "k8sattributes", "batch"]));
+    }
+    let has_token = text.as_bytes().windows(23).any(|w| w.starts_with(b"t_") && w[2..].iter().all(u8::is_ascii_hexdigit));
+    assert!(!has_token && !text.to_lowercase().contains("lumigotoken"), "no token in the collector config");
+    let role = find(&docs, "ClusterRole", "lumigo-operator-telemetry-proxy");
+    assert_eq!(role["rules"], json!([
+        {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]}
+    ]));
+    let proxy = find(&docs, "Deployment", "lumigo-operator-telemetry-proxy");
+    let image = proxy["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap();
+    assert!(image.starts_with("otel/opentelemetry-collector-contrib:0."), "{image}");
+}
+
+/// Every leaf key of values.yaml carries a `# --` comment, on itself or on an enclosing key.
+#[test]
+fn values_yaml_is_documented_key_by_key() {
+    let text = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
+    // (indent, documented) of the enclosing keys.
+    let mut stack: Vec<(usize, bool)> = Vec::new();
+    let mut previous_is_doc = false;
+    let mut undocumented = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() {
+            continue;
+        }
+        if trimmed.starts_with('#') {
+            previous_is_doc = previous_is_doc || trimmed.starts_with("# --");
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        let key = trimmed.split(':').next().unwrap();
+        let documented = previous_is_doc || stack.iter().any(|(_, d)| *d);
+        let is_parent = trimmed.ends_with(':');
+        if !is_parent && !documented {
+            undocumented.push(key.to_owned());
+        }
+        stack.push((indent, previous_is_doc));
+        previous_is_doc = false;
+    }
+    assert!(undocumented.is_empty(), "values.yaml keys without a `# --` comment: {undocumented:?}");
+}
+
+// ---- Artifact Hub -------------------------------------------------------------------------------
+// The schema below is written down from Artifact Hub's documentation of Helm annotations
+// (artifacthub.io/docs/topics/annotations/helm) and of the Kubewarden package metadata file
+// (artifacthub.io/docs/topics/repositories/kubewarden-policies, artifacthub-pkg.yml).
+
+const CATEGORIES: [&str; 9] = [
+    "ai-machine-learning", "database", "integration-delivery", "monitoring-logging", "networking",
+    "security", "storage", "streaming-messaging", "skip-prediction",
+];
+const CAPABILITIES: [&str; 5] = ["Basic Install", "Seamless Upgrades", "Full Lifecycle", "Deep Insights", "Auto Pilot"];
+const CHANGE_KINDS: [&str; 6] = ["added", "changed", "deprecated", "removed", "fixed", "security"];
+
+fn is_url(text: &str) -> bool {
+    (text.starts_with("https://") || text.starts_with("http://")) && !text.contains(char::is_whitespace)
+}
+
+fn is_semver(text: &str) -> bool {
+    let core = text.split(['-', '+']).next().unwrap();
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// A YAML list embedded in an annotation string, each entry an object.
+fn annotation_list(annotations: &Value, key: &str) -> Vec<Value> {
+    let text = annotations[key].as_str().unwrap_or_else(|| panic!("{key} must be a string"));
+    let value: Value = serde_norway::from_str(text).unwrap_or_else(|e| panic!("{key} is not YAML: {e}"));
+    let list = value.as_array().unwrap_or_else(|| panic!("{key} must be a YAML list")).clone();
+    assert!(!list.is_empty() && list.iter().all(Value::is_object), "{key}: a non-empty list of objects");
+    list
+}
+
+fn only_keys(object: &Value, allowed: &[&str], what: &str) {
+    let keys: BTreeSet<&str> = object.as_object().unwrap().keys().map(String::as_str).collect();
+    let unknown: Vec<&&str> = keys.iter().filter(|k| !allowed.contains(k)).collect();
+    assert!(unknown.is_empty(), "{what}: unknown keys {unknown:?}");
+}
+
+#[test]
+fn chart_yaml_annotations_follow_artifact_hubs_schema() {
+    let chart = yaml_file(&chart_dir().join("Chart.yaml"));
+    assert_eq!(chart["apiVersion"], "v2");
+    assert!(is_semver(chart["version"].as_str().unwrap()));
+    assert_eq!(chart["appVersion"], chart["version"], "chart, operator and injector are released together");
+    let workspace: Value = toml_version();
+    assert_eq!(chart["appVersion"], workspace, "appVersion is the workspace's version");
+    let annotations = &chart["annotations"];
+    for (key, value) in annotations.as_object().unwrap() {
+        assert!(key.starts_with("artifacthub.io/"), "{key}");
+        assert!(value.is_string(), "annotation {key} must be a string");
+    }
+    assert_eq!(annotations["artifacthub.io/operator"], "true");
+    assert!(CAPABILITIES.contains(&annotations["artifacthub.io/operatorCapabilities"].as_str().unwrap()));
+    assert!(CATEGORIES.contains(&annotations["artifacthub.io/category"].as_str().unwrap()));
+    for flag in ["artifacthub.io/prerelease", "artifacthub.io/containsSecurityUpdates"] {
+        assert!(["true", "false"].contains(&annotations[flag].as_str().unwrap()), "{flag}");
+    }
+    assert_eq!(annotations["artifacthub.io/license"], "Apache-2.0");
+
+    for link in annotation_list(annotations, "artifacthub.io/links") {
+        only_keys(&link, &["name", "url"], "links");
+        assert!(link["name"].is_string() && is_url(link["url"].as_str().unwrap()), "{link}");
+    }
+    let app_version = chart["appVersion"].as_str().unwrap();
+    let images = annotation_list(annotations, "artifacthub.io/images");
+    for image in &images {
+        only_keys(image, &["name", "image", "whitelisted", "platforms"], "images");
+        let reference = image["image"].as_str().unwrap();
+        let (_, tag) = reference.rsplit_once(':').unwrap_or_else(|| panic!("{reference} has a tag"));
+        assert_ne!(tag, "latest");
+        for platform in image["platforms"].as_array().unwrap() {
+            assert!(["linux/amd64", "linux/arm64"].contains(&platform.as_str().unwrap()));
+        }
+    }
+    // The images listed are the ones the chart deploys.
+    let values = yaml_file(&chart_dir().join("values.yaml"));
+    let listed: BTreeSet<String> = images.iter().map(|i| i["image"].as_str().unwrap().to_owned()).collect();
+    let deployed: BTreeSet<String> = [
+        format!("{}:{app_version}", values["operator"]["image"]["repository"].as_str().unwrap()),
+        format!("{}:{app_version}", values["injector"]["image"]["repository"].as_str().unwrap()),
+        format!("{}:{}", values["telemetryProxy"]["image"]["repository"].as_str().unwrap(), values["telemetryProxy"]["image"]["tag"].as_str().unwrap()),
+    ]
+    .into();
+    assert_eq!(listed, deployed);
+
+    let crd = yaml_file(&chart_dir().join("crds/lumigo.yaml"));
+    for entry in annotation_list(annotations, "artifacthub.io/crds") {
+        only_keys(&entry, &["kind", "version", "name", "displayName", "description"], "crds");
+        assert_eq!(entry["name"], crd["metadata"]["name"]);
+        assert_eq!(entry["kind"], crd["spec"]["names"]["kind"]);
+        assert!(crd["spec"]["versions"].as_array().unwrap().iter().any(|v| v["name"] == entry["version"]));
+        assert!(entry["displayName"].is_string() && entry["description"].is_string());
+    }
+    for example in annotation_list(annotations, "artifacthub.io/crdsExamples") {
+        assert_eq!(example["kind"], crd["spec"]["names"]["kind"]);
+        assert!(example["apiVersion"].as_str().unwrap().starts_with("operator.lumigo.io/"));
+    }
+    for change in annotation_list(annotations, "artifacthub.io/changes") {
+        only_keys(&change, &["kind", "description", "links"], "changes");
+        assert!(CHANGE_KINDS.contains(&change["kind"].as_str().unwrap()), "{change}");
+        assert!(!change["description"].as_str().unwrap().is_empty());
+    }
+    for maintainer in chart["maintainers"].as_array().unwrap() {
+        assert!(maintainer["name"].is_string());
+    }
+}
+
+#[test]
+fn artifacthub_pkg_yml_follows_artifact_hubs_package_schema() {
+    let package = yaml_file(&repo().join("artifacthub-pkg.yml"));
+    only_keys(&package, &[
+        "version", "name", "displayName", "createdAt", "description", "logoPath", "logoURL", "digest", "license",
+        "homeURL", "appVersion", "containersImages", "containsSecurityUpdates", "operator", "deprecated", "prerelease",
+        "keywords", "links", "readme", "install", "changes", "maintainers", "provider", "ignore", "recommendations",
+        "screenshots", "annotations",
+    ], "artifacthub-pkg.yml");
+    for required in ["version", "name", "displayName", "createdAt", "description"] {
+        assert!(package[required].is_string(), "{required} is required");
+    }
+    assert!(is_semver(package["version"].as_str().unwrap()));
+    let name = package["name"].as_str().unwrap();
+    assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{name}");
+    // RFC 3339
+    let created = package["createdAt"].as_str().unwrap();
+    assert!(time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339).is_ok(), "{created}");
+    assert!(is_url(package["homeURL"].as_str().unwrap()));
+    for image in package["containersImages"].as_array().unwrap() {
+        only_keys(image, &["name", "image", "whitelisted", "platforms"], "containersImages");
+        assert!(!image["image"].as_str().unwrap().ends_with(":latest"));
+    }
+    for link in package["links"].as_array().unwrap() {
+        only_keys(link, &["name", "url"], "links");
+        assert!(is_url(link["url"].as_str().unwrap()));
+    }
+    for maintainer in package["maintainers"].as_array().unwrap() {
+        only_keys(maintainer, &["name", "email"], "maintainers");
+    }
+    for recommendation in package["recommendations"].as_array().unwrap() {
+        assert!(is_url(recommendation["url"].as_str().unwrap()));
+    }
+    for (key, value) in package["annotations"].as_object().unwrap() {
+        assert!(key.starts_with("kubewarden/"), "{key}");
+        assert!(value.is_string(), "annotation {key} must be a string");
+    }
+    // The policy image the Kubewarden engine of the chart pulls is the one published here.
+    let values = yaml_file(&chart_dir().join("values.yaml"));
+    let module = values["admission"]["kubewarden"]["module"].as_str().unwrap();
+    assert_eq!(module.strip_prefix("registry://").unwrap(), package["containersImages"][0]["image"].as_str().unwrap());
+}
+
+fn toml_version() -> Value {
+    Value::String(env!("CARGO_PKG_VERSION").to_owned())
+}
+
+/// The built-in webhook's settings the chart already passes, before the `run` command reads them
+/// (templates/deployment.yaml marks them as a placeholder). Remove a name here once its flag lands.
+const PENDING_WEBHOOK_ENV: [&str; 4] =
+    ["LUMIGO_WEBHOOK_ADDRESS", "LUMIGO_WEBHOOK_SERVICE", "LUMIGO_WEBHOOK_SECRET", "LUMIGO_WEBHOOK_CONFIGURATION"];
+
+fn env_of(command: &clap::Command) -> BTreeSet<String> {
+    command.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect()
+}
+
+#[test]
+fn every_variable_the_chart_sets_is_read_by_the_operator() {
+    use clap::CommandFactory;
+    let cli = lumigo_operator::cli::Cli::command();
+    let global = env_of(&cli);
+    let subcommand = |name: &str| env_of(cli.get_subcommands().find(|c| c.get_name() == name).unwrap());
+    for engine in ENGINES {
+        let docs = documents(&render("lumigo-system", &["--set", &format!("admission.engine={engine}")]));
+        for (kind, name, command) in [("Deployment", "lumigo-operator", "run"), ("Job", "lumigo-operator-uninstall", "uninstall")] {
+            let known: BTreeSet<String> = subcommand(command).union(&global).cloned().collect();
+            let container = &find(&docs, kind, name)["spec"]["template"]["spec"]["containers"][0];
+            for variable in container["env"].as_array().unwrap() {
+                let variable = variable["name"].as_str().unwrap();
+                if variable == "RUST_LOG" || PENDING_WEBHOOK_ENV.contains(&variable) {
+                    continue;
+                }
+                assert!(known.contains(variable), "{engine}: {kind} {name} sets {variable}, which `{command}` does not read");
+            }
+            let args = container["args"].as_array().unwrap();
+            let parsed = lumigo_operator::cli::Cli::try_parse_from(
+                std::iter::once("lumigo-operator").chain(args.iter().map(|a| a.as_str().unwrap())),
+            );
+            assert!(parsed.is_ok(), "{kind} {name}: args {args:?} do not parse: {:?}", parsed.err());
+        }
+    }
+}
+
+/// The image recipes (images/) cannot be built here (no Docker engine); what they rely on can be checked:
+/// the scripts and recipes they run exist, every base image is pinned, the final stages are non-root
+/// with the uid the chart runs as, and the autotrace entrypoint copies to the directory the init
+/// container is given.
+#[test]
+fn the_image_recipes_use_what_exists_and_run_as_the_chart_expects() {
+    let read = |path: &str| std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let operator = read("images/operator.Dockerfile");
+    let autotrace = read("images/autotrace.Dockerfile");
+    for dockerfile in [&operator, &autotrace] {
+        for from in dockerfile.lines().filter(|l| l.starts_with("FROM ")) {
+            let image = from.split_whitespace().find(|w| !w.starts_with("--") && *w != "FROM").unwrap();
+            assert!(image == "scratch" || (image.contains(':') && !image.ends_with(":latest")), "unpinned base image: {from}");
+        }
+        let last_user = dockerfile.lines().filter(|l| l.starts_with("USER ")).last().unwrap();
+        assert_eq!(last_user, "USER 65532:65532");
+    }
+    let values = documents(&render("lumigo-system", &[]));
+    let pod = &find(&values, "Deployment", "lumigo-operator")["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+
+    for script in ["injector/scripts/build.sh", "injector/scripts/payload.sh"] {
+        assert!(autotrace.contains(script), "autotrace.Dockerfile runs {script}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(repo().join(script)).unwrap().permissions());
+        assert!(mode & 0o111 != 0, "{script} is executable");
+    }
+    assert!(autotrace.contains(&format!("ENV TARGET_DIRECTORY={}", lumigo_mutation::names::INIT_TARGET_DIRECTORY)));
+    assert!(autotrace.contains("cp -R /opt/lumigo/. \\\"$TARGET_DIRECTORY\\\"/"));
+    assert!(autotrace.contains(&format!("test -f /out{}", lumigo_mutation::names::INJECTOR_LIBRARY_PATH)));
+    let policy_justfile = read("policy-wasm/justfile");
+    for recipe in ["build:", "path:"] {
+        assert!(policy_justfile.lines().any(|l| l.starts_with(recipe)), "policy::{recipe} exists");
+    }
+    assert!(operator.contains("just policy::build") && operator.contains("unknown-linux-musl"));
+    let push = read("images/build.sh");
+    assert!(push.contains("kwctl push") && push.contains("oras push"));
+    assert!(push.contains("linux/amd64,linux/arm64"));
+}
