@@ -11,6 +11,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LUMIGO_CACHE/target}"
 release_ns=lumigo-system
 app_ns=shop
 probe_port="${DEMO_PROBE_PORT:-18080}"
+webhook_port="${DEMO_WEBHOOK_PORT:-18443}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/lumigo-demo.XXXXXX")"
 pids=()
 
@@ -53,6 +54,8 @@ explain "kube-apiserver, kube-controller-manager, etcd and kubectl from e2e/k8s/
 bin="$("$repo/e2e/build-binaries.sh")"
 helm="$("$repo/tools/helm/build.sh")"
 (cd "$repo" && cargo build -q -p lumigo-operator --bin lumigo-operator -p lumigo-e2e --bin control-plane)
+just --justfile "$repo/justfile" policy::build >/dev/null
+policy_module="$(just --justfile "$repo/justfile" policy::path)"
 kubectl="$bin/kubectl"
 operator="$CARGO_TARGET_DIR/debug/lumigo-operator"
 explain "ok: $("$kubectl" version --client 2>/dev/null | head -1), helm $("$helm" version --short)"
@@ -73,6 +76,11 @@ show "$kubectl" apply --server-side -f "$repo/charts/lumigo-operator/crds/lumigo
 "$helm" template lumigo "$repo/charts/lumigo-operator" -n "$release_ns" \
     --show-only templates/serviceaccount.yaml --show-only templates/rbac.yaml >"$work/rbac.yaml"
 show "$kubectl" apply -f "$work/rbac.yaml"
+explain "And the chart's MutatingWebhookConfiguration, pointed at the operator on this machine" \
+        "(admission.builtin.url); its caBundle stays empty until the operator publishes its own CA."
+"$helm" template lumigo "$repo/charts/lumigo-operator" -n "$release_ns" --show-only templates/webhook.yaml \
+    --set admission.builtin.url="https://127.0.0.1:$webhook_port/mutate" >"$work/webhook.yaml"
+show "$kubectl" apply -f "$work/webhook.yaml"
 "$kubectl" wait --for=condition=Established --timeout=60s crd/lumigoes.operator.lumigo.io >/dev/null
 
 say "Run the operator under the chart's ServiceAccount"
@@ -89,6 +97,7 @@ KUBECONFIG="$sa_kubeconfig" "$kubectl" config use-context demo >/dev/null
 KUBECONFIG="$sa_kubeconfig" POD_NAMESPACE="$release_ns" POD_NAME=lumigo-operator-demo \
     LUMIGO_TRACES_ENDPOINT="http://lumigo-operator-telemetry-proxy.$release_ns.svc.cluster.local:4318/v1/traces" \
     LUMIGO_LOGS_ENDPOINT="http://lumigo-operator-telemetry-proxy.$release_ns.svc.cluster.local:4318/v1/logs" \
+    LUMIGO_POLICY_MODULE="$policy_module" LUMIGO_WEBHOOK_LOOPBACK=true LUMIGO_WEBHOOK_ADDRESS="127.0.0.1:$webhook_port" \
     RUST_LOG=info "$operator" run --probe-address=127.0.0.1:$probe_port >"$work/operator.log" 2>&1 &
 pids+=($!)
 wait_for 60 "the operator to become ready" curl -fsS http://127.0.0.1:$probe_port/readyz
@@ -134,6 +143,14 @@ show --as "kubectl get deployment currencyservice -n $app_ns -o jsonpath='<init 
 explain "The pod template's annotation operator.lumigo.io/injection-record: what was added or changed," \
         "so that removal gives back the original byte for byte:"
 show "$kubectl" get deployment currencyservice -n "$app_ns" -o jsonpath='{.spec.template.metadata.annotations.operator\.lumigo\.io/injection-record}{"\n"}'
+
+say "A workload created now is injected at admission, by the operator's built-in webhook"
+explain "The webhook evaluates the same wasm policy module Kubewarden would run, and never denies."
+wait_for 30 "the webhook's CA" bash -c "[[ -n \$('$kubectl' get mutatingwebhookconfiguration lumigo-operator -o jsonpath='{.webhooks[0].clientConfig.caBundle}') ]]"
+show "$kubectl" create deployment checkout --image=node:22-alpine -n "$app_ns"
+show --as "kubectl get deployment checkout -n $app_ns -o jsonpath='<generation, init containers, label>'" \
+    "$kubectl" get deployment checkout -n "$app_ns" -o jsonpath='generation: {.metadata.generation}  init containers: {.spec.template.spec.initContainers[*].name}  lumigo.auto-trace: {.metadata.labels.lumigo\.auto-trace}{"\n"}'
+explain "Generation 1: it was stored injected by its very creation, no rollout needed."
 
 say "The events the operator recorded on each workload"
 show "$kubectl" get events -n "$app_ns" --field-selector reason=LumigoAddedInstrumentation \

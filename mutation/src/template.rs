@@ -165,6 +165,11 @@ fn init_container(spec: &Map<String, Value>, config: &InjectionConfig) -> Value 
     json!({
         "name": INJECTOR_NAME,
         "image": config.injector_image,
+        // The API server's defaults, written out: a stored object then equals a fresh injection,
+        // so checking an injected workload again finds nothing to change and writes nothing.
+        "imagePullPolicy": "IfNotPresent",
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
         "env": [{"name": "TARGET_DIRECTORY", "value": INIT_TARGET_DIRECTORY}],
         "volumeMounts": [{"name": INJECTOR_NAME, "mountPath": INIT_TARGET_DIRECTORY}],
         "resources": {

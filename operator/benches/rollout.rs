@@ -37,15 +37,6 @@ async fn wait_instrumented(client: &kube::Client, ns: &str, count: usize) -> Dur
     start.elapsed()
 }
 
-fn writes_so_far(metrics_url: &str) -> u64 {
-    let body = std::process::Command::new("curl").args(["-sf", metrics_url]).output().unwrap().stdout;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .filter(|line| line.starts_with("lumigo_operator_workload_writes_total{"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 fn memory_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -53,10 +44,6 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
         .find(|line| line.starts_with(field))
         .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
         .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::main]
@@ -79,14 +66,14 @@ async fn main() {
     let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
     create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
     let inject = wait_instrumented(&client, &ns, FIRST).await;
-    let inject_writes = writes_so_far(&metrics_url);
+    let inject_writes = workload_writes(&metrics_url);
 
     let start = Instant::now();
     lumigos.delete("lumigo", &DeleteParams::default()).await.unwrap();
     eventually("the removal to finish", WAIT, || async { lumigos.get_opt("lumigo").await.unwrap().is_none().then_some(()) })
         .await;
     let remove = start.elapsed();
-    let remove_writes = writes_so_far(&metrics_url) - inject_writes;
+    let remove_writes = workload_writes(&metrics_url) - inject_writes;
 
     create_deployments(&client, &ns, FIRST..TOTAL).await;
     create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;

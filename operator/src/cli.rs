@@ -93,6 +93,28 @@ pub struct RunArgs {
     /// The policy module the Kubewarden engine's AdmissionPolicies run.
     #[arg(long, env = "LUMIGO_KUBEWARDEN_POLICY_MODULE", default_value = concat!("registry://ghcr.io/lumigo-rs/policies/lumigo-autotrace:v", env!("CARGO_PKG_VERSION")))]
     pub kubewarden_policy_module: String,
+    /// Where the built-in webhook serves AdmissionReviews over HTTPS.
+    #[arg(long, env = "LUMIGO_WEBHOOK_ADDRESS", default_value = "0.0.0.0:9443")]
+    pub webhook_address: SocketAddr,
+    /// The Service the API server reaches the webhook through (named in its certificate).
+    #[arg(long, env = "LUMIGO_WEBHOOK_SERVICE", default_value = "lumigo-operator-webhook")]
+    pub webhook_service: String,
+    /// The Secret, in the operator's namespace, that keeps the webhook's certificate.
+    #[arg(long, env = "LUMIGO_WEBHOOK_SECRET", default_value = "lumigo-operator-webhook-certificate")]
+    pub webhook_secret: String,
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps current.
+    #[arg(long, env = "LUMIGO_WEBHOOK_CONFIGURATION", default_value = "lumigo-operator")]
+    pub webhook_configuration: String,
+    /// Serve the webhook for an API server on this machine (`https://127.0.0.1:PORT`, the local demo)
+    /// instead of through the Service.
+    #[arg(long, env = "LUMIGO_WEBHOOK_LOOPBACK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_loopback: bool,
+    /// The policy module the built-in webhook evaluates.
+    #[arg(long, env = "LUMIGO_POLICY_MODULE", default_value = "/usr/local/share/lumigo/lumigo-policy.wasm")]
+    pub policy_module: std::path::PathBuf,
+    /// How long one admission evaluation may run before it is cut off (and admitted unchanged).
+    #[arg(long, env = "LUMIGO_EVALUATION_DEADLINE", default_value = "2s", value_parser = parse_duration)]
+    pub evaluation_deadline: Duration,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "LUMIGO_PROBE_ADDRESS", default_value = "0.0.0.0:8080")]
     pub probe_address: SocketAddr,

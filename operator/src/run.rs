@@ -6,7 +6,11 @@ use std::sync::Arc;
 
 use kube::Client;
 
+use kube::runtime::events::Reporter;
+
+use crate::admission::{self, AdmissionOptions, TlsOptions};
 use crate::cli::{AdmissionEngine, RunArgs};
+use crate::events::CONTROLLER_NAME;
 use crate::error::Result;
 use crate::events::Events;
 use crate::health::{self, Probes};
@@ -45,12 +49,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if args.leader_election {
         election.acquire().await?;
     }
-    let (controller, store) = reconciler::controller(client);
+    let (controller, store) = reconciler::controller(client.clone());
     ready.store(true, Ordering::Relaxed);
     tracing::info!(version = %args.injection.operator_version, "operator started");
 
-    let controller_run = reconciler::run(ctx, controller, store);
+    let admission = async {
+        if args.admission_engine != AdmissionEngine::Builtin {
+            return std::future::pending().await;
+        }
+        let options = admission_options(&args)?;
+        admission::serve(options, store.clone(), args.injection.operator_settings(), client.clone())
+            .await
+            .map_err(|error| crate::Error::Admission(Box::new(error)))
+    };
+    let controller_run = reconciler::run(ctx, controller, store.clone());
     tokio::select! {
+        served = admission => served,
         () = controller_run => {
             tracing::info!("controller stopped");
             Ok(())
@@ -60,6 +74,28 @@ pub async fn run(args: RunArgs) -> Result<()> {
             served.unwrap_or_else(|join| Err(crate::Error::Serve(std::io::Error::other(join))))
         }
     }
+}
+
+fn admission_options(args: &RunArgs) -> Result<AdmissionOptions> {
+    let module = std::fs::read(&args.policy_module).map_err(|source| {
+        crate::Error::Serve(std::io::Error::new(
+            source.kind(),
+            format!("reading the policy module {}: {source}", args.policy_module.display()),
+        ))
+    })?;
+    let tls = if args.webhook_loopback {
+        TlsOptions::for_loopback(&args.namespace, &args.webhook_secret, Some(&args.webhook_configuration))
+    } else {
+        TlsOptions::for_service(&args.webhook_service, &args.namespace, &args.webhook_secret, &args.webhook_configuration)
+    };
+    Ok(AdmissionOptions {
+        listen: args.webhook_address,
+        module,
+        tls,
+        deadline: args.evaluation_deadline,
+        max_concurrent_evaluations: std::thread::available_parallelism().map_or(2, usize::from),
+        reporter: Reporter { controller: CONTROLLER_NAME.into(), instance: Some(args.identity.clone()) },
+    })
 }
 
 pub async fn uninstall(args: crate::cli::UninstallArgs) -> Result<()> {

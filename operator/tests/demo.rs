@@ -10,6 +10,7 @@ fn the_demo_runs_and_shows_the_injection_and_its_removal() {
     let output = Command::new(script)
         // Its own probe port, so that a `just demo` running next to the tests does not collide.
         .env("DEMO_PROBE_PORT", "18181")
+        .env("DEMO_WEBHOOK_PORT", "18444")
         .output()
         .expect("running demo/run.sh");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -41,6 +42,10 @@ fn the_demo_runs_and_shows_the_injection_and_its_removal() {
     assert!(lines.iter().any(|l| l.contains("init containers: lumigo-injector  LD_PRELOAD: /opt/lumigo/injector/lumigo_injector.so")),
             "a Pod created by the Deployment is injected\n{stdout}");
     assert!(has("init containers: []  volumes: []"), "restored template");
+    assert!(
+        has("generation: 1  init containers: lumigo-injector  lumigo.auto-trace: lumigo-operator.v0.1.0"),
+        "a Deployment created after the resource is injected at admission\n{stdout}"
+    );
     assert!(has("byte for byte what it was before Lumigo: restored"));
     assert!(has("the chart's RBAC was enough"));
     assert!(has("==> Stopped the operator and the control plane"));

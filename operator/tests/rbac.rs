@@ -40,6 +40,9 @@ fn operator_command(kubeconfig: &Path, namespace: &str) -> Command {
         .env("POD_NAMESPACE", namespace)
         .env("POD_NAME", "lumigo-operator-rbac-test")
         .env("LUMIGO_INJECTOR_IMAGE", "ghcr.io/lumigo-rs/autotrace:0.1.0")
+        .env("LUMIGO_POLICY_MODULE", support::policy_module())
+        .env("LUMIGO_WEBHOOK_LOOPBACK", "true")
+        .env("LUMIGO_WEBHOOK_ADDRESS", format!("127.0.0.1:{}", support::free_port()))
         .env("RUST_LOG", "info,lumigo_operator=debug,kube=debug");
     command
 }

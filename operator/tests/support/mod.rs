@@ -38,18 +38,43 @@ pub fn start_operator(cp: &ControlPlane, version: &str, extra_env: &[(&str, &str
 
 /// The same, with /metrics on `probe_address`.
 pub fn start_operator_probed(cp: &ControlPlane, version: &str, extra_env: &[(&str, &str)], probe_address: &str) -> Process {
+    start_operator_with_webhook(cp, version, extra_env, probe_address).0
+}
+
+/// The operator binary with its built-in webhook on a free loopback port, which is returned.
+pub fn start_operator_with_webhook(
+    cp: &ControlPlane,
+    version: &str,
+    extra_env: &[(&str, &str)],
+    probe_address: &str,
+) -> (Process, u16) {
+    let webhook_port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_lumigo-operator"));
     command
         .args(["run", "--leader-election=false", &format!("--probe-address={probe_address}")])
         .env("KUBECONFIG", cp.kubeconfig())
+        .env("POD_NAMESPACE", "default")
+        .env("LUMIGO_POLICY_MODULE", policy_module())
+        .env("LUMIGO_WEBHOOK_LOOPBACK", "true")
+        .env("LUMIGO_WEBHOOK_ADDRESS", format!("127.0.0.1:{webhook_port}"))
         .env("LUMIGO_OPERATOR_VERSION", version)
         .env("LUMIGO_INJECTOR_IMAGE", "ghcr.io/lumigo-rs/autotrace:0.1.0")
         .env("RUST_LOG", "info,lumigo_operator=debug,kube=warn");
     for (key, value) in extra_env {
         command.env(key, value);
     }
-    let log = cp.dir().join(format!("operator-{version}-{}.log", std::process::id()));
-    Process::spawn_command("lumigo-operator", command, log).unwrap()
+    let log = cp.dir().join(format!("operator-{version}-{webhook_port}.log"));
+    (Process::spawn_command("lumigo-operator", command, log).unwrap(), webhook_port)
+}
+
+/// The built policy module (`just policy::build`), which the built-in webhook evaluates.
+pub fn policy_module() -> String {
+    std::env::var("LUMIGO_POLICY_WASM")
+        .expect("LUMIGO_POLICY_WASM must name the built policy module: run the tests through `just`")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub async fn create_secret(client: &Client, namespace: &str, name: &str, data: &[(&str, &str)]) {
@@ -174,4 +199,14 @@ pub async fn lumigo_status(client: &Client, namespace: &str, name: &str) -> Opti
 
 pub fn condition<'a>(status: &'a Value, kind: &str) -> Option<&'a Value> {
     status["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+}
+
+/// Workload writes the operator has made, from its /metrics.
+pub fn workload_writes(metrics_url: &str) -> u64 {
+    let body = Command::new("curl").args(["-sf", metrics_url]).output().unwrap().stdout;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|line| line.starts_with("lumigo_operator_workload_writes_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
