@@ -8,7 +8,7 @@ for target in "${want_targets[@]}"; do
   grep -qx "$target" <<<"$installed_targets" || rustup target add "$target"
 done
 
-want_debs=(binaryen)
+want_debs=(binaryen curl)
 missing=()
 for pkg in "${want_debs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

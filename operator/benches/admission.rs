@@ -13,7 +13,6 @@ use admission_support::*;
 use anyhow::{ensure, Result};
 use hyper::body::Bytes;
 use lumigo_e2e::ControlPlane;
-use lumigo_operator::admission::{AdmissionServer, TlsOptions};
 
 const CONCURRENCY: [usize; 4] = [1, 4, 16, 64];
 const WARMUP: Duration = Duration::from_millis(500);
@@ -22,20 +21,7 @@ const MEASURE: Duration = Duration::from_secs(4);
 #[tokio::main]
 async fn main() -> Result<()> {
     let cp = ControlPlane::start().await?;
-    let client = cp.client()?;
-    let namespace = cp.create_namespace("bench", &[]).await?;
-    let mut active = lumigo("lumigo", true);
-    active.metadata.namespace = Some("app".into());
-    let server = AdmissionServer::bind(
-        options(TlsOptions::for_loopback(&namespace, "webhook-certificate", None), policy_module(), Duration::from_secs(1)),
-        fixed_lumigos(vec![active]),
-        operator_settings(),
-        client.clone(),
-    )
-    .await?;
-    let address = server.local_addr();
-    tokio::spawn(server.run());
-    let ca = serving_ca(&client, &namespace, "webhook-certificate").await?;
+    let (address, ca) = start_loopback_host(&cp, policy_module(), Duration::from_secs(1), "app").await?;
     let review = Bytes::from(serde_json::to_vec(&admission_review("bench", "app", "CREATE", deployment("app")))?);
 
     println!("AdmissionReview round trips over HTTPS on 127.0.0.1, typical Deployment CREATE ({} bytes)", review.len());

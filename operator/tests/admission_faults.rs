@@ -12,7 +12,6 @@ use anyhow::{ensure, Context, Result};
 use hyper::body::Bytes;
 use lumigo_e2e::ControlPlane;
 use lumigo_mutation::{inspect, WorkloadKind};
-use lumigo_operator::admission::{AdmissionServer, TlsOptions};
 use serde_json::{json, Value};
 
 const ACTIVE: &str = "with-lumigo";
@@ -30,20 +29,7 @@ fn guest(body: &str) -> Vec<u8> {
 /// A webhook host for `module` in which the namespace `ACTIVE` has a Lumigo resource, and a client.
 async fn host(module: Vec<u8>, deadline: Duration) -> Result<(SocketAddr, String, ReviewClient)> {
     let cp = ControlPlane::shared().await?;
-    let client = cp.client()?;
-    let namespace = cp.create_namespace("faults", &[]).await?;
-    let mut active = lumigo("lumigo", true);
-    active.metadata.namespace = Some(ACTIVE.into());
-    let server = AdmissionServer::bind(
-        options(TlsOptions::for_loopback(&namespace, "webhook-certificate", None), module, deadline),
-        fixed_lumigos(vec![active]),
-        operator_settings(),
-        client.clone(),
-    )
-    .await?;
-    let address = server.local_addr();
-    tokio::spawn(server.run());
-    let ca = serving_ca(&client, &namespace, "webhook-certificate").await?;
+    let (address, ca) = start_loopback_host(&cp, module, deadline, ACTIVE).await?;
     let client = ReviewClient::connect(address, &ca).await?;
     Ok((address, ca, client))
 }

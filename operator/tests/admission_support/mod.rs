@@ -111,6 +111,31 @@ pub fn fixed_lumigos(lumigos: Vec<Lumigo>) -> Store<Lumigo> {
 }
 
 /// The CA the webhook's serving certificate is issued by, from the Secret the operator keeps.
+/// A webhook host serving `module` on loopback, with a Lumigo resource in `active_namespace`
+/// only; its address and the CA its certificate chains to.
+pub async fn start_loopback_host(
+    cp: &lumigo_e2e::ControlPlane,
+    module: Vec<u8>,
+    deadline: Duration,
+    active_namespace: &str,
+) -> Result<(SocketAddr, String)> {
+    let client = cp.client()?;
+    let namespace = cp.create_namespace("webhook-host", &[]).await?;
+    let mut active = lumigo("lumigo", true);
+    active.metadata.namespace = Some(active_namespace.into());
+    let server = lumigo_operator::admission::AdmissionServer::bind(
+        options(TlsOptions::for_loopback(&namespace, "webhook-certificate", None), module, deadline),
+        fixed_lumigos(vec![active]),
+        operator_settings(),
+        client.clone(),
+    )
+    .await?;
+    let address = server.local_addr();
+    tokio::spawn(server.run());
+    let ca = serving_ca(&client, &namespace, "webhook-certificate").await?;
+    Ok((address, ca))
+}
+
 pub async fn serving_ca(client: &Client, namespace: &str, secret: &str) -> Result<String> {
     let secret = Api::<Secret>::namespaced(client.clone(), namespace).get(secret).await?;
     let ca = secret.data.and_then(|d| d.get("ca.crt").cloned()).context("the Secret has no ca.crt")?;
