@@ -10,6 +10,7 @@ pub mod events;
 pub mod health;
 pub mod kubewarden;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod reconciler;
 pub mod rollout;

@@ -80,6 +80,7 @@ impl Sweeper<'_> {
             }
         }
         report.instrumented.sort();
+        crate::memory::release_freed_memory();
         Ok(report)
     }
 

@@ -155,6 +155,8 @@ impl AdmissionServer {
         let engine = tokio::task::spawn_blocking(move || PolicyEngine::new(&module, engine_options))
             .await
             .expect("compiling the policy module does not panic")?;
+        // The compiler's working memory is free now; give it back rather than keep it resident.
+        crate::memory::release_freed_memory();
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certificates = CertificateManager::start(options.tls, client.clone(), provider.clone()).await?;
