@@ -11,6 +11,8 @@ use lumigo_mutation::{Change, Reason};
 use crate::crd::InstrumentedResource;
 
 pub const CONTROLLER_NAME: &str = "lumigo-operator";
+pub const CANNOT_ADD: &str = "LumigoCannotAddInstrumentation";
+pub const CANNOT_REMOVE: &str = "LumigoCannotRemoveInstrumentation";
 
 pub struct Events {
     recorder: Recorder,
@@ -30,7 +32,7 @@ impl Events {
             type_: EventType::Normal,
             reason: change.event_reason().into(),
             note: Some(format!("{change}; trigger: {trigger}")),
-            action: action_of(change).into(),
+            action: action_for(change.event_reason()).into(),
             secondary: None,
         };
         self.publish(&event, workload).await;
@@ -38,7 +40,7 @@ impl Events {
 
     /// A workload that should have been changed and could not be, recorded once per operator run.
     pub async fn could_not(&self, workload: &InstrumentedResource, adding: bool, reason: &Reason, trigger: &str) {
-        let event_reason = if adding { "LumigoCannotAddInstrumentation" } else { "LumigoCannotRemoveInstrumentation" };
+        let event_reason = if adding { CANNOT_ADD } else { CANNOT_REMOVE };
         let first_time = self
             .warned
             .lock()
@@ -51,7 +53,7 @@ impl Events {
             type_: EventType::Warning,
             reason: event_reason.into(),
             note: Some(format!("{reason}; trigger: {trigger}")),
-            action: if adding { "Instrument" } else { "RemoveInstrumentation" }.into(),
+            action: action_for(event_reason).into(),
             secondary: None,
         };
         self.publish(&event, workload).await;
@@ -73,10 +75,11 @@ impl Events {
     }
 }
 
-fn action_of(change: &Change) -> &'static str {
-    match change {
-        Change::Injected => "Instrument",
-        Change::Reinjected { .. } => "UpdateInstrumentation",
-        Change::Removed => "RemoveInstrumentation",
+/// The event's action for one of the event reasons above, shared by the rollout and admission.
+pub fn action_for(event_reason: &str) -> &'static str {
+    match event_reason {
+        "LumigoRemovedInstrumentation" | CANNOT_REMOVE => "RemoveInstrumentation",
+        "LumigoUpdatedInstrumentation" => "UpdateInstrumentation",
+        _ => "Instrument",
     }
 }

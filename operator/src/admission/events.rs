@@ -36,11 +36,7 @@ pub(crate) struct AdmissionEvent {
 
 impl AdmissionEvent {
     pub fn changed(object: &AdmittedObject, reason: &'static str, operation: &str) -> Self {
-        let action = match reason {
-            "LumigoRemovedInstrumentation" => "RemoveInstrumentation",
-            "LumigoUpdatedInstrumentation" => "UpdateInstrumentation",
-            _ => "Instrument",
-        };
+        let action = crate::events::action_for(reason);
         AdmissionEvent {
             object: object.clone(),
             event: Event {
@@ -67,9 +63,9 @@ impl AdmissionEvent {
             object: object.clone(),
             event: Event {
                 type_: EventType::Warning,
-                reason: "LumigoCannotAddInstrumentation".into(),
+                reason: crate::events::CANNOT_ADD.into(),
                 note: Some(note),
-                action: "Instrument".into(),
+                action: crate::events::action_for(crate::events::CANNOT_ADD).into(),
                 secondary: None,
             },
         }
