@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::rollout::{Desired, Sweeper};
-use crate::settings::{injection_config, OperatorSettings};
+use crate::settings::{injection_config, instrumenting, OperatorSettings};
 use crate::status::{next_status, Health};
 use crate::token::check_secret_data;
 use crate::workloads::WorkloadApi;
@@ -217,19 +217,10 @@ async fn stop_kubewarden_admission(ctx: &Context, namespace: &str) -> Result<()>
     Ok(())
 }
 
-/// The oldest other `Lumigo` of the namespace, which wins: creation time, then name.
+/// The other `Lumigo` of the namespace that instruments it instead of this one, if any.
 async fn earlier_resource_in_namespace(lumigo: &Lumigo, api: &Api<Lumigo>) -> Result<Option<String>> {
-    let key = |l: &Lumigo| (l.metadata.creation_timestamp.clone().map(|t| t.0), l.name_any());
-    let mine = key(lumigo);
-    Ok(api
-        .list(&Default::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|other| other.uid() != lumigo.uid() && other.metadata.deletion_timestamp.is_none())
-        .filter(|other| key(other) < mine)
-        .map(|other| other.name_any())
-        .min())
+    let in_namespace = api.list(&Default::default()).await?.items;
+    Ok(instrumenting(&in_namespace).filter(|winner| winner.uid() != lumigo.uid()).map(|winner| winner.name_any()))
 }
 
 /// `Ok(Err(message))` when the Secret cannot provide a token, saying what to fix.

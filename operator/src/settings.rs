@@ -16,18 +16,14 @@ pub struct OperatorSettings {
     pub operator_version: String,
 }
 
-/// Whether the resource's last reconcile found it valid (its `Active` condition is true).
-pub fn is_active(lumigo: &Lumigo) -> bool {
-    lumigo
-        .status
-        .as_ref()
-        .is_some_and(|status| status.conditions.iter().any(|c| c.type_ == crate::status::ACTIVE && c.status == "True"))
-}
-
-/// The settings admission applies in the resource's namespace: only once the operator found the
-/// resource valid, so that a duplicate or a resource with a broken Secret injects nothing.
-pub fn admission_config(lumigo: &Lumigo, operator: &OperatorSettings) -> Option<InjectionConfig> {
-    is_active(lumigo).then(|| injection_config(lumigo, operator)).flatten()
+/// The resource that instruments a namespace, among that namespace's `Lumigo` resources: the
+/// oldest one not being deleted (by name when created in the same second). The reconciler flags
+/// the others as duplicates, and admission takes its settings from this one.
+pub fn instrumenting<'a>(lumigos: impl IntoIterator<Item = &'a Lumigo>) -> Option<&'a Lumigo> {
+    lumigos
+        .into_iter()
+        .filter(|lumigo| lumigo.metadata.deletion_timestamp.is_none())
+        .min_by_key(|lumigo| (lumigo.metadata.creation_timestamp.clone().map(|t| t.0), lumigo.metadata.name.clone()))
 }
 
 /// The injection settings of a namespace, or `None` when its resource does not ask for injection.
@@ -45,4 +41,33 @@ pub fn injection_config(lumigo: &Lumigo, operator: &OperatorSettings) -> Option<
         enable_logs: lumigo.spec.logging.enabled,
         operator_version: operator.operator_version.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn lumigo(name: &str, created: &str, deleting: bool) -> Lumigo {
+        let mut metadata = json!({"name": name, "namespace": "shop", "creationTimestamp": created});
+        if deleting {
+            metadata["deletionTimestamp"] = json!("2026-01-03T00:00:00Z");
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "operator.lumigo.io/v1alpha1", "kind": "Lumigo", "metadata": metadata,
+            "spec": {"lumigoToken": {"secretRef": {"name": "s", "key": "token"}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_oldest_resource_not_being_deleted_instruments_the_namespace() {
+        let oldest_deleting = lumigo("a", "2026-01-01T00:00:00Z", true);
+        let older = lumigo("z", "2026-01-02T00:00:00Z", false);
+        let same_second = lumigo("b", "2026-01-02T00:00:00Z", false);
+        let newer = lumigo("c", "2026-01-02T00:00:01Z", false);
+        let all = [newer, older, oldest_deleting, same_second];
+        assert_eq!(instrumenting(&all).and_then(|l| l.metadata.name.as_deref()), Some("b"));
+        assert!(instrumenting(&all[2..3]).is_none());
+    }
 }

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::crd::Lumigo;
-use crate::settings::{injection_config, OperatorSettings};
+use crate::settings::{injection_config, instrumenting, OperatorSettings};
 
 use super::events::{AdmissionEvent, EventSink};
 
@@ -196,21 +196,15 @@ impl Reviewer {
         response
     }
 
-    /// The injection settings of the namespace's `Lumigo` resource, from the watch cache. Should a
-    /// namespace have several, the oldest one not being deleted counts, as for the reconciler (which
-    /// flags the others as duplicates).
+    /// The injection settings of the namespace's `Lumigo` resource, from the watch cache; of
+    /// several, the one the reconciler lets instrument the namespace.
     fn settings_for(&self, namespace: &str) -> Option<InjectionConfig> {
         if namespace.is_empty() {
             return None;
         }
-        let winner = self
-            .lumigos
-            .state_filter(|lumigo| {
-                lumigo.metadata.namespace.as_deref() == Some(namespace) && lumigo.metadata.deletion_timestamp.is_none()
-            })
-            .into_iter()
-            .min_by_key(|lumigo| (lumigo.metadata.creation_timestamp.clone(), lumigo.metadata.name.clone()))?;
-        injection_config(&winner, &self.operator)
+        let in_namespace = self.lumigos.state_filter(|lumigo| lumigo.metadata.namespace.as_deref() == Some(namespace));
+        let winner = instrumenting(in_namespace.iter().map(|lumigo| lumigo.as_ref()))?;
+        injection_config(winner, &self.operator)
     }
 }
 
