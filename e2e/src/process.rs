@@ -121,6 +121,11 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // The log lives in a directory that is removed with the control plane: a failing test is
+        // the only moment anyone can still read it.
+        if thread::panicking() {
+            eprintln!("--- last lines of {} ({}) ---\n{}", self.name, self.log.display(), self.log_tail());
+        }
         let group = self.child.id() as libc::pid_t;
         // SAFETY: plain syscalls on the group this process leads.
         unsafe { libc::kill(-group, libc::SIGTERM) };

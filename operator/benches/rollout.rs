@@ -80,6 +80,7 @@ async fn main() {
     let inject_all = wait_instrumented(&client, &ns, TOTAL).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (peak, now) = (memory_kib(operator.id(), "VmHWM:"), memory_kib(operator.id(), "VmRSS:"));
+    let (anon, file) = (memory_kib(operator.id(), "RssAnon:"), memory_kib(operator.id(), "RssFile:"));
 
     println!("rollout on a real control plane, {FIRST} Deployments in one namespace:");
     println!("  inject  {:>6.2} s   {:.2} writes per workload", inject.as_secs_f64(), inject_writes as f64 / FIRST as f64);
@@ -87,4 +88,5 @@ async fn main() {
     println!("with {TOTAL} Deployments (and their ReplicaSets) watched:");
     println!("  inject all {TOTAL}: {:.2} s", inject_all.as_secs_f64());
     println!("  operator RSS: peak {:.1} MB, settled {:.1} MB", peak as f64 / 1024.0, now as f64 / 1024.0);
+    println!("  settled RSS: heap and stacks {:.1} MB, mapped code and files {:.1} MB", anon as f64 / 1024.0, file as f64 / 1024.0);
 }

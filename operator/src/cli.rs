@@ -32,11 +32,15 @@ pub enum AdmissionEngine {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller (and the built-in admission webhook).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Delete every Lumigo resource and remove the injection from every workload.
     Uninstall(UninstallArgs),
     /// Print the Lumigo CustomResourceDefinition as YAML.
     Crdgen,
+    /// Compile a policy module read from stdin and write the machine code to stdout (`run`
+    /// has a child process of its own do this).
+    #[command(name = "precompile-policy", hide = true)]
+    PrecompilePolicy,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -18,13 +18,24 @@ fn main() -> ExitCode {
 
 async fn run() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::PrecompilePolicy = cli.command {
+        // The parent reads this process's stderr and quotes it in its own log: plain text.
+        return match lumigo_operator::admission::compile::precompile_stdin_to_stdout() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("{error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Crdgen => {
             print!("{}", lumigo_operator::crd::crd_yaml());
             Ok(())
         }
-        Command::Run(args) => lumigo_operator::run::run(args).await,
+        Command::PrecompilePolicy => unreachable!("handled before logging starts"),
+        Command::Run(args) => lumigo_operator::run::run(*args).await,
         Command::Uninstall(args) => lumigo_operator::run::uninstall(args).await,
     };
     match result {

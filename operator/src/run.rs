@@ -91,6 +91,10 @@ fn admission_options(args: &RunArgs) -> Result<AdmissionOptions> {
     Ok(AdmissionOptions {
         listen: args.webhook_address,
         module,
+        // This is the operator's executable, which has the `precompile-policy` command.
+        compiler: std::env::current_exe()
+            .inspect_err(|error| tracing::warn!(%error, "cannot locate the operator's executable; compiling the policy module in-process"))
+            .ok(),
         tls,
         deadline: args.evaluation_deadline,
         max_concurrent_evaluations: std::thread::available_parallelism().map_or(2, usize::from),

@@ -400,7 +400,7 @@ fn the_image_recipes_use_what_exists_and_run_as_the_chart_expects() {
             let image = from.split_whitespace().find(|w| !w.starts_with("--") && *w != "FROM").unwrap();
             assert!(image == "scratch" || (image.contains(':') && !image.ends_with(":latest")), "unpinned base image: {from}");
         }
-        let last_user = dockerfile.lines().filter(|l| l.starts_with("USER ")).last().unwrap();
+        let last_user = dockerfile.lines().rfind(|l| l.starts_with("USER ")).unwrap();
         assert_eq!(last_user, "USER 65532:65532");
     }
     let values = documents(&render("lumigo-system", &[]));

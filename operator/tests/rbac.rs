@@ -22,6 +22,11 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// Both tests run a cluster-wide operator on the shared control plane, and the first one's
+/// `uninstall` deletes every Lumigo resource there: run side by side, each would act on the other's
+/// namespace. They take turns.
+static ONE_OPERATOR_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn kubeconfig_for_token(cp: &ControlPlane, token: &str, path: &Path) {
     let ca = base64::engine::general_purpose::STANDARD.encode(cp.ca_pem());
     let config = format!(
@@ -83,6 +88,7 @@ fn install_identity(cp: &ControlPlane, release_ns: &str, name: &str, args: &[&st
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more() {
+    let _turn = ONE_OPERATOR_AT_A_TIME.lock().await;
     let cp = ControlPlane::shared().await.unwrap();
     let client = cp.client().unwrap();
     install_crd(&client).await;
@@ -177,6 +183,7 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
 /// chart's identity (rendered with that engine), and may not touch webhook configurations.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_kubewarden_engine_runs_under_the_charts_rbac_for_that_engine() {
+    let _turn = ONE_OPERATOR_AT_A_TIME.lock().await;
     let cp = ControlPlane::shared().await.unwrap();
     let client = cp.client().unwrap();
     install_crd(&client).await;

@@ -1,4 +1,5 @@
-//! Online Boutique (../shared/realworld), a realistic hardened namespace: every Deployment comes
+//! Online Boutique (GoogleCloudPlatform/microservices-demo's release manifests, Apache-2.0, kept
+//! unmodified in tests/fixtures), a realistic hardened namespace: every Deployment comes
 //! out injected, the injection adds no Pod Security "restricted" violation, and removal restores
 //! every Deployment byte for byte.
 
@@ -15,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use support::*;
 
-const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/realworld/online-boutique.yaml");
+const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/online-boutique.yaml");
 
 fn objects_of_kind(kind: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(MANIFESTS).unwrap_or_else(|e| panic!("{MANIFESTS}: {e}"));

@@ -85,4 +85,8 @@ async fn the_operators_webhook_injects_new_workloads() {
     // The new CronJob made the operator look at the namespace again: nothing to write.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(workload_writes(&metrics_url), writes_after_rollout, "an injected workload was written again");
+
+    // The compiler ran in a child process, so its memory is not the operator's.
+    let log = std::fs::read_to_string(operator.log_path()).unwrap();
+    assert!(log.contains("policy module compiled by a child process"), "{log}");
 }

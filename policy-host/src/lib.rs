@@ -5,5 +5,5 @@ pub mod engine;
 pub mod error;
 pub mod metadata;
 
-pub use engine::{EngineOptions, PolicyEngine};
+pub use engine::{EngineOptions, Instance, PolicyEngine};
 pub use error::{Error, Result};

@@ -75,6 +75,26 @@ fn wasm_and_native_answer_every_fixture_identically() {
     assert!(compared >= 50, "compared only {compared}");
 }
 
+/// The operator has a child process compile the module and loads the machine code it returns:
+/// that code answers like the module compiled in place, and bytes that are not such code are
+/// refused with an error.
+#[test]
+fn precompiled_code_answers_like_the_compiled_module() {
+    let precompiled = PolicyEngine::precompile(module()).unwrap();
+    // SAFETY: made by `precompile` of this build just above.
+    let loaded = unsafe { PolicyEngine::from_precompiled(&precompiled, EngineOptions::default()) }.unwrap();
+    let settings = read_json(policies_dir().join("settings.json"));
+    let request = read_json(policies_dir().join("fixtures/deployment-create.json"));
+    let payload = serde_json::to_vec(&json!({"settings": settings, "request": request})).unwrap();
+    let answer = loaded.call("validate", &payload).unwrap();
+    assert!(serde_json::from_slice::<Value>(&answer).unwrap()["mutated_object"].is_object());
+    assert_eq!(answer, engine().call("validate", &payload).unwrap());
+
+    // SAFETY: wasmtime checks the header of what it deserializes; these bytes fail that check.
+    let refused = unsafe { PolicyEngine::from_precompiled(module(), EngineOptions::default()) };
+    assert!(refused.is_err(), "a plain .wasm is not precompiled code");
+}
+
 #[test]
 fn settings_are_validated_inside_the_module() {
     let good = std::fs::read(policies_dir().join("settings.json")).unwrap();

@@ -7,6 +7,7 @@
 //! Wiring: run a reflector of `Lumigo` (all namespaces) and pass its `Store`; then
 //! `admission::serve(options, store, operator_settings, client).await`.
 
+pub mod compile;
 mod certificates;
 mod configuration;
 mod events;
@@ -14,6 +15,7 @@ mod review;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::Store;
 use kube::Client;
-use lumigo_policy_host::{EngineOptions, PolicyEngine};
+use lumigo_policy_host::EngineOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -66,10 +68,13 @@ pub struct AdmissionOptions {
     pub listen: SocketAddr,
     /// The policy module (`lumigo-policy.wasm`), the same one Kubewarden runs.
     pub module: Vec<u8>,
+    /// The operator's executable, whose hidden `precompile-policy` command compiles the module in
+    /// a child process; `None` compiles it in this process (a host embedded in a test).
+    pub compiler: Option<PathBuf>,
     pub tls: TlsOptions,
     /// How long one evaluation may run before the module is interrupted.
     pub deadline: Duration,
-    /// Evaluations running at once (at most `PolicyEngine::MAX_CONCURRENT_CALLS`); more wait, up
+    /// Evaluations running at once (at most `lumigo_policy_host::PolicyEngine::MAX_CONCURRENT_CALLS`); more wait, up
     /// to `deadline`, for a slot. The number of cores is a good value: evaluations are CPU-bound.
     pub max_concurrent_evaluations: usize,
     /// Who the admission events say recorded them.
@@ -150,13 +155,12 @@ impl AdmissionServer {
             tick: (options.deadline / 20).clamp(Duration::from_millis(1), Duration::from_millis(10)),
             deadline: options.deadline,
         };
-        let module = options.module;
-        // Compiling takes seconds of CPU: not on a runtime thread.
-        let engine = tokio::task::spawn_blocking(move || PolicyEngine::new(&module, engine_options))
+        let (module, compiler) = (options.module, options.compiler);
+        // Compiling takes seconds of CPU, and waiting for the compiler process blocks: not on a
+        // runtime thread.
+        let engine = tokio::task::spawn_blocking(move || compile::engine(&module, compiler.as_deref(), engine_options))
             .await
             .expect("compiling the policy module does not panic")?;
-        // The compiler's working memory is free now; give it back rather than keep it resident.
-        crate::memory::release_freed_memory();
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certificates = CertificateManager::start(options.tls, client.clone(), provider.clone()).await?;

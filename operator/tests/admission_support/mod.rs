@@ -51,6 +51,7 @@ pub fn options(tls: TlsOptions, module: Vec<u8>, deadline: Duration) -> Admissio
     AdmissionOptions {
         listen: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
         module,
+        compiler: Some(env!("CARGO_BIN_EXE_lumigo-operator").into()),
         tls,
         deadline,
         max_concurrent_evaluations: std::thread::available_parallelism().map_or(2, |n| n.get()),
