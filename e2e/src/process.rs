@@ -77,6 +77,22 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM to the group, SIGKILL after the grace period.
+    fn terminate(&mut self) {
+        let group = self.child.id() as libc::pid_t;
+        // SAFETY: plain syscalls on the group this process leads.
+        unsafe { libc::kill(-group, libc::SIGTERM) };
+        let deadline = Instant::now() + GRACE;
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() >= deadline {
+                unsafe { libc::kill(-group, libc::SIGKILL) };
+                let _ = self.child.wait();
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn id(&self) -> u32 {
         self.child.id()
     }
@@ -121,22 +137,12 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        self.terminate();
         // The log lives in a directory that is removed with the control plane: a failing test is
-        // the only moment anyone can still read it.
+        // the only moment anyone can still read it, shutdown lines included. (`eprintln!` is
+        // what the test harness captures and shows with the failure.)
         if thread::panicking() {
             eprintln!("--- last lines of {} ({}) ---\n{}", self.name, self.log.display(), self.log_tail());
-        }
-        let group = self.child.id() as libc::pid_t;
-        // SAFETY: plain syscalls on the group this process leads.
-        unsafe { libc::kill(-group, libc::SIGTERM) };
-        let deadline = Instant::now() + GRACE;
-        while matches!(self.child.try_wait(), Ok(None)) {
-            if Instant::now() >= deadline {
-                unsafe { libc::kill(-group, libc::SIGKILL) };
-                let _ = self.child.wait();
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
         }
     }
 }

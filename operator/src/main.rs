@@ -1,26 +1,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use lumigo_operator::admission::compile::{self, PolicyCompiler};
 use lumigo_operator::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    lumigo_operator::memory::limit_allocator_arenas();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
-    match runtime {
-        Ok(runtime) => runtime.block_on(run()),
-        Err(error) => {
-            eprintln!("lumigo-operator: cannot start the async runtime: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run() -> ExitCode {
     let cli = Cli::parse();
     if let Command::PrecompilePolicy = cli.command {
-        // The parent reads this process's stderr and quotes it in its own log: plain text.
-        return match lumigo_operator::admission::compile::precompile_stdin_to_stdout() {
+        // A short-lived child of `run`: no runtime, no logging; the parent reads its stderr
+        // and quotes it in its own log, so errors are plain text.
+        return match compile::precompile_stdin_to_stdout() {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("{error}");
@@ -28,14 +18,27 @@ async fn run() -> ExitCode {
             }
         };
     }
+    lumigo_operator::memory::limit_allocator_arenas();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(error) => {
+            eprintln!("lumigo-operator: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Crdgen => {
             print!("{}", lumigo_operator::crd::crd_yaml());
             Ok(())
         }
-        Command::PrecompilePolicy => unreachable!("handled before logging starts"),
-        Command::Run(args) => lumigo_operator::run::run(*args).await,
+        Command::PrecompilePolicy => unreachable!("handled before the runtime starts"),
+        // SAFETY: this is the operator binary; its `precompile-policy` is handled above.
+        Command::Run(args) => lumigo_operator::run::run(*args, unsafe { PolicyCompiler::own_executable() }).await,
         Command::Uninstall(args) => lumigo_operator::run::uninstall(args).await,
     };
     match result {

@@ -8,6 +8,7 @@ use kube::Client;
 
 use kube::runtime::events::Reporter;
 
+use crate::admission::compile::PolicyCompiler;
 use crate::admission::{self, AdmissionOptions, TlsOptions};
 use crate::cli::{AdmissionEngine, RunArgs};
 use crate::events::CONTROLLER_NAME;
@@ -36,7 +37,8 @@ pub fn context(
     }
 }
 
-pub async fn run(args: RunArgs) -> Result<()> {
+/// Runs the operator; `compiler` says where the built-in webhook's policy module is compiled.
+pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
     let client = Client::try_default().await?;
     let kubewarden_module =
         (args.admission_engine == AdmissionEngine::Kubewarden).then(|| args.kubewarden_policy_module.clone());
@@ -57,7 +59,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         if args.admission_engine != AdmissionEngine::Builtin {
             return std::future::pending().await;
         }
-        let options = admission_options(&args)?;
+        let options = admission_options(&args, compiler)?;
         admission::serve(options, store.clone(), args.injection.operator_settings(), client.clone())
             .await
             .map_err(|error| crate::Error::Admission(Box::new(error)))
@@ -76,7 +78,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
 }
 
-fn admission_options(args: &RunArgs) -> Result<AdmissionOptions> {
+fn admission_options(args: &RunArgs, compiler: PolicyCompiler) -> Result<AdmissionOptions> {
     let module = std::fs::read(&args.policy_module).map_err(|source| {
         crate::Error::Serve(std::io::Error::new(
             source.kind(),
@@ -91,10 +93,7 @@ fn admission_options(args: &RunArgs) -> Result<AdmissionOptions> {
     Ok(AdmissionOptions {
         listen: args.webhook_address,
         module,
-        // This is the operator's executable, which has the `precompile-policy` command.
-        compiler: std::env::current_exe()
-            .inspect_err(|error| tracing::warn!(%error, "cannot locate the operator's executable; compiling the policy module in-process"))
-            .ok(),
+        compiler,
         tls,
         deadline: args.evaluation_deadline,
         max_concurrent_evaluations: std::thread::available_parallelism().map_or(2, usize::from),

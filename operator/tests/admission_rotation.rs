@@ -16,7 +16,8 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use lumigo_e2e::ControlPlane;
 use lumigo_mutation::{inspect, WorkloadKind};
-use lumigo_operator::admission::{webhook_configuration, AdmissionServer, TlsOptions, WebhookTarget};
+use lumigo_operator::admission::compile::PolicyCompiler;
+use lumigo_operator::admission::{webhook_configuration, AdmissionOptions, AdmissionServer, TlsOptions, WebhookTarget};
 use lumigo_operator::crd::Lumigo;
 
 const SECRET: &str = "lumigo-webhook-certificate";
@@ -104,10 +105,13 @@ async fn the_certificate_is_renewed_before_expiry_and_served_without_a_restart()
     ensure!(ca_bundle(&client, &configuration_name).await?.contains(first_ca.trim()));
 
     // A restarted host serves the stored certificate rather than issuing another. (Its module is a
-    // stub that compiles at once: this is about certificates, and time counts here.)
+    // stub compiled at once in this process: this is about certificates, and time counts here.)
     let stub = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "__guest_call") (param i32 i32) (result i32) unreachable))"#)?;
     let restarted = AdmissionServer::bind(
-        options(tls, stub, Duration::from_secs(1)),
+        AdmissionOptions {
+            compiler: PolicyCompiler::in_process(),
+            ..options(tls, stub, Duration::from_secs(1))
+        },
         fixed_lumigos(Vec::new()),
         operator_settings(),
         client.clone(),

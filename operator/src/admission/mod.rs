@@ -15,7 +15,6 @@ mod review;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,9 +67,9 @@ pub struct AdmissionOptions {
     pub listen: SocketAddr,
     /// The policy module (`lumigo-policy.wasm`), the same one Kubewarden runs.
     pub module: Vec<u8>,
-    /// The operator's executable, whose hidden `precompile-policy` command compiles the module in
-    /// a child process; `None` compiles it in this process (a host embedded in a test).
-    pub compiler: Option<PathBuf>,
+    /// Where the module is compiled: the operator has a child process of its own executable do
+    /// it.
+    pub compiler: compile::PolicyCompiler,
     pub tls: TlsOptions,
     /// How long one evaluation may run before the module is interrupted.
     pub deadline: Duration,
@@ -158,7 +157,7 @@ impl AdmissionServer {
         let (module, compiler) = (options.module, options.compiler);
         // Compiling takes seconds of CPU, and waiting for the compiler process blocks: not on a
         // runtime thread.
-        let engine = tokio::task::spawn_blocking(move || compile::engine(&module, compiler.as_deref(), engine_options))
+        let engine = tokio::task::spawn_blocking(move || compile::engine(&module, &compiler, engine_options))
             .await
             .expect("compiling the policy module does not panic")?;
 

@@ -18,6 +18,7 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, CustomResourceExt};
+use lumigo_operator::admission::compile::PolicyCompiler;
 use lumigo_operator::admission::{AdmissionOptions, TlsOptions};
 use lumigo_operator::crd::{Lumigo, LumigoSpec};
 use lumigo_operator::settings::OperatorSettings;
@@ -51,7 +52,8 @@ pub fn options(tls: TlsOptions, module: Vec<u8>, deadline: Duration) -> Admissio
     AdmissionOptions {
         listen: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
         module,
-        compiler: Some(env!("CARGO_BIN_EXE_lumigo-operator").into()),
+        // SAFETY: the operator binary cargo builds with this test, from the same sources.
+        compiler: unsafe { PolicyCompiler::child(env!("CARGO_BIN_EXE_lumigo-operator").into()) },
         tls,
         deadline,
         max_concurrent_evaluations: std::thread::available_parallelism().map_or(2, |n| n.get()),
