@@ -16,16 +16,6 @@ use serde_json::{json, Value};
 
 const ACTIVE: &str = "with-lumigo";
 
-/// A waPC guest whose one function runs `body`.
-fn guest(body: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module
-             (memory (export "memory") 1)
-             (func (export "__guest_call") (param i32 i32) (result i32) {body}))"#
-    ))
-    .expect("the test guest assembles")
-}
-
 /// A webhook host for `module` in which the namespace `ACTIVE` has a Lumigo resource, and a client.
 async fn host(module: Vec<u8>, deadline: Duration) -> Result<(SocketAddr, String, ReviewClient)> {
     let cp = ControlPlane::shared().await?;

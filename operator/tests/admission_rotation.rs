@@ -106,7 +106,7 @@ async fn the_certificate_is_renewed_before_expiry_and_served_without_a_restart()
 
     // A restarted host serves the stored certificate rather than issuing another. (Its module is a
     // stub compiled at once in this process: this is about certificates, and time counts here.)
-    let stub = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "__guest_call") (param i32 i32) (result i32) unreachable))"#)?;
+    let stub = guest("unreachable");
     let restarted = AdmissionServer::bind(
         AdmissionOptions {
             compiler: PolicyCompiler::in_process(),

@@ -1,5 +1,5 @@
-//! What the admission tests and the admission benchmark share: the built policy module, the
-//! operator's settings, a `Lumigo` resource, the CRD on the control plane, and an HTTPS client
+//! What the admission tests and the admission benchmark share: the built policy module, hand-written
+//! guests, the operator's settings, a `Lumigo` resource, the CRD on the control plane, and an HTTPS client
 //! that speaks AdmissionReview to the webhook.
 
 #![allow(dead_code)] // each test binary uses its own part of it
@@ -255,4 +255,14 @@ pub fn patched(object: &Value, response: &Value) -> Result<Value> {
         json_patch::patch(&mut object, &patch)?;
     }
     Ok(object)
+}
+
+/// A waPC guest whose one function runs `body`.
+pub fn guest(body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+             (memory (export "memory") 1)
+             (func (export "__guest_call") (param i32 i32) (result i32) {body}))"#
+    ))
+    .expect("the test guest assembles")
 }
