@@ -13,12 +13,13 @@ mod chart "charts/justfile"
 mod operator "operator/justfile"
 
 # Run every test of the project.
-test: setup policy::test injector::test e2e::test chart::test operator::test
+test: setup policy::test injector::test e2e::test chart::test operator::test operator::test-cluster
 
 # Install the toolchain parts the tests need (idempotent).
 setup:
     scripts/setup.sh
 
-# Show the operator at work on a local control plane: inject a namespace, then remove it again.
-demo:
+# Show the operator at work on a local cluster with a real node: trace a shop of Node.js, Python and
+# Java services, then remove it all again. Installs what it needs first, as `just test` does.
+demo: setup
     demo/run.sh

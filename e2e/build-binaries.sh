@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager and kubectl from the versions pinned in
-# e2e/k8s/go.mod into $LUMIGO_CACHE/k8s-bin/<k8s-version>-<etcd-version>/, and prints that directory.
+# Builds etcd, kube-apiserver, kube-controller-manager, kubectl and the node components (kube-scheduler,
+# kubelet, kube-proxy) from the versions pinned in e2e/k8s/go.mod into
+# $LUMIGO_CACHE/k8s-bin/<k8s-version>-<etcd-version>-node/, and prints that directory.
 # A directory that exists is complete (it is renamed into place only after every build succeeded),
 # so a warm run returns at once. The Go build and module caches stay at their default locations.
 set -euo pipefail
@@ -12,7 +13,8 @@ cache="${LUMIGO_CACHE:-$HOME/.cache/lumigo-operator}"
 version_of() { awk -v m="$1" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$here/k8s/go.mod"; }
 k8s_version="$(version_of k8s.io/kubernetes)"
 etcd_version="$(version_of go.etcd.io/etcd/server/v3)"
-out="$cache/k8s-bin/$k8s_version-$etcd_version"
+# The "-node" suffix: a cache directory from before the node components were added lacks them.
+out="$cache/k8s-bin/$k8s_version-$etcd_version-node"
 
 if [[ -x "$out/kubectl" ]]; then
     echo "$out"
@@ -42,6 +44,9 @@ done
 go build -trimpath -ldflags "-s -w$stamp" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy \
     k8s.io/kubernetes/cmd/kubectl
 mv "$tmp" "$out"
 trap - EXIT

@@ -1,6 +1,7 @@
-//! etcd + kube-apiserver + kube-controller-manager on loopback, started in that order and stopped in
-//! the reverse one. No scheduler and no kubelet: Pods stay Pending, which is all the tests need to
-//! read what admission and the controllers made of them.
+//! etcd + kube-apiserver + kube-controller-manager, started in that order and stopped in the reverse
+//! one. On its own ([`ControlPlane::start`]) it lives on loopback with no scheduler and no kubelet:
+//! Pods stay Pending, which is all the fast suites need to read what admission and the controllers
+//! made of them. [`crate::Cluster`] starts it reachable from pods and adds a node.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -24,6 +25,8 @@ use crate::process::Process;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(100);
 const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
+/// The pod network; the node's share of it is the first /24 (see `crate::node`).
+pub(crate) const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The first address of the service range: the in-cluster `kubernetes` Service.
 const KUBERNETES_SERVICE_IP: &str = "10.0.0.1";
 
@@ -39,6 +42,8 @@ pub struct ControlPlane {
     ca_pem: String,
     kubeconfig: PathBuf,
     kubectl: PathBuf,
+    pub(crate) ca: CertificateAuthority,
+    pub(crate) bin: Binaries,
     dir: TempDir,
 }
 
@@ -46,6 +51,12 @@ impl ControlPlane {
     /// Builds the binaries if needed (see `e2e/build-binaries.sh`), then starts a fresh control
     /// plane and returns once the API is ready and the controller-manager is creating ServiceAccounts.
     pub async fn start() -> Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// With `node_ip`, the apiserver also listens on that address and advertises it, so pods reach
+    /// it through the `kubernetes` Service, and the controller-manager hands out pod CIDRs.
+    pub(crate) async fn start_with(node_ip: Option<Ipv4Addr>) -> Result<Self> {
         let bin = Binaries::ensure().await?;
         let dir = tempfile::Builder::new()
             .prefix("lumigo-e2e-")
@@ -60,7 +71,9 @@ impl ControlPlane {
         let arg = |flag: &str, value: &Path| format!("--{flag}={}", value.display());
 
         let ca = CertificateAuthority::new("lumigo-e2e-ca")?;
+        let node_ip_text = node_ip.map(|ip| ip.to_string());
         let serving = ca.issue_server_cert(&[
+            node_ip_text.as_deref().unwrap_or("127.0.0.1"),
             "127.0.0.1",
             "localhost",
             KUBERNETES_SERVICE_IP,
@@ -108,13 +121,8 @@ impl ControlPlane {
 
         let apiserver_port = free_port()?;
         let server_url = format!("https://127.0.0.1:{apiserver_port}");
-        let mut apiserver = Process::spawn(
-            "kube-apiserver",
-            &bin.kube_apiserver,
-            &[
+        let mut apiserver_args = vec![
                 format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
                 format!("--secure-port={apiserver_port}"),
                 arg("tls-cert-file", &serving_crt),
                 arg("tls-private-key-file", &serving_key),
@@ -127,12 +135,39 @@ impl ControlPlane {
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 arg("service-account-key-file", &sa_pub),
                 arg("service-account-signing-key-file", &sa_key),
-                // The endpoints of the `kubernetes` Service may not be loopback addresses, which is
-                // all this apiserver has; nothing in the tests reaches it through the Service.
-                "--endpoint-reconciler-type=none".into(),
                 "--profiling=false".into(),
                 "--v=1".into(),
-            ],
+        ];
+        match node_ip {
+            None => apiserver_args.extend([
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                // The endpoints of the `kubernetes` Service may not be loopback addresses, which
+                // is all this apiserver has; nothing reaches it through the Service then.
+                "--endpoint-reconciler-type=none".into(),
+            ]),
+            Some(ip) => {
+                // What `kubectl logs/exec` and the apiserver's proxy present to the kubelet, whose
+                // webhook authorizer lets system:masters through.
+                let kubelet_client =
+                    ca.issue_client_cert("lumigo-e2e-apiserver", &["system:masters"])?;
+                let client_crt = write("apiserver-kubelet-client.crt", &kubelet_client.cert_pem)?;
+                let client_key = write("apiserver-kubelet-client.key", &kubelet_client.key_pem)?;
+                apiserver_args.extend([
+                    "--bind-address=0.0.0.0".into(),
+                    format!("--advertise-address={ip}"),
+                    arg("kubelet-client-certificate", &client_crt),
+                    arg("kubelet-client-key", &client_key),
+                    // The node's name resolves to 127.0.0.1 in /etc/hosts; its kubelet listens on
+                    // the node's address.
+                    "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
+                ]);
+            }
+        }
+        let mut apiserver = Process::spawn(
+            "kube-apiserver",
+            &bin.kube_apiserver,
+            &apiserver_args,
             path("kube-apiserver.log"),
         )?;
 
@@ -167,26 +202,34 @@ impl ControlPlane {
         })
         .await?;
 
+        let mut kcm_args = vec![
+            arg("kubeconfig", &kcm_kubeconfig),
+            "--leader-elect=false".into(),
+            // Cloud controllers switch themselves off without a cloud provider.
+            "--controllers=*".into(),
+            // Each controller acts as its own ServiceAccount, so RBAC is exercised as in a
+            // real cluster.
+            "--use-service-account-credentials=true".into(),
+            arg("service-account-private-key-file", &sa_key),
+            arg("root-ca-file", &ca_crt),
+            arg("cluster-signing-cert-file", &ca_crt),
+            arg("cluster-signing-key-file", &ca_key),
+            format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+            // Nothing probes it, and no port means nothing to collide with.
+            "--secure-port=0".into(),
+            "--v=1".into(),
+        ];
+        if node_ip.is_some() {
+            kcm_args.extend([
+                "--allocate-node-cidrs=true".into(),
+                format!("--cluster-cidr={CLUSTER_CIDR}"),
+                "--node-cidr-mask-size=24".into(),
+            ]);
+        }
         let mut controller_manager = Process::spawn(
             "kube-controller-manager",
             &bin.kube_controller_manager,
-            &[
-                arg("kubeconfig", &kcm_kubeconfig),
-                "--leader-elect=false".into(),
-                // Cloud controllers switch themselves off without a cloud provider.
-                "--controllers=*".into(),
-                // Each controller acts as its own ServiceAccount, so RBAC is exercised as in a
-                // real cluster.
-                "--use-service-account-credentials=true".into(),
-                arg("service-account-private-key-file", &sa_key),
-                arg("root-ca-file", &ca_crt),
-                arg("cluster-signing-cert-file", &ca_crt),
-                arg("cluster-signing-key-file", &ca_key),
-                format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
-                // Nothing probes it, and no port means nothing to collide with.
-                "--secure-port=0".into(),
-                "--v=1".into(),
-            ],
+            &kcm_args,
             path("kube-controller-manager.log"),
         )?;
         wait_for(&mut controller_manager, || {
@@ -202,7 +245,9 @@ impl ControlPlane {
             server_url,
             ca_pem: ca.cert_pem().to_owned(),
             kubeconfig,
-            kubectl: bin.kubectl,
+            kubectl: bin.kubectl.clone(),
+            ca,
+            bin,
             dir,
         })
     }

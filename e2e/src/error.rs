@@ -3,8 +3,8 @@ use std::path::PathBuf;
 /// Everything that can go wrong while providing a control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("e2e/build-binaries.sh failed ({0}); its output above says why")]
-    Build(String),
+    #[error("e2e/{0} failed ({1}); its output above says why")]
+    Build(&'static str, String),
 
     #[error("{what}: {source}")]
     Io {
@@ -39,6 +39,14 @@ pub enum Error {
 
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+
+    /// The node could not be set up on this machine; the message says what and how to fix it.
+    #[error("the e2e node: {0}")]
+    Node(String),
+
+    /// Assembling or reading a container image, or reading the Dockerfile it is made from.
+    #[error("container image: {0}")]
+    Image(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

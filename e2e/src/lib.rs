@@ -14,11 +14,18 @@
 mod binaries;
 mod certs;
 mod control_plane;
+pub mod dockerfile;
 mod error;
+pub mod images;
 mod kubeconfig;
+mod node;
+pub mod oci;
+mod otlp_sink;
 mod process;
 
 pub use certs::{CertificateAuthority, CertifiedKey};
 pub use control_plane::ControlPlane;
 pub use error::{Error, Result};
+pub use node::Cluster;
+pub use otlp_sink::{OtlpSink, ReceivedSpan};
 pub use process::Process;

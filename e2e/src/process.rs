@@ -142,7 +142,12 @@ impl Drop for Process {
         // the only moment anyone can still read it, shutdown lines included. (`eprintln!` is
         // what the test harness captures and shows with the failure.)
         if thread::panicking() {
-            eprintln!("--- last lines of {} ({}) ---\n{}", self.name, self.log.display(), self.log_tail());
+            eprintln!(
+                "--- last lines of {} ({}) ---\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail()
+            );
         }
     }
 }

@@ -9,6 +9,9 @@ set -euo pipefail
 NODE_DISTRO_VERSION=1.53.1
 PYTHON_DISTRO_VERSION=1.0.201
 JAVA_AGENT_VERSION=2.33.1
+# The autoconfigure SPI the Lumigo extension compiles against: the SDK version the agent bundles
+# (its inst/io/opentelemetry/sdk/autoconfigure/spi/version.properties).
+JAVA_SPI_VERSION=1.67.0
 
 dest=${1:?usage: payload.sh DIR [x86_64|aarch64]}
 arch=${2:-$(uname -m)}
@@ -51,19 +54,76 @@ python_fetch() {
   rm -rf "$wheels"
   return "$rc"
 }
-java_fetch() {
-  local url="https://repo1.maven.org/maven2/io/opentelemetry/javaagent/opentelemetry-javaagent/$JAVA_AGENT_VERSION/opentelemetry-javaagent-$JAVA_AGENT_VERSION.jar"
+maven_fetch() { # maven_fetch GROUP_PATH ARTIFACT VERSION FILE: one jar from Maven Central, sha1-checked
+  local url="https://repo1.maven.org/maven2/$1/$2/$3/$2-$3.jar"
   local sha1
-  curl -fsSL --retry 3 -o "$tmp/javaagent.jar" "$url" && sha1=$(curl -fsSL --retry 3 "$url.sha1") &&
-    echo "$sha1  $tmp/javaagent.jar" | sha1sum -c --quiet
+  curl -fsSL --retry 3 -o "$tmp/$4" "$url" && sha1=$(curl -fsSL --retry 3 "$url.sha1") &&
+    echo "$sha1  $tmp/$4" | sha1sum -c --quiet
+}
+java_fetch() { maven_fetch io/opentelemetry/javaagent opentelemetry-javaagent "$JAVA_AGENT_VERSION" javaagent.jar; }
+java_spi_fetch() {
+  maven_fetch io/opentelemetry opentelemetry-sdk-extension-autoconfigure-spi "$JAVA_SPI_VERSION" autoconfigure-spi.jar
+}
+# The upstream agent with the Lumigo extension (payload/java) embedded as
+# extensions/lumigo-extension.jar, which the agent loads from inside its own jar. It maps the
+# LUMIGO_* variables to the agent's settings. Both jars are written with fixed timestamps.
+java_src=$here/payload/java
+java_build() {
+  local classes
+  classes=$(mktemp -d)
+  find "$java_src/src" -name '*.java' -print0 | xargs -0 javac -Xlint:-options --release 8 -nowarn \
+      -cp "$cache/java-spi-$JAVA_SPI_VERSION/autoconfigure-spi.jar" -d "$classes" &&
+    cp -r "$java_src/resources/." "$classes/" &&
+    python3 - "$classes" "$cache/java-$JAVA_AGENT_VERSION/javaagent.jar" "$tmp/javaagent.jar" <<'PY'
+import io, os, shutil, sys, zipfile
+classes, upstream, out = sys.argv[1:]
+stamp = (1980, 2, 1, 0, 0, 0)
+ext = io.BytesIO()
+with zipfile.ZipFile(ext, "w", zipfile.ZIP_DEFLATED) as z:
+    z.writestr(zipfile.ZipInfo("META-INF/MANIFEST.MF", stamp), "Manifest-Version: 1.0\r\n\r\n")
+    for root, dirs, files in os.walk(classes):
+        dirs.sort()
+        for f in sorted(files):
+            path = os.path.join(root, f)
+            name = os.path.relpath(path, classes)
+            if name == "META-INF/MANIFEST.MF":
+                continue
+            info = zipfile.ZipInfo(name, stamp)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(path, "rb") as fh:
+                z.writestr(info, fh.read())
+shutil.copyfile(upstream, out)
+with zipfile.ZipFile(out, "a") as z:
+    if any(n.startswith("extensions/") for n in z.namelist()):
+        sys.exit("upstream agent already embeds extensions/")
+    z.writestr(zipfile.ZipInfo("extensions/lumigo-extension.jar", stamp), ext.getvalue())
+PY
+  local rc=$?
+  rm -rf "$classes"
+  return "$rc"
 }
 
 fill "$cache/nodejs-$NODE_DISTRO_VERSION" node_fetch
 fill "$cache/python-$PYTHON_DISTRO_VERSION-$py_tag-$arch" python_fetch
 # The Java agent is optional: the tree is complete without it, and the injector leaves
-# JAVA_TOOL_OPTIONS alone when the jar is absent.
+# JAVA_TOOL_OPTIONS alone when the jar is absent. Without the extension (no javac, say) it is
+# left out too: the bare upstream agent would export to localhost. The built jar is keyed by
+# both versions and a hash of the extension's sources, so a changed source rebuilds it.
+java_hash=$(cd "$java_src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+java_out=$cache/java-lumigo-$JAVA_AGENT_VERSION-$JAVA_SPI_VERSION-$java_hash
 java_ok=1
-fill "$cache/java-$JAVA_AGENT_VERSION" java_fetch || { java_ok=; echo "payload: Java agent unavailable, skipped" >&2; }
+if ! command -v javac >/dev/null; then
+  java_ok=; echo "payload: javac not found, Java agent skipped" >&2
+elif ! fill "$cache/java-$JAVA_AGENT_VERSION" java_fetch || ! fill "$cache/java-spi-$JAVA_SPI_VERSION" java_spi_fetch; then
+  java_ok=; echo "payload: Java agent unavailable, skipped" >&2
+elif ! fill "$java_out" java_build; then
+  java_ok=; echo "payload: Lumigo Java extension did not build, Java agent skipped" >&2
+else
+  # Builds of earlier sources (not in-progress temporary directories).
+  for old in "$cache/java-lumigo-"*; do
+    [[ $old == "$java_out" || $old == *.tmp.* || ! -d $old ]] || rm -rf "$old"
+  done
+fi
 
 rm -rf "$dest/injector" "$dest/nodejs" "$dest/python" "$dest/java"
 mkdir -p "$dest/injector" "$dest/nodejs" "$dest/python/bootstrap"
@@ -74,6 +134,6 @@ cp -r "$cache/python-$PYTHON_DISTRO_VERSION-$py_tag-$arch" "$dest/python/package
 cp "$here/payload/python/sitecustomize.py" "$dest/python/bootstrap/sitecustomize.py"
 if [[ -n $java_ok ]]; then
   mkdir -p "$dest/java"
-  cp "$cache/java-$JAVA_AGENT_VERSION/javaagent.jar" "$dest/java/javaagent.jar"
+  cp "$java_out/javaagent.jar" "$dest/java/javaagent.jar"
 fi
-echo "payload: assembled $dest ($arch, python $py_tag${java_ok:+, java agent $JAVA_AGENT_VERSION})"
+echo "payload: assembled $dest ($arch, python $py_tag${java_ok:+, java agent $JAVA_AGENT_VERSION + lumigo extension $java_hash})"

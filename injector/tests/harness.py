@@ -10,7 +10,9 @@ matrix  small C programs built for {x86_64, aarch64 (qemu-user)} x {glibc, musl}
         print what they see through getenv and environ; plus static, libc-free, `sh`, 64 KB
         values, kill switch, missing payload, child processes;
 e2e     real node, python3 (and java when the agent was downloaded) with the real payload tree
-        send spans to an OTLP/HTTP receiver run here; without LD_PRELOAD they send none.
+        send spans to an OTLP/HTTP receiver run here; without LD_PRELOAD they send none. Java
+        gets only the LUMIGO_* variables, which the agent's embedded Lumigo extension maps
+        (endpoints, token header, enable switches, service name); a user's own OTEL_* win.
 
 Prints one PASS/FAIL line per check and ends with 'N passed, N failed'; exits 1 on any failure.
 """
@@ -330,10 +332,11 @@ def decode_otlp(content_type, body):
 
 
 class Receiver(http.server.ThreadingHTTPServer):
-    """An OTLP/HTTP receiver that keeps every trace export, and the app's HTTP target."""
+    """An OTLP/HTTP receiver that keeps every export with its path and Authorization header, and
+    the app's HTTP target."""
 
     def __init__(self):
-        self.exports = []
+        self.posts = []  # (path, Authorization header or None, content type, body)
         self.hits = 0
         super().__init__(("127.0.0.1", 0), self.Handler)
 
@@ -359,8 +362,8 @@ class Receiver(http.server.ThreadingHTTPServer):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
-            if self.path.endswith("/v1/traces"):
-                self.server.exports.append((self.headers.get("Content-Type", ""), body))
+            self.server.posts.append((self.path, self.headers.get("Authorization"),
+                                      self.headers.get("Content-Type", ""), body))
             json_reply = "json" in self.headers.get("Content-Type", "")
             reply = b"{}" if json_reply else b""
             self.send_response(200)
@@ -369,8 +372,30 @@ class Receiver(http.server.ThreadingHTTPServer):
             self.end_headers()
             self.wfile.write(reply)
 
-    def spans(self, service):
-        return [s for ct, body in list(self.exports) for s in decode_otlp(ct, body) if s[0] == service]
+    def trace_exports(self, service, path=None):
+        """[(path, Authorization, spans of `service`)] of the trace exports holding any."""
+        out = []
+        for p, auth, ct, body in list(self.posts):
+            if p.endswith("/v1/traces") and path in (None, p):
+                spans = [s for s in decode_otlp(ct, body) if s[0] == service]
+                if spans:
+                    out.append((p, auth, spans))
+        return out
+
+    def spans(self, service, path=None):
+        return [s for _, _, spans in self.trace_exports(service, path) for s in spans]
+
+    def log_exports(self, service):
+        """[(path, Authorization)] of the log exports naming `service` (a resource attribute's
+        string is in the protobuf as is)."""
+        return [(p, auth) for p, auth, _, body in list(self.posts)
+                if p.endswith("/v1/logs") and service.encode() in body]
+
+    def wait_for(self, what, timeout=20):
+        deadline = time.time() + timeout
+        while not what() and time.time() < deadline:
+            time.sleep(0.2)
+        return what()
 
 
 NODE_APP = """
@@ -398,10 +423,13 @@ public class App {
         var client = java.net.http.HttpClient.newHttpClient();
         var request = java.net.http.HttpRequest.newBuilder(java.net.URI.create(System.getenv("TARGET_URL"))).build();
         var response = client.send(request, java.net.http.HttpResponse.BodyHandlers.ofString());
+        // A log record for the agent's java.util.logging capture (exported when logs are on).
+        java.util.logging.Logger.getLogger("app").info("app called " + response.statusCode());
         System.out.println("app status " + response.statusCode());
     }
 }
 """
+TOKEN = "t_0123456789abcdef01234"
 
 
 def python_app_deps():
@@ -435,21 +463,33 @@ def e2e(tmp):
     # The application's own sitecustomize, which the bootstrap's must run after its own work.
     (apps / "site").mkdir()
     (apps / "site/sitecustomize.py").write_text('print("app sitecustomize ran")\n')
-    base = {
+    # What the operator sets on an instrumented container.
+    lumigo = {
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/root"),
         # The Node.js distro ignores calls to its endpoint's host, so the app calls the same
         # server under another name.
         "TARGET_URL": f"http://localhost:{port}/hello",
-        "LUMIGO_TRACER_TOKEN": "t_0123456789abcdef01234",
+        "LUMIGO_TRACER_TOKEN": TOKEN,
         "LUMIGO_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces",
         "LUMIGO_REPORT_DEPENDENCIES": "false",
-        # The OpenTelemetry Java agent is configured the standard way.
+    }
+    # The Node.js and Python runs also get these, as they always have (the batch delay makes
+    # Node.js export within the app's lifetime).
+    base = {
+        **lumigo,
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_METRICS_EXPORTER": "none",
         "OTEL_LOGS_EXPORTER": "none",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
+    # The Java agent gets no OTEL_* variable: its embedded Lumigo extension maps these.
+    java_base = {
+        **lumigo,
+        "LUMIGO_LOGS_ENDPOINT": f"http://127.0.0.1:{port}/v1/logs",
+        "LUMIGO_ENABLE_TRACES": "true",
+        "LUMIGO_ENABLE_LOGS": "true",
     }
     # Each interpreter on this machine, as the shell would find it, sees the composed variable.
     pythons = sorted({sys.executable, *(p for p in ("/usr/bin/python3",) if os.path.exists(p))})
@@ -473,7 +513,11 @@ def e2e(tmp):
     for name, cmd, extra in runtimes:
         for preload in (True, False):
             service = f"e2e-{name}-{'injected' if preload else 'plain'}"
-            env = {**base, **extra, "OTEL_SERVICE_NAME": service}
+            if name == "java":
+                # The service name too comes from what the operator sets.
+                env = {**java_base, **extra, "LUMIGO_CONTAINER_NAME": service}
+            else:
+                env = {**base, **extra, "OTEL_SERVICE_NAME": service}
             if preload:
                 env["LD_PRELOAD"] = str(so)
             hits = receiver.hits
@@ -486,18 +530,63 @@ def e2e(tmp):
                 check(f"e2e python{'' if preload else ' without LD_PRELOAD'}: the app's own sitecustomize ran",
                       "app sitecustomize ran" in proc.stdout, proc.stdout[-500:])
             if preload:
-                deadline = time.time() + 20
-                while not receiver.spans(service) and time.time() < deadline:
-                    time.sleep(0.2)
-                spans = receiver.spans(service)
+                spans = receiver.wait_for(lambda: receiver.spans(service))
                 client = [s for s in spans if any(str(v).endswith("/hello") for v in s[2].values())]
                 check(f"e2e {name}: spans exported under service {service}, incl. the HTTP call",
                       bool(client), f"spans: {[(s[1], s[2]) for s in spans][:5]}; stderr: {proc.stderr[-1500:]}")
+                if name == "java":
+                    auths = {(p, a) for p, a, _ in receiver.trace_exports(service)}
+                    check("e2e java: spans sent to LUMIGO_ENDPOINT with 'Authorization: LumigoToken <token>'",
+                          auths == {("/v1/traces", f"LumigoToken {TOKEN}")}, str(auths))
+                    logs = set(receiver.wait_for(lambda: receiver.log_exports(service)))
+                    check("e2e java: LUMIGO_ENABLE_LOGS=true sends logs to LUMIGO_LOGS_ENDPOINT with the token",
+                          logs == {("/v1/logs", f"LumigoToken {TOKEN}")}, f"{logs}; stderr: {proc.stderr[-1500:]}")
+                    check("e2e java: the token is not printed", TOKEN not in proc.stdout + proc.stderr)
             else:
                 time.sleep(1)
                 spans = receiver.spans(service)
                 check(f"e2e {name} without LD_PRELOAD: no spans", not spans, str(spans[:3]))
+    if any(name == "java" for name, _, _ in runtimes):
+        e2e_java_config(receiver, so, java_base, apps)
     receiver.shutdown()
+
+
+def e2e_java_config(receiver, so, java_base, apps):
+    """The Lumigo extension adds defaults only: the user's own settings win."""
+    port = receiver.server_address[1]
+    cmd = ["java", "-cp", str(apps), "App"]
+
+    def java(env):
+        proc = run(cmd, env={**java_base, **env, "LD_PRELOAD": str(so)}, cwd=apps, timeout=180)
+        ok = proc.returncode == 0 and "app status 200" in proc.stdout
+        return proc, ok
+
+    user_path = "/user/v1/traces"
+    proc, ok = java({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}{user_path}",
+                     "OTEL_SERVICE_NAME": "e2e-java-user", "LUMIGO_CONTAINER_NAME": "e2e-java-container",
+                     "LUMIGO_ENABLE_LOGS": "false"})
+    if check("e2e java with the user's OTEL_* settings: app made its HTTP call", ok,
+             f"exit {proc.returncode}: {proc.stdout[-500:]} {proc.stderr[-1500:]}"):
+        exports = receiver.wait_for(lambda: receiver.trace_exports("e2e-java-user"))
+        paths = {p for p, _, _ in exports}
+        client = [s for _, _, spans in exports for s in spans if any(str(v).endswith("/hello") for v in s[2].values())]
+        check("e2e java: the user's OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and OTEL_SERVICE_NAME win",
+              paths == {user_path} and bool(client) and not receiver.spans("e2e-java-container"),
+              f"paths {paths}; spans {[(s[1], s[2]) for s in client][:3]}; stderr: {proc.stderr[-1500:]}")
+        check("e2e java: the token is not sent to the user's endpoint",
+              {a for _, a, _ in exports} == {None}, str({a for _, a, _ in exports}))
+        check("e2e java: LUMIGO_ENABLE_LOGS=false sends no logs", not receiver.log_exports("e2e-java-user"))
+
+    bad = "t_not-a-token-123456"
+    proc, ok = java({"LUMIGO_ENABLE_TRACES": "false", "LUMIGO_CONTAINER_NAME": "e2e-java-notraces",
+                     "LUMIGO_TRACER_TOKEN": bad})
+    if check("e2e java with LUMIGO_ENABLE_TRACES=false and a malformed token: app made its HTTP call", ok,
+             f"exit {proc.returncode}: {proc.stdout[-500:]} {proc.stderr[-1500:]}"):
+        logs = set(receiver.wait_for(lambda: receiver.log_exports("e2e-java-notraces")))
+        check("e2e java: logs still exported, without a malformed token, which is not printed",
+              logs == {("/v1/logs", None)} and bad not in proc.stdout + proc.stderr,
+              f"{logs}; stderr: {proc.stderr[-1500:]}")
+        check("e2e java: LUMIGO_ENABLE_TRACES=false exports no spans", not receiver.spans("e2e-java-notraces"))
 
 
 def main():

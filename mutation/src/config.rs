@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::{injected_label_value, INJECTED_VALUE_PREFIX};
 
-pub const DEFAULT_TRACES_ENDPOINT: &str = "https://ga-otlp.lumigo-tracer-edge.golumigo.com/v1/traces";
+pub const DEFAULT_TRACES_ENDPOINT: &str =
+    "https://ga-otlp.lumigo-tracer-edge.golumigo.com/v1/traces";
 pub const DEFAULT_LOGS_ENDPOINT: &str = "https://ga-otlp.lumigo-tracer-edge.golumigo.com/v1/logs";
 
 /// The Secret key the tracer token is read from; the token itself never appears in a pod spec.
@@ -59,7 +60,10 @@ impl InjectionConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         if let Err(problem) = check_image(&self.injector_image) {
-            problems.push(format!("injectorImage {:?}: {problem}", self.injector_image));
+            problems.push(format!(
+                "injectorImage {:?}: {problem}",
+                self.injector_image
+            ));
         }
         if !is_dns_subdomain(&self.token_secret.name) {
             problems.push(format!(
@@ -73,13 +77,19 @@ impl InjectionConfig {
                 self.token_secret.key
             ));
         }
-        for (field, url) in [("tracesEndpoint", &self.traces_endpoint), ("logsEndpoint", &self.logs_endpoint)] {
+        for (field, url) in [
+            ("tracesEndpoint", &self.traces_endpoint),
+            ("logsEndpoint", &self.logs_endpoint),
+        ] {
             if let Err(problem) = check_endpoint(url) {
                 problems.push(format!("{field} {url:?}: {problem}"));
             }
         }
         if let Err(problem) = check_operator_version(&self.operator_version) {
-            problems.push(format!("operatorVersion {:?}: {problem}", self.operator_version));
+            problems.push(format!(
+                "operatorVersion {:?}: {problem}",
+                self.operator_version
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -117,7 +127,9 @@ fn is_dns_subdomain(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 253
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
         && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
         && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
 }
@@ -127,7 +139,9 @@ fn is_secret_key(key: &str) -> bool {
         && key.len() <= 253
         && key != "."
         && key != ".."
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 fn check_endpoint(url: &str) -> Result<(), &'static str> {
@@ -152,10 +166,17 @@ fn check_operator_version(version: &str) -> Result<(), &'static str> {
     if INJECTED_VALUE_PREFIX.len() + version.len() > LABEL_VALUE_MAX {
         return Err("is too long to fit in a label value");
     }
-    if !version.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+    if !version
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
         return Err("may only contain letters, digits, '-', '_' and '.'");
     }
-    if !version.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric) {
+    if !version
+        .as_bytes()
+        .last()
+        .is_some_and(u8::is_ascii_alphanumeric)
+    {
         return Err("must end with a letter or a digit");
     }
     Ok(())
@@ -203,19 +224,39 @@ mod tests {
         settings["operatorVersion"] = json!("1.2.3-");
         let config: InjectionConfig = serde_json::from_value(settings).unwrap();
         let problems = config.validate().unwrap_err().problems;
-        let fields: Vec<&str> = problems.iter().map(|p| p.split(' ').next().unwrap()).collect();
+        let fields: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(' ').next().unwrap())
+            .collect();
         assert_eq!(
             fields,
-            ["injectorImage", "tokenSecret.name", "tokenSecret.key", "tracesEndpoint", "logsEndpoint", "operatorVersion"]
+            [
+                "injectorImage",
+                "tokenSecret.name",
+                "tokenSecret.key",
+                "tracesEndpoint",
+                "logsEndpoint",
+                "operatorVersion"
+            ]
         );
     }
 
     #[test]
     fn images_must_be_pinned() {
-        for good in ["registry:5000/lumigo/autotrace:1.0", "autotrace@sha256:abcd", "a/b:v2"] {
+        for good in [
+            "registry:5000/lumigo/autotrace:1.0",
+            "autotrace@sha256:abcd",
+            "a/b:v2",
+        ] {
             assert_eq!(check_image(good), Ok(()), "{good}");
         }
-        for bad in ["", "registry:5000/lumigo/autotrace", "autotrace:latest", "autotrace:", "auto trace:1"] {
+        for bad in [
+            "",
+            "registry:5000/lumigo/autotrace",
+            "autotrace:latest",
+            "autotrace:",
+            "auto trace:1",
+        ] {
             assert!(check_image(bad).is_err(), "{bad}");
         }
     }

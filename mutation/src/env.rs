@@ -15,28 +15,50 @@ pub fn prepend_injector(user_preload: &str) -> String {
 /// The user's part of a composed `LD_PRELOAD`, or `None` when the injector is not at its head
 /// (a person rewrote it since: nothing of ours to take out).
 pub fn strip_injector(composed: &str) -> Option<&str> {
-    composed.strip_prefix(INJECTOR_LIBRARY_PATH)?.strip_prefix(' ')
+    composed
+        .strip_prefix(INJECTOR_LIBRARY_PATH)?
+        .strip_prefix(' ')
 }
 
 /// Whether `LD_PRELOAD` already names the injector, e.g. set by hand.
 pub fn names_injector(preload: &str) -> bool {
-    preload.split([' ', ':']).any(|entry| entry == INJECTOR_LIBRARY_PATH)
+    preload
+        .split([' ', ':'])
+        .any(|entry| entry == INJECTOR_LIBRARY_PATH)
 }
 
 /// The variables the injection adds to a container, in the order they are appended.
 /// `LD_PRELOAD` is not among them: it is composed with the user's value instead.
-pub fn lumigo_variables(config: &InjectionConfig, container_name: &str) -> [(&'static str, Value); 6] {
+pub fn lumigo_variables(
+    config: &InjectionConfig,
+    container_name: &str,
+) -> [(&'static str, Value); 6] {
     [
         (
             ENV_TOKEN,
             json!({"name": ENV_TOKEN, "valueFrom": {"secretKeyRef": {
                 "name": config.token_secret.name, "key": config.token_secret.key, "optional": true}}}),
         ),
-        (ENV_TRACES_ENDPOINT, plain(ENV_TRACES_ENDPOINT, &config.traces_endpoint)),
-        (ENV_LOGS_ENDPOINT, plain(ENV_LOGS_ENDPOINT, &config.logs_endpoint)),
-        (ENV_ENABLE_TRACES, plain(ENV_ENABLE_TRACES, bool_text(config.enable_traces))),
-        (ENV_ENABLE_LOGS, plain(ENV_ENABLE_LOGS, bool_text(config.enable_logs))),
-        (ENV_CONTAINER_NAME, plain(ENV_CONTAINER_NAME, container_name)),
+        (
+            ENV_TRACES_ENDPOINT,
+            plain(ENV_TRACES_ENDPOINT, &config.traces_endpoint),
+        ),
+        (
+            ENV_LOGS_ENDPOINT,
+            plain(ENV_LOGS_ENDPOINT, &config.logs_endpoint),
+        ),
+        (
+            ENV_ENABLE_TRACES,
+            plain(ENV_ENABLE_TRACES, bool_text(config.enable_traces)),
+        ),
+        (
+            ENV_ENABLE_LOGS,
+            plain(ENV_ENABLE_LOGS, bool_text(config.enable_logs)),
+        ),
+        (
+            ENV_CONTAINER_NAME,
+            plain(ENV_CONTAINER_NAME, container_name),
+        ),
     ]
 }
 
@@ -72,12 +94,17 @@ mod tests {
     #[test]
     fn a_rewritten_value_is_left_alone() {
         assert_eq!(strip_injector("libfoo.so"), None);
-        assert_eq!(strip_injector(&format!("{INJECTOR_LIBRARY_PATH}x libfoo.so")), None);
+        assert_eq!(
+            strip_injector(&format!("{INJECTOR_LIBRARY_PATH}x libfoo.so")),
+            None
+        );
     }
 
     #[test]
     fn the_injector_is_recognised_in_any_position() {
-        assert!(names_injector(&format!("libfoo.so:{INJECTOR_LIBRARY_PATH}")));
+        assert!(names_injector(&format!(
+            "libfoo.so:{INJECTOR_LIBRARY_PATH}"
+        )));
         assert!(!names_injector("libfoo.so /opt/lumigo/injector/other.so"));
     }
 }

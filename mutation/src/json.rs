@@ -42,7 +42,12 @@ pub fn array_at<'a>(
         .ok_or_else(|| Reason::Malformed(format!("{path} is not a list")))
 }
 
-fn prepare_slot(parent: &mut Map<String, Value>, key: &str, created: &mut Option<Created>, empty: impl Fn() -> Value) {
+fn prepare_slot(
+    parent: &mut Map<String, Value>,
+    key: &str,
+    created: &mut Option<Created>,
+    empty: impl Fn() -> Value,
+) {
     match parent.get(key) {
         None => {
             *created = Some(Created::Absent);
@@ -106,8 +111,12 @@ mod tests {
         let mut value = original.clone();
         let map = value.as_object_mut().unwrap();
         let (mut list_created, mut map_created) = (None, None);
-        array_at(map, "list", "list", &mut list_created).unwrap().push(json!(1));
-        object_at(map, "new", "new", &mut map_created).unwrap().insert("k".into(), json!("v"));
+        array_at(map, "list", "list", &mut list_created)
+            .unwrap()
+            .push(json!(1));
+        object_at(map, "new", "new", &mut map_created)
+            .unwrap()
+            .insert("k".into(), json!("v"));
         assert_eq!(list_created, Some(Created::Null));
         assert_eq!(map_created, Some(Created::Absent));
 
@@ -115,20 +124,33 @@ mod tests {
         map.get_mut("new").unwrap().as_object_mut().unwrap().clear();
         restore_created(map, "list", list_created);
         restore_created(map, "new", map_created);
-        assert_eq!(serde_json::to_string(&value).unwrap(), serde_json::to_string(&original).unwrap());
+        assert_eq!(
+            serde_json::to_string(&value).unwrap(),
+            serde_json::to_string(&original).unwrap()
+        );
     }
 
     #[test]
     fn a_container_the_user_filled_meanwhile_is_kept() {
         let mut value = json!({"list": [1]});
-        restore_created(value.as_object_mut().unwrap(), "list", Some(Created::Absent));
+        restore_created(
+            value.as_object_mut().unwrap(),
+            "list",
+            Some(Created::Absent),
+        );
         assert_eq!(value, json!({"list": [1]}));
     }
 
     #[test]
     fn a_non_container_is_reported_with_its_path() {
         let mut value = json!({"list": "oops"});
-        let error = array_at(value.as_object_mut().unwrap(), "list", "spec.list", &mut None).unwrap_err();
+        let error = array_at(
+            value.as_object_mut().unwrap(),
+            "list",
+            "spec.list",
+            &mut None,
+        )
+        .unwrap_err();
         assert_eq!(error, Reason::Malformed("spec.list is not a list".into()));
     }
 }

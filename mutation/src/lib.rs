@@ -26,8 +26,16 @@ use record::Record;
 
 /// Brings an object to what its labels ask for: injected, or clean when it opted out.
 /// This is what admission and the operator's rollout apply.
-pub fn reconcile(object: &mut Value, kind: WorkloadKind, config: &InjectionConfig, operation: Operation) -> Outcome {
-    if object.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+pub fn reconcile(
+    object: &mut Value,
+    kind: WorkloadKind,
+    config: &InjectionConfig,
+    operation: Operation,
+) -> Outcome {
+    if object
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+    {
         return Outcome::Unchanged(Reason::Terminating);
     }
     if is_opted_out(object, kind) {
@@ -41,7 +49,12 @@ pub fn reconcile(object: &mut Value, kind: WorkloadKind, config: &InjectionConfi
 
 /// Injects the object with `config`; an object injected by another version or with other
 /// settings is redone, one injected with these settings is left as it is.
-pub fn inject(object: &mut Value, kind: WorkloadKind, config: &InjectionConfig, operation: Operation) -> Outcome {
+pub fn inject(
+    object: &mut Value,
+    kind: WorkloadKind,
+    config: &InjectionConfig,
+    operation: Operation,
+) -> Outcome {
     if let Some((kind, name)) = kind.managing_owner(object) {
         return Outcome::Unchanged(Reason::OwnedByController { kind, name });
     }
@@ -66,7 +79,9 @@ pub fn inject(object: &mut Value, kind: WorkloadKind, config: &InjectionConfig, 
         return Outcome::Unchanged(Reason::AlreadyInjected);
     }
     if operation == Operation::Update && kind.template_immutable_after_create() {
-        return Outcome::Unchanged(Reason::TemplateImmutable { kind: kind.name().to_owned() });
+        return Outcome::Unchanged(Reason::TemplateImmutable {
+            kind: kind.name().to_owned(),
+        });
     }
     let change = match previous {
         None => outcome::Change::Injected,
@@ -89,7 +104,9 @@ pub fn remove(object: &mut Value, kind: WorkloadKind, operation: Operation) -> O
         Some(Ok(Some(record))) => record,
     };
     if operation == Operation::Update && kind.template_immutable_after_create() {
-        return Outcome::Unchanged(Reason::TemplateImmutable { kind: kind.name().to_owned() });
+        return Outcome::Unchanged(Reason::TemplateImmutable {
+            kind: kind.name().to_owned(),
+        });
     }
     let mut candidate = object.clone();
     if let Err(reason) = template::strip(&mut candidate, kind, &record) {
@@ -113,7 +130,10 @@ pub struct Inspection {
 }
 
 pub fn inspect(object: &Value, kind: WorkloadKind) -> Inspection {
-    let injected = matches!(template::template(object, kind).map(Record::read), Some(Ok(Some(_))));
+    let injected = matches!(
+        template::template(object, kind).map(Record::read),
+        Some(Ok(Some(_)))
+    );
     let version = injected_label(object, kind)
         .and_then(|label| label.strip_prefix(INJECTED_VALUE_PREFIX).map(str::to_owned));
     Inspection {

@@ -55,7 +55,10 @@ impl Change {
 impl Reason {
     /// Whether a person should hear about it: the object wanted injection and did not get it.
     pub fn is_problem(&self) -> bool {
-        matches!(self, Reason::TemplateImmutable { .. } | Reason::Malformed(_) | Reason::Conflict(_))
+        matches!(
+            self,
+            Reason::TemplateImmutable { .. } | Reason::Malformed(_) | Reason::Conflict(_)
+        )
     }
 }
 
@@ -80,17 +83,24 @@ impl fmt::Display for Change {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reason::AlreadyInjected => f.write_str("already instrumented with the current settings"),
+            Reason::AlreadyInjected => {
+                f.write_str("already instrumented with the current settings")
+            }
             Reason::NotInjected => f.write_str("not instrumented"),
             Reason::OptedOut => f.write_str("opted out with the label lumigo.auto-trace=false"),
             Reason::OwnedByController { kind, name } => {
-                write!(f, "owned by {kind} {name}, whose pod template is instrumented instead")
+                write!(
+                    f,
+                    "owned by {kind} {name}, whose pod template is instrumented instead"
+                )
             }
             Reason::TemplateImmutable { kind } => {
                 write!(f, "the pod template of a {kind} is immutable after creation; recreate it to change its instrumentation")
             }
             Reason::Terminating => f.write_str("being deleted"),
-            Reason::UnsupportedKind(kind) => write!(f, "kind {kind:?} has no pod template to instrument"),
+            Reason::UnsupportedKind(kind) => {
+                write!(f, "kind {kind:?} has no pod template to instrument")
+            }
             Reason::Malformed(why) => write!(f, "cannot instrument a malformed object: {why}"),
             Reason::Conflict(why) => write!(f, "cannot instrument: {why}"),
         }

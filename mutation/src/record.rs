@@ -59,12 +59,18 @@ pub struct ContainerRecord {
 
 impl Record {
     pub fn new() -> Self {
-        Record { format: RECORD_FORMAT, ..Record::default() }
+        Record {
+            format: RECORD_FORMAT,
+            ..Record::default()
+        }
     }
 
     /// The record on a pod template; `Ok(None)` when the template carries none (not injected).
     pub fn read(template: &Value) -> Result<Option<Record>, Reason> {
-        let Some(raw) = template.pointer("/metadata/annotations").and_then(|a| a.get(RECORD_ANNOTATION)) else {
+        let Some(raw) = template
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(RECORD_ANNOTATION))
+        else {
             return Ok(None);
         };
         let unreadable = |why: String| {
@@ -73,7 +79,9 @@ impl Record {
                  restore it, or remove the injected items and the annotation together"
             ))
         };
-        let text = raw.as_str().ok_or_else(|| unreadable("not a string".into()))?;
+        let text = raw
+            .as_str()
+            .ok_or_else(|| unreadable("not a string".into()))?;
         let record: Record = serde_json::from_str(text).map_err(|e| unreadable(e.to_string()))?;
         if record.format != RECORD_FORMAT {
             return Err(unreadable(format!("unknown format {}", record.format)));
@@ -82,7 +90,8 @@ impl Record {
     }
 
     pub fn to_annotation_value(&self) -> String {
-        serde_json::to_string(self).expect("a record always serializes: it holds only strings and maps")
+        serde_json::to_string(self)
+            .expect("a record always serializes: it holds only strings and maps")
     }
 }
 
@@ -98,16 +107,22 @@ mod tests {
         record.volumes = Some(Created::Null);
         record.containers.insert(
             "app".into(),
-            ContainerRecord { added_env: vec!["LUMIGO_ENDPOINT".into()], ..Default::default() },
+            ContainerRecord {
+                added_env: vec!["LUMIGO_ENDPOINT".into()],
+                ..Default::default()
+            },
         );
-        let template = json!({"metadata": {"annotations": {RECORD_ANNOTATION: record.to_annotation_value()}}});
+        let template =
+            json!({"metadata": {"annotations": {RECORD_ANNOTATION: record.to_annotation_value()}}});
         assert_eq!(Record::read(&template), Ok(Some(record)));
     }
 
     #[test]
     fn a_tampered_record_is_reported_not_guessed() {
         let template = json!({"metadata": {"annotations": {RECORD_ANNOTATION: "{\"v\":1,\"volumes\":\"maybe\"}"}}});
-        assert!(matches!(Record::read(&template), Err(Reason::Malformed(why)) if why.contains(RECORD_ANNOTATION)));
+        assert!(
+            matches!(Record::read(&template), Err(Reason::Malformed(why)) if why.contains(RECORD_ANNOTATION))
+        );
         assert_eq!(Record::read(&json!({"metadata": {}})), Ok(None));
     }
 }

@@ -4,8 +4,12 @@
 use serde_json::{json, Map, Value};
 
 use crate::config::InjectionConfig;
-use crate::env::{ld_preload_entry, lumigo_variables, names_injector, prepend_injector, strip_injector};
-use crate::json::{array_at, name_of, object_at, position_named, remove_named, restore_created, str_at};
+use crate::env::{
+    ld_preload_entry, lumigo_variables, names_injector, prepend_injector, strip_injector,
+};
+use crate::json::{
+    array_at, name_of, object_at, position_named, remove_named, restore_created, str_at,
+};
 use crate::names::*;
 use crate::outcome::Reason;
 use crate::record::{ContainerRecord, Record};
@@ -15,11 +19,19 @@ use crate::workload::WorkloadKind;
 /// need to be readable, and the emptyDir is writable by everyone.
 const DEFAULT_INIT_UID: i64 = 1234;
 
-pub fn template_mut(object: &mut Value, kind: WorkloadKind) -> Result<&mut Map<String, Value>, Reason> {
+pub fn template_mut(
+    object: &mut Value,
+    kind: WorkloadKind,
+) -> Result<&mut Map<String, Value>, Reason> {
     object
         .pointer_mut(kind.template_pointer())
         .and_then(Value::as_object_mut)
-        .ok_or_else(|| Reason::Malformed(format!("{} is missing or not an object", kind.template_path())))
+        .ok_or_else(|| {
+            Reason::Malformed(format!(
+                "{} is missing or not an object",
+                kind.template_path()
+            ))
+        })
 }
 
 pub fn template(object: &Value, kind: WorkloadKind) -> Option<&Value> {
@@ -27,14 +39,25 @@ pub fn template(object: &Value, kind: WorkloadKind) -> Option<&Value> {
 }
 
 /// Adds every owned item to an object that carries none of them.
-pub fn apply(object: &mut Value, kind: WorkloadKind, config: &InjectionConfig) -> Result<(), Reason> {
+pub fn apply(
+    object: &mut Value,
+    kind: WorkloadKind,
+    config: &InjectionConfig,
+) -> Result<(), Reason> {
     let mut record = Record::new();
     let label_value = config.label_value();
 
     if kind != WorkloadKind::Pod {
-        let root = object.as_object_mut().ok_or_else(|| Reason::Malformed("the object is not a JSON object".into()))?;
+        let root = object
+            .as_object_mut()
+            .ok_or_else(|| Reason::Malformed("the object is not a JSON object".into()))?;
         let metadata = object_at(root, "metadata", "metadata", &mut record.workload_metadata)?;
-        let labels = object_at(metadata, "labels", "metadata.labels", &mut record.workload_labels)?;
+        let labels = object_at(
+            metadata,
+            "labels",
+            "metadata.labels",
+            &mut record.workload_labels,
+        )?;
         record.workload_label = set_label(labels, &label_value);
     }
 
@@ -45,13 +68,31 @@ pub fn apply(object: &mut Value, kind: WorkloadKind, config: &InjectionConfig) -
         .ok_or_else(|| Reason::Malformed(format!("{}.spec is missing", kind.template_path())))?;
     inject_spec(spec, config, &mut record)?;
 
-    let metadata = object_at(template, "metadata", "template metadata", &mut record.template_metadata)?;
-    let labels = object_at(metadata, "labels", "template labels", &mut record.template_labels)?;
+    let metadata = object_at(
+        template,
+        "metadata",
+        "template metadata",
+        &mut record.template_metadata,
+    )?;
+    let labels = object_at(
+        metadata,
+        "labels",
+        "template labels",
+        &mut record.template_labels,
+    )?;
     record.template_label = set_label(labels, &label_value);
     let mut annotations_created = None;
-    let annotations = object_at(metadata, "annotations", "template annotations", &mut annotations_created)?;
+    let annotations = object_at(
+        metadata,
+        "annotations",
+        "template annotations",
+        &mut annotations_created,
+    )?;
     record.template_annotations = annotations_created;
-    annotations.insert(RECORD_ANNOTATION.to_owned(), Value::String(record.to_annotation_value()));
+    annotations.insert(
+        RECORD_ANNOTATION.to_owned(),
+        Value::String(record.to_annotation_value()),
+    );
     Ok(())
 }
 
@@ -61,18 +102,31 @@ fn set_label(labels: &mut Map<String, Value>, value: &str) -> Option<String> {
     previous.and_then(|v| v.as_str().map(str::to_owned))
 }
 
-fn inject_spec(spec: &mut Map<String, Value>, config: &InjectionConfig, record: &mut Record) -> Result<(), Reason> {
+fn inject_spec(
+    spec: &mut Map<String, Value>,
+    config: &InjectionConfig,
+    record: &mut Record,
+) -> Result<(), Reason> {
     let init_container = init_container(spec, config);
 
     let volumes = array_at(spec, "volumes", "volumes", &mut record.volumes)?;
     if position_named(volumes, INJECTOR_NAME).is_some() {
-        return Err(Reason::Conflict(format!("the pod already has a volume named {INJECTOR_NAME}")));
+        return Err(Reason::Conflict(format!(
+            "the pod already has a volume named {INJECTOR_NAME}"
+        )));
     }
     volumes.push(json!({"name": INJECTOR_NAME, "emptyDir": {"sizeLimit": VOLUME_SIZE_LIMIT}}));
 
-    let init_containers = array_at(spec, "initContainers", "initContainers", &mut record.init_containers)?;
+    let init_containers = array_at(
+        spec,
+        "initContainers",
+        "initContainers",
+        &mut record.init_containers,
+    )?;
     if position_named(init_containers, INJECTOR_NAME).is_some() {
-        return Err(Reason::Conflict(format!("the pod already has an init container named {INJECTOR_NAME}")));
+        return Err(Reason::Conflict(format!(
+            "the pod already has an init container named {INJECTOR_NAME}"
+        )));
     }
     // First, so that native sidecars (restartable init containers) find the payload in place.
     init_containers.insert(0, init_container);
@@ -102,10 +156,19 @@ fn inject_container(
 ) -> Result<ContainerRecord, Reason> {
     let mut record = ContainerRecord::default();
 
-    let mounts = array_at(container, "volumeMounts", "volumeMounts", &mut record.volume_mounts)?;
+    let mounts = array_at(
+        container,
+        "volumeMounts",
+        "volumeMounts",
+        &mut record.volume_mounts,
+    )?;
     let clashes = mounts.iter().any(|mount| {
         name_of(mount) == Some(INJECTOR_NAME)
-            || mount.get("mountPath").and_then(Value::as_str).map(|p| p.trim_end_matches('/')) == Some(PAYLOAD_MOUNT_PATH)
+            || mount
+                .get("mountPath")
+                .and_then(Value::as_str)
+                .map(|p| p.trim_end_matches('/'))
+                == Some(PAYLOAD_MOUNT_PATH)
     });
     if clashes {
         return Err(Reason::Conflict(format!(
@@ -130,7 +193,11 @@ fn inject_container(
             let user_value = match entry.get("value") {
                 None | Some(Value::Null) => "",
                 Some(Value::String(value)) => value.as_str(),
-                Some(_) => return Err(Reason::Malformed(format!("container {name} has a non-string LD_PRELOAD"))),
+                Some(_) => {
+                    return Err(Reason::Malformed(format!(
+                        "container {name} has a non-string LD_PRELOAD"
+                    )))
+                }
             };
             // Set by hand already: composing again would load it twice.
             if !names_injector(user_value) {
@@ -200,7 +267,10 @@ pub fn strip(object: &mut Value, kind: WorkloadKind, record: &Record) -> Result<
             restore_label(labels, record.template_label.as_deref());
         }
         restore_created(metadata, "labels", record.template_labels);
-        if let Some(annotations) = metadata.get_mut("annotations").and_then(Value::as_object_mut) {
+        if let Some(annotations) = metadata
+            .get_mut("annotations")
+            .and_then(Value::as_object_mut)
+        {
             annotations.shift_remove(RECORD_ANNOTATION);
         }
         restore_created(metadata, "annotations", record.template_annotations);
@@ -223,7 +293,8 @@ pub fn strip(object: &mut Value, kind: WorkloadKind, record: &Record) -> Result<
 
 /// Puts back the label's original value, unless a person changed it since (e.g. to opt out).
 fn restore_label(labels: &mut Map<String, Value>, original: Option<&str>) {
-    let still_ours = str_at(labels, AUTO_TRACE_LABEL).is_some_and(|value| value.starts_with(INJECTED_VALUE_PREFIX));
+    let still_ours = str_at(labels, AUTO_TRACE_LABEL)
+        .is_some_and(|value| value.starts_with(INJECTED_VALUE_PREFIX));
     if !still_ours {
         return;
     }
@@ -238,15 +309,22 @@ fn restore_label(labels: &mut Map<String, Value>, original: Option<&str>) {
 }
 
 fn strip_spec(spec: &mut Map<String, Value>, record: &Record) {
-    for (key, created) in [("volumes", record.volumes), ("initContainers", record.init_containers)] {
+    for (key, created) in [
+        ("volumes", record.volumes),
+        ("initContainers", record.init_containers),
+    ] {
         if let Some(list) = spec.get_mut(key).and_then(Value::as_array_mut) {
             remove_named(list, INJECTOR_NAME);
         }
         restore_created(spec, key, created);
     }
-    let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) else { return };
+    let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) else {
+        return;
+    };
     for container in containers.iter_mut().filter_map(Value::as_object_mut) {
-        let Some(container_record) = str_at(container, "name").and_then(|name| record.containers.get(name)) else {
+        let Some(container_record) =
+            str_at(container, "name").and_then(|name| record.containers.get(name))
+        else {
             continue;
         };
         strip_container(container, container_record);
@@ -254,13 +332,18 @@ fn strip_spec(spec: &mut Map<String, Value>, record: &Record) {
 }
 
 fn strip_container(container: &mut Map<String, Value>, record: &ContainerRecord) {
-    if let Some(mounts) = container.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+    if let Some(mounts) = container
+        .get_mut("volumeMounts")
+        .and_then(Value::as_array_mut)
+    {
         remove_named(mounts, INJECTOR_NAME);
     }
     restore_created(container, "volumeMounts", record.volume_mounts);
 
     if let Some(env) = container.get_mut("env").and_then(Value::as_array_mut) {
-        env.retain(|entry| !name_of(entry).is_some_and(|name| record.added_env.iter().any(|added| added == name)));
+        env.retain(|entry| {
+            !name_of(entry).is_some_and(|name| record.added_env.iter().any(|added| added == name))
+        });
         if let Some(user_entry) = &record.user_ld_preload {
             restore_user_ld_preload(env, user_entry);
         }
@@ -271,9 +354,23 @@ fn strip_container(container: &mut Map<String, Value>, record: &ContainerRecord)
 /// Takes the injector off the head of the user's `LD_PRELOAD`. When the rest is what the user
 /// had, the entry goes back exactly as it was (also when it had no `value` key at all).
 fn restore_user_ld_preload(env: &mut [Value], user_entry: &Value) {
-    let Some(entry) = env.iter_mut().find(|entry| name_of(entry) == Some(LD_PRELOAD)) else { return };
-    let Some(user_part) = entry.get("value").and_then(Value::as_str).and_then(strip_injector) else { return };
-    let original_value = user_entry.get("value").and_then(Value::as_str).unwrap_or_default();
+    let Some(entry) = env
+        .iter_mut()
+        .find(|entry| name_of(entry) == Some(LD_PRELOAD))
+    else {
+        return;
+    };
+    let Some(user_part) = entry
+        .get("value")
+        .and_then(Value::as_str)
+        .and_then(strip_injector)
+    else {
+        return;
+    };
+    let original_value = user_entry
+        .get("value")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if user_part == original_value {
         *entry = user_entry.clone();
     } else {

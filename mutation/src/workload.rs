@@ -89,8 +89,11 @@ impl WorkloadKind {
     pub fn admission_rules() -> Value {
         let mut rules: Vec<Value> = Vec::new();
         for group in ["", "apps", "batch"] {
-            let resources: Vec<&str> =
-                Self::ALL.iter().filter(|kind| kind.group() == group).map(|kind| kind.plural()).collect();
+            let resources: Vec<&str> = Self::ALL
+                .iter()
+                .filter(|kind| kind.group() == group)
+                .map(|kind| kind.plural())
+                .collect();
             rules.push(serde_json::json!({
                 "apiGroups": [group],
                 "apiVersions": ["v1"],
@@ -105,22 +108,32 @@ impl WorkloadKind {
     pub fn group(self) -> &'static str {
         match self {
             WorkloadKind::Pod | WorkloadKind::ReplicationController => "",
-            WorkloadKind::Deployment | WorkloadKind::DaemonSet | WorkloadKind::StatefulSet | WorkloadKind::ReplicaSet => {
-                "apps"
-            }
+            WorkloadKind::Deployment
+            | WorkloadKind::DaemonSet
+            | WorkloadKind::StatefulSet
+            | WorkloadKind::ReplicaSet => "apps",
             WorkloadKind::Job | WorkloadKind::CronJob => "batch",
         }
     }
 
     pub fn from_group_kind(group: &str, kind: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == kind && k.group() == group)
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == kind && k.group() == group)
     }
 
     /// The kind named by an object's own `apiVersion` and `kind`.
     pub fn of_object(object: &Value) -> Result<Self, Reason> {
-        let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
-        let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-        Self::from_group_kind(group_of(api_version), kind).ok_or_else(|| Reason::UnsupportedKind(kind.to_owned()))
+        let kind = object
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let api_version = object
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Self::from_group_kind(group_of(api_version), kind)
+            .ok_or_else(|| Reason::UnsupportedKind(kind.to_owned()))
     }
 
     /// JSON pointer to the pod template (its `metadata` and `spec`); a Pod is its own template.
@@ -176,7 +189,10 @@ impl WorkloadKind {
             if !self.managing_controllers().contains(&owner_kind) {
                 return None;
             }
-            let name = owner.get("name").and_then(Value::as_str).unwrap_or_default();
+            let name = owner
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             Some((kind.to_owned(), name.to_owned()))
         })
     }
@@ -203,7 +219,10 @@ mod tests {
             WorkloadKind::of_object(&json!({"apiVersion": "apps/v1", "kind": "DaemonSet"})),
             Ok(WorkloadKind::DaemonSet)
         );
-        assert_eq!(WorkloadKind::of_object(&json!({"apiVersion": "v1", "kind": "Pod"})), Ok(WorkloadKind::Pod));
+        assert_eq!(
+            WorkloadKind::of_object(&json!({"apiVersion": "v1", "kind": "Pod"})),
+            Ok(WorkloadKind::Pod)
+        );
         assert_eq!(
             WorkloadKind::of_object(&json!({"apiVersion": "example.com/v1", "kind": "Deployment"})),
             Err(Reason::UnsupportedKind("Deployment".into()))
@@ -221,11 +240,31 @@ mod tests {
             WorkloadKind::ReplicaSet.managing_owner(&deployment_rs),
             Some(("Deployment".into(), "owner".into()))
         );
-        assert_eq!(WorkloadKind::ReplicaSet.managing_owner(&owned_by("apps/v1", "Deployment", false)), None);
-        assert_eq!(WorkloadKind::ReplicaSet.managing_owner(&owned_by("argoproj.io/v1alpha1", "Rollout", true)), None);
-        assert!(WorkloadKind::Pod.managing_owner(&owned_by("apps/v1", "ReplicaSet", true)).is_some());
-        assert_eq!(WorkloadKind::Pod.managing_owner(&owned_by("example.com/v1", "Workflow", true)), None);
-        assert!(WorkloadKind::Job.managing_owner(&owned_by("batch/v1", "CronJob", true)).is_some());
-        assert_eq!(WorkloadKind::Deployment.managing_owner(&owned_by("apps/v1", "Deployment", true)), None);
+        assert_eq!(
+            WorkloadKind::ReplicaSet.managing_owner(&owned_by("apps/v1", "Deployment", false)),
+            None
+        );
+        assert_eq!(
+            WorkloadKind::ReplicaSet.managing_owner(&owned_by(
+                "argoproj.io/v1alpha1",
+                "Rollout",
+                true
+            )),
+            None
+        );
+        assert!(WorkloadKind::Pod
+            .managing_owner(&owned_by("apps/v1", "ReplicaSet", true))
+            .is_some());
+        assert_eq!(
+            WorkloadKind::Pod.managing_owner(&owned_by("example.com/v1", "Workflow", true)),
+            None
+        );
+        assert!(WorkloadKind::Job
+            .managing_owner(&owned_by("batch/v1", "CronJob", true))
+            .is_some());
+        assert_eq!(
+            WorkloadKind::Deployment.managing_owner(&owned_by("apps/v1", "Deployment", true)),
+            None
+        );
     }
 }

@@ -14,8 +14,13 @@ fn env_entry() -> impl Strategy<Value = Value> {
         "[A-Z_]{1,8}".prop_map(|name| json!({"name": name, "value": "v"})),
         "[a-z/. :]{0,20}".prop_map(|value| json!({"name": LD_PRELOAD, "value": value})),
         Just(json!({"name": LD_PRELOAD})),
-        prop::sample::select(vec![ENV_TRACES_ENDPOINT, ENV_TOKEN, ENV_CONTAINER_NAME, ENV_ENABLE_LOGS])
-            .prop_map(|name| json!({"name": name, "value": "user's own"})),
+        prop::sample::select(vec![
+            ENV_TRACES_ENDPOINT,
+            ENV_TOKEN,
+            ENV_CONTAINER_NAME,
+            ENV_ENABLE_LOGS
+        ])
+        .prop_map(|name| json!({"name": name, "value": "user's own"})),
         Just(json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})),
     ]
 }
@@ -51,9 +56,16 @@ fn container(index: usize) -> impl Strategy<Value = Value> {
 /// Kubernetes keeps the first of duplicate env names only on the API's merge key; generated
 /// containers keep names unique, as real manifests do.
 fn dedup_by_name(env: Value) -> Value {
-    let Value::Array(entries) = env else { return env };
+    let Value::Array(entries) = env else {
+        return env;
+    };
     let mut seen = std::collections::HashSet::new();
-    Value::Array(entries.into_iter().filter(|e| seen.insert(e["name"].clone())).collect())
+    Value::Array(
+        entries
+            .into_iter()
+            .filter(|e| seen.insert(e["name"].clone()))
+            .collect(),
+    )
 }
 
 fn pod_template() -> impl Strategy<Value = Value> {
@@ -68,36 +80,38 @@ fn pod_template() -> impl Strategy<Value = Value> {
         maybe(Just(json!({"note": "kept"}))),
         prop::option::of((1i64..70000, any::<bool>())),
     )
-        .prop_map(|(containers, volumes, init, labels, annotations, security)| {
-            let mut spec = Map::new();
-            if let Some(volumes) = volumes {
-                spec.insert("volumes".into(), volumes);
-            }
-            if let Some(init) = init {
-                spec.insert("initContainers".into(), init);
-            }
-            spec.insert("containers".into(), Value::Array(containers));
-            if let Some((uid, with_group)) = security {
-                let mut context = json!({"runAsUser": uid});
-                if with_group {
-                    context["runAsGroup"] = json!(uid + 1);
+        .prop_map(
+            |(containers, volumes, init, labels, annotations, security)| {
+                let mut spec = Map::new();
+                if let Some(volumes) = volumes {
+                    spec.insert("volumes".into(), volumes);
                 }
-                spec.insert("securityContext".into(), context);
-            }
-            let mut metadata = Map::new();
-            if let Some(labels) = labels {
-                metadata.insert("labels".into(), labels);
-            }
-            if let Some(annotations) = annotations {
-                metadata.insert("annotations".into(), annotations);
-            }
-            let mut template = Map::new();
-            if !metadata.is_empty() {
-                template.insert("metadata".into(), Value::Object(metadata));
-            }
-            template.insert("spec".into(), Value::Object(spec));
-            Value::Object(template)
-        })
+                if let Some(init) = init {
+                    spec.insert("initContainers".into(), init);
+                }
+                spec.insert("containers".into(), Value::Array(containers));
+                if let Some((uid, with_group)) = security {
+                    let mut context = json!({"runAsUser": uid});
+                    if with_group {
+                        context["runAsGroup"] = json!(uid + 1);
+                    }
+                    spec.insert("securityContext".into(), context);
+                }
+                let mut metadata = Map::new();
+                if let Some(labels) = labels {
+                    metadata.insert("labels".into(), labels);
+                }
+                if let Some(annotations) = annotations {
+                    metadata.insert("annotations".into(), annotations);
+                }
+                let mut template = Map::new();
+                if !metadata.is_empty() {
+                    template.insert("metadata".into(), Value::Object(metadata));
+                }
+                template.insert("spec".into(), Value::Object(spec));
+                Value::Object(template)
+            },
+        )
 }
 
 fn any_workload() -> impl Strategy<Value = (WorkloadKind, Value)> {
@@ -157,7 +171,9 @@ fn is_ours(item: &Map<String, Value>) -> bool {
         ENV_ENABLE_LOGS,
         ENV_CONTAINER_NAME,
     ];
-    item.get("name").and_then(Value::as_str).is_some_and(|name| owned_names.contains(&name))
+    item.get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|name| owned_names.contains(&name))
 }
 
 proptest! {

@@ -21,11 +21,23 @@ const MEASURE: Duration = Duration::from_secs(4);
 #[tokio::main]
 async fn main() -> Result<()> {
     let cp = ControlPlane::start().await?;
-    let (address, ca) = start_loopback_host(&cp, policy_module(), Duration::from_secs(1), "app").await?;
-    let review = Bytes::from(serde_json::to_vec(&admission_review("bench", "app", "CREATE", deployment("app")))?);
+    let (address, ca) =
+        start_loopback_host(&cp, policy_module(), Duration::from_secs(1), "app").await?;
+    let review = Bytes::from(serde_json::to_vec(&admission_review(
+        "bench",
+        "app",
+        "CREATE",
+        deployment("app"),
+    ))?);
 
-    println!("AdmissionReview round trips over HTTPS on 127.0.0.1, typical Deployment CREATE ({} bytes)", review.len());
-    println!("{:>11} {:>10} {:>12} {:>10} {:>10}", "concurrency", "reviews", "reviews/s", "p50 ms", "p99 ms");
+    println!(
+        "AdmissionReview round trips over HTTPS on 127.0.0.1, typical Deployment CREATE ({} bytes)",
+        review.len()
+    );
+    println!(
+        "{:>11} {:>10} {:>12} {:>10} {:>10}",
+        "concurrency", "reviews", "reviews/s", "p50 ms", "p99 ms"
+    );
     for concurrency in CONCURRENCY {
         let mut clients = Vec::new();
         for _ in 0..concurrency {
@@ -45,7 +57,10 @@ async fn main() -> Result<()> {
                     }
                     let (status, body) = client.post(review.clone()).await?;
                     let took = sent.elapsed();
-                    ensure!(status == 200 && body["response"]["patchType"] == "JSONPatch", "unexpected answer: {body}");
+                    ensure!(
+                        status == 200 && body["response"]["patchType"] == "JSONPatch",
+                        "unexpected answer: {body}"
+                    );
                     if sent >= measure_from {
                         latencies.push(took);
                     }

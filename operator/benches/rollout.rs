@@ -23,7 +23,13 @@ async fn create_deployments(client: &kube::Client, ns: &str, range: std::ops::Ra
     stream::iter(range)
         .for_each_concurrent(16, |index| async move {
             let name = format!("svc-{index:04}");
-            create(client, ns, WorkloadKind::Deployment, manifest(WorkloadKind::Deployment, &name, 0)).await;
+            create(
+                client,
+                ns,
+                WorkloadKind::Deployment,
+                manifest(WorkloadKind::Deployment, &name, 0),
+            )
+            .await;
         })
         .await;
 }
@@ -31,7 +37,8 @@ async fn create_deployments(client: &kube::Client, ns: &str, range: std::ops::Ra
 async fn wait_instrumented(client: &kube::Client, ns: &str, count: usize) -> Duration {
     let start = Instant::now();
     eventually(&format!("{count} instrumented"), WAIT, || async {
-        (lumigo_status(client, ns, "lumigo").await?["instrumentedCount"] == json!(count)).then_some(())
+        (lumigo_status(client, ns, "lumigo").await?["instrumentedCount"] == json!(count))
+            .then_some(())
     })
     .await;
     start.elapsed()
@@ -57,10 +64,25 @@ async fn main() {
 
     let port = free_port();
     let metrics_url = format!("http://127.0.0.1:{port}/metrics");
-    let operator = start_operator_probed(&cp, "0.1.0", &[("RUST_LOG", "warn")], &format!("127.0.0.1:{port}"));
-    eventually("the operator's metrics endpoint", Duration::from_secs(30), || async {
-        std::process::Command::new("curl").args(["-sf", &metrics_url]).output().ok()?.status.success().then_some(())
-    })
+    let operator = start_operator_probed(
+        &cp,
+        "0.1.0",
+        &[("RUST_LOG", "warn")],
+        &format!("127.0.0.1:{port}"),
+    );
+    eventually(
+        "the operator's metrics endpoint",
+        Duration::from_secs(30),
+        || async {
+            std::process::Command::new("curl")
+                .args(["-sf", &metrics_url])
+                .output()
+                .ok()?
+                .status
+                .success()
+                .then_some(())
+        },
+    )
     .await;
 
     let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
@@ -69,9 +91,19 @@ async fn main() {
     let inject_writes = workload_writes(&metrics_url);
 
     let start = Instant::now();
-    lumigos.delete("lumigo", &DeleteParams::default()).await.unwrap();
-    eventually("the removal to finish", WAIT, || async { lumigos.get_opt("lumigo").await.unwrap().is_none().then_some(()) })
-        .await;
+    lumigos
+        .delete("lumigo", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the removal to finish", WAIT, || async {
+        lumigos
+            .get_opt("lumigo")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
     let remove = start.elapsed();
     let remove_writes = workload_writes(&metrics_url) - inject_writes;
 
@@ -79,14 +111,36 @@ async fn main() {
     create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
     let inject_all = wait_instrumented(&client, &ns, TOTAL).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (peak, now) = (memory_kib(operator.id(), "VmHWM:"), memory_kib(operator.id(), "VmRSS:"));
-    let (anon, file) = (memory_kib(operator.id(), "RssAnon:"), memory_kib(operator.id(), "RssFile:"));
+    let (peak, now) = (
+        memory_kib(operator.id(), "VmHWM:"),
+        memory_kib(operator.id(), "VmRSS:"),
+    );
+    let (anon, file) = (
+        memory_kib(operator.id(), "RssAnon:"),
+        memory_kib(operator.id(), "RssFile:"),
+    );
 
     println!("rollout on a real control plane, {FIRST} Deployments in one namespace:");
-    println!("  inject  {:>6.2} s   {:.2} writes per workload", inject.as_secs_f64(), inject_writes as f64 / FIRST as f64);
-    println!("  remove  {:>6.2} s   {:.2} writes per workload", remove.as_secs_f64(), remove_writes as f64 / FIRST as f64);
+    println!(
+        "  inject  {:>6.2} s   {:.2} writes per workload",
+        inject.as_secs_f64(),
+        inject_writes as f64 / FIRST as f64
+    );
+    println!(
+        "  remove  {:>6.2} s   {:.2} writes per workload",
+        remove.as_secs_f64(),
+        remove_writes as f64 / FIRST as f64
+    );
     println!("with {TOTAL} Deployments (and their ReplicaSets) watched:");
     println!("  inject all {TOTAL}: {:.2} s", inject_all.as_secs_f64());
-    println!("  operator RSS: peak {:.1} MB, settled {:.1} MB", peak as f64 / 1024.0, now as f64 / 1024.0);
-    println!("  settled RSS: heap and stacks {:.1} MB, mapped code and files {:.1} MB", anon as f64 / 1024.0, file as f64 / 1024.0);
+    println!(
+        "  operator RSS: peak {:.1} MB, settled {:.1} MB",
+        peak as f64 / 1024.0,
+        now as f64 / 1024.0
+    );
+    println!(
+        "  settled RSS: heap and stacks {:.1} MB, mapped code and files {:.1} MB",
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
+    );
 }

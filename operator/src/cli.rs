@@ -9,7 +9,11 @@ use lumigo_mutation::config::{DEFAULT_LOGS_ENDPOINT, DEFAULT_TRACES_ENDPOINT};
 use crate::settings::OperatorSettings;
 
 #[derive(Parser, Debug)]
-#[command(name = "lumigo-operator", version, about = "Zero-code Lumigo tracing for Kubernetes workloads")]
+#[command(
+    name = "lumigo-operator",
+    version,
+    about = "Zero-code Lumigo tracing for Kubernetes workloads"
+)]
 pub struct Cli {
     #[arg(long, env = "LUMIGO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -101,20 +105,36 @@ pub struct RunArgs {
     #[arg(long, env = "LUMIGO_WEBHOOK_ADDRESS", default_value = "0.0.0.0:9443")]
     pub webhook_address: SocketAddr,
     /// The Service the API server reaches the webhook through (named in its certificate).
-    #[arg(long, env = "LUMIGO_WEBHOOK_SERVICE", default_value = "lumigo-operator-webhook")]
+    #[arg(
+        long,
+        env = "LUMIGO_WEBHOOK_SERVICE",
+        default_value = "lumigo-operator-webhook"
+    )]
     pub webhook_service: String,
     /// The Secret, in the operator's namespace, that keeps the webhook's certificate.
-    #[arg(long, env = "LUMIGO_WEBHOOK_SECRET", default_value = "lumigo-operator-webhook-certificate")]
+    #[arg(
+        long,
+        env = "LUMIGO_WEBHOOK_SECRET",
+        default_value = "lumigo-operator-webhook-certificate"
+    )]
     pub webhook_secret: String,
     /// The MutatingWebhookConfiguration whose caBundle the operator keeps current.
-    #[arg(long, env = "LUMIGO_WEBHOOK_CONFIGURATION", default_value = "lumigo-operator")]
+    #[arg(
+        long,
+        env = "LUMIGO_WEBHOOK_CONFIGURATION",
+        default_value = "lumigo-operator"
+    )]
     pub webhook_configuration: String,
     /// Serve the webhook for an API server on this machine (`https://127.0.0.1:PORT`, the local demo)
     /// instead of through the Service.
     #[arg(long, env = "LUMIGO_WEBHOOK_LOOPBACK", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_loopback: bool,
     /// The policy module the built-in webhook evaluates.
-    #[arg(long, env = "LUMIGO_POLICY_MODULE", default_value = "/usr/local/share/lumigo/lumigo-policy.wasm")]
+    #[arg(
+        long,
+        env = "LUMIGO_POLICY_MODULE",
+        default_value = "/usr/local/share/lumigo/lumigo-policy.wasm"
+    )]
     pub policy_module: std::path::PathBuf,
     /// How long one admission evaluation may run before it is cut off (and admitted unchanged).
     #[arg(long, env = "LUMIGO_EVALUATION_DEADLINE", default_value = "2s", value_parser = parse_duration)]
@@ -135,9 +155,13 @@ pub struct UninstallArgs {
 
 /// `500ms`, `15s`, `2m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 500ms, 15s or 2m"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 15s or 2m"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
         "s" | "" => Ok(Duration::from_secs(number)),

@@ -60,7 +60,10 @@ pub struct Tracing {
 
 impl Default for Tracing {
     fn default() -> Self {
-        Tracing { enabled: true, injection: Injection::default() }
+        Tracing {
+            enabled: true,
+            injection: Injection::default(),
+        }
     }
 }
 
@@ -139,21 +142,37 @@ mod tests {
 
     #[test]
     fn a_minimal_spec_gets_the_documented_defaults() {
-        let spec: LumigoSpec =
-            serde_json::from_value(json!({"lumigoToken": {"secretRef": {"name": "s", "key": "token"}}})).unwrap();
+        let spec: LumigoSpec = serde_json::from_value(
+            json!({"lumigoToken": {"secretRef": {"name": "s", "key": "token"}}}),
+        )
+        .unwrap();
         assert!(spec.tracing.enabled);
         assert!(spec.tracing.injection.enabled);
-        assert!(spec.tracing.injection.inject_lumigo_into_existing_resources_on_creation);
-        assert!(spec.tracing.injection.remove_lumigo_from_resources_on_deletion);
+        assert!(
+            spec.tracing
+                .injection
+                .inject_lumigo_into_existing_resources_on_creation
+        );
+        assert!(
+            spec.tracing
+                .injection
+                .remove_lumigo_from_resources_on_deletion
+        );
         assert!(!spec.logging.enabled);
     }
 
     /// The checked-in CRD is what the types generate: regenerate with `just operator::crdgen`.
     #[test]
     fn the_checked_in_crd_is_current() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/lumigo-operator/crds/lumigo.yaml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/lumigo-operator/crds/lumigo.yaml"
+        );
         let checked_in = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(checked_in == crd_yaml(), "{path} is stale: run `just operator::crdgen`");
+        assert!(
+            checked_in == crd_yaml(),
+            "{path} is stale: run `just operator::crdgen`"
+        );
     }
 
     #[test]
@@ -162,10 +181,17 @@ mod tests {
         let version = &crd["spec"]["versions"][0];
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
         let injection = &spec["properties"]["tracing"]["properties"]["injection"]["properties"];
-        assert_eq!(injection["removeLumigoFromResourcesOnDeletion"]["default"], true);
+        assert_eq!(
+            injection["removeLumigoFromResourcesOnDeletion"]["default"],
+            true
+        );
         assert_eq!(spec["required"], json!(["lumigoToken"]));
-        let columns: Vec<_> =
-            version["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].clone()).collect();
+        let columns: Vec<_> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].clone())
+            .collect();
         assert_eq!(columns, ["Active", "Instrumented", "Error", "Age"]);
         assert_eq!(crd["spec"]["names"]["plural"], "lumigoes");
         assert!(version["subresources"]["status"].is_object());

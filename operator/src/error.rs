@@ -6,8 +6,15 @@ pub enum Error {
     Request(#[from] kube::core::request::Error),
     #[error("{0}")]
     Serialization(#[from] serde_json::Error),
-    #[error("{kind} {namespace}/{name} kept changing under us; giving up after {attempts} attempts")]
-    Contended { kind: String, namespace: String, name: String, attempts: u32 },
+    #[error(
+        "{kind} {namespace}/{name} kept changing under us; giving up after {attempts} attempts"
+    )]
+    Contended {
+        kind: String,
+        namespace: String,
+        name: String,
+        attempts: u32,
+    },
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("incomplete: {0}")]

@@ -23,8 +23,14 @@ pub struct Events {
 
 impl Events {
     pub fn new(client: Client, instance: Option<String>) -> Self {
-        let reporter = Reporter { controller: CONTROLLER_NAME.into(), instance };
-        Events { recorder: Recorder::new(client, reporter), warned: Mutex::default() }
+        let reporter = Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance,
+        };
+        Events {
+            recorder: Recorder::new(client, reporter),
+            warned: Mutex::default(),
+        }
     }
 
     pub async fn changed(&self, workload: &InstrumentedResource, change: &Change, trigger: &str) {
@@ -39,7 +45,13 @@ impl Events {
     }
 
     /// A workload that should have been changed and could not be, recorded once per operator run.
-    pub async fn could_not(&self, workload: &InstrumentedResource, adding: bool, reason: &Reason, trigger: &str) {
+    pub async fn could_not(
+        &self,
+        workload: &InstrumentedResource,
+        adding: bool,
+        reason: &Reason,
+        trigger: &str,
+    ) {
         let event_reason = if adding { CANNOT_ADD } else { CANNOT_REMOVE };
         let first_time = self
             .warned

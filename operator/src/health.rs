@@ -21,7 +21,10 @@ pub struct Probes {
 
 pub async fn serve(address: SocketAddr, probes: Probes) -> Result<()> {
     let router = Router::new()
-        .route("/metrics", get(|State(p): State<Probes>| async move { p.metrics.encode() }))
+        .route(
+            "/metrics",
+            get(|State(p): State<Probes>| async move { p.metrics.encode() }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
@@ -34,6 +37,8 @@ pub async fn serve(address: SocketAddr, probes: Probes) -> Result<()> {
             }),
         )
         .with_state(probes);
-    let listener = tokio::net::TcpListener::bind(address).await.map_err(Error::Serve)?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(Error::Serve)?;
     axum::serve(listener, router).await.map_err(Error::Serve)
 }

@@ -25,8 +25,14 @@ fn admission_policies() -> ApiResource {
 
 /// The namespace's policy, owned by its `Lumigo` resource so that garbage collection removes it
 /// even if the operator is gone.
-pub fn admission_policy(lumigo: &Lumigo, config: &InjectionConfig, module: &str) -> serde_json::Value {
-    let owner = lumigo.controller_owner_ref(&()).map(|owner| serde_json::to_value(owner).unwrap_or_default());
+pub fn admission_policy(
+    lumigo: &Lumigo,
+    config: &InjectionConfig,
+    module: &str,
+) -> serde_json::Value {
+    let owner = lumigo
+        .controller_owner_ref(&())
+        .map(|owner| serde_json::to_value(owner).unwrap_or_default());
     json!({
         "apiVersion": "policies.kubewarden.io/v1",
         "kind": "AdmissionPolicy",
@@ -49,16 +55,28 @@ pub fn admission_policy(lumigo: &Lumigo, config: &InjectionConfig, module: &str)
     })
 }
 
-pub async fn apply(client: &Client, lumigo: &Lumigo, config: &InjectionConfig, module: &str) -> Result<()> {
+pub async fn apply(
+    client: &Client,
+    lumigo: &Lumigo,
+    config: &InjectionConfig,
+    module: &str,
+) -> Result<()> {
     let namespace = lumigo.namespace().unwrap_or_default();
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &admission_policies());
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &namespace, &admission_policies());
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(POLICY_NAME, &params, &Patch::Apply(admission_policy(lumigo, config, module))).await?;
+    api.patch(
+        POLICY_NAME,
+        &params,
+        &Patch::Apply(admission_policy(lumigo, config, module)),
+    )
+    .await?;
     Ok(())
 }
 
 pub async fn delete(client: &Client, namespace: &str) -> Result<()> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &admission_policies());
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &admission_policies());
     match api.delete(POLICY_NAME, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
@@ -89,7 +107,10 @@ mod tests {
         assert_eq!(policy["metadata"]["namespace"], "shop");
         assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], "u-1");
         assert_eq!(policy["spec"]["settings"]["enableLogs"], true);
-        assert_eq!(policy["spec"]["settings"]["tokenSecret"], json!({"name": "creds", "key": "token"}));
+        assert_eq!(
+            policy["spec"]["settings"]["tokenSecret"],
+            json!({"name": "creds", "key": "token"})
+        );
         assert_eq!(policy["spec"]["rules"], WorkloadKind::admission_rules());
     }
 }

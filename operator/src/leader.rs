@@ -20,7 +20,13 @@ pub struct LeaderElection {
 }
 
 impl LeaderElection {
-    pub fn new(client: Client, namespace: &str, name: &str, identity: &str, lease_duration: Duration) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        lease_duration: Duration,
+    ) -> Self {
         LeaderElection {
             leases: Api::namespaced(client, namespace),
             name: name.to_owned(),
@@ -52,11 +58,19 @@ impl LeaderElection {
             tokio::time::sleep(self.retry_period()).await;
             match self.try_acquire_or_renew().await {
                 Ok(true) => last_renewal = tokio::time::Instant::now(),
-                Ok(false) => return Error::Leadership(format!("lease {} was taken by another replica", self.name)),
+                Ok(false) => {
+                    return Error::Leadership(format!(
+                        "lease {} was taken by another replica",
+                        self.name
+                    ))
+                }
                 Err(error) => tracing::warn!(%error, "renewing the lease failed"),
             }
             if last_renewal.elapsed() >= self.lease_duration {
-                return Error::Leadership(format!("lease {} could not be renewed in time", self.name));
+                return Error::Leadership(format!(
+                    "lease {} could not be renewed in time",
+                    self.name
+                ));
             }
         }
     }
@@ -69,7 +83,10 @@ impl LeaderElection {
         let now = Timestamp::now();
         let Some(mut lease) = self.leases.get_opt(&self.name).await? else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                },
                 spec: Some(self.held_spec(now, now, 0)),
             };
             return match self.leases.create(&PostParams::default(), &lease).await {
@@ -81,19 +98,28 @@ impl LeaderElection {
         let spec = lease.spec.clone().unwrap_or_default();
         let held_by_me = spec.holder_identity.as_deref() == Some(self.identity.as_str());
         let expired = match (spec.renew_time.as_ref(), spec.lease_duration_seconds) {
-            (Some(renewed), Some(seconds)) => renewed.0 + SignedDuration::from_secs(i64::from(seconds)) < now,
+            (Some(renewed), Some(seconds)) => {
+                renewed.0 + SignedDuration::from_secs(i64::from(seconds)) < now
+            }
             _ => true,
         };
         if !held_by_me && !expired {
             return Ok(false);
         }
         let (acquired, transitions) = if held_by_me {
-            (spec.acquire_time.map(|t| t.0).unwrap_or(now), spec.lease_transitions.unwrap_or(0))
+            (
+                spec.acquire_time.map(|t| t.0).unwrap_or(now),
+                spec.lease_transitions.unwrap_or(0),
+            )
         } else {
             (now, spec.lease_transitions.unwrap_or(0) + 1)
         };
         lease.spec = Some(self.held_spec(acquired, now, transitions));
-        match self.leases.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .leases
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
             Err(error) => Err(error.into()),
@@ -103,7 +129,9 @@ impl LeaderElection {
     fn held_spec(&self, acquired: Timestamp, renewed: Timestamp, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(i32::try_from(self.lease_duration.as_secs()).unwrap_or(i32::MAX)),
+            lease_duration_seconds: Some(
+                i32::try_from(self.lease_duration.as_secs()).unwrap_or(i32::MAX),
+            ),
             acquire_time: Some(MicroTime(acquired)),
             renew_time: Some(MicroTime(renewed)),
             lease_transitions: Some(transitions),

@@ -2,8 +2,8 @@
 //! workloads, re-injection, removal, uninstall) and the built-in admission webhook. Every change
 //! to a pod template goes through the mutation core, `lumigo_mutation`.
 
-pub mod cli;
 pub mod admission;
+pub mod cli;
 pub mod crd;
 pub mod error;
 pub mod events;

@@ -19,7 +19,9 @@ fn main() -> ExitCode {
         };
     }
     lumigo_operator::memory::limit_allocator_arenas();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
     match runtime {
         Ok(runtime) => runtime.block_on(run(cli)),
         Err(error) => {
@@ -38,7 +40,9 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::PrecompilePolicy => unreachable!("handled before the runtime starts"),
         // SAFETY: this is the operator binary; its `precompile-policy` is handled above.
-        Command::Run(args) => lumigo_operator::run::run(*args, unsafe { PolicyCompiler::own_executable() }).await,
+        Command::Run(args) => {
+            lumigo_operator::run::run(*args, unsafe { PolicyCompiler::own_executable() }).await
+        }
         Command::Uninstall(args) => lumigo_operator::run::uninstall(args).await,
     };
     match result {
@@ -51,8 +55,11 @@ async fn run(cli: Cli) -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

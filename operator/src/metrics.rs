@@ -42,12 +42,39 @@ impl Default for Metrics {
         let writes = Family::default();
         let write_failures = Family::default();
         let instrumented = Family::default();
-        registry.register("reconciles", "Reconciliations of Lumigo resources", reconciles.clone());
-        registry.register("reconcile_errors", "Reconciliations that failed and were retried", reconcile_errors.clone());
-        registry.register("workload_writes", "Workloads written, by kind and change", writes.clone());
-        registry.register("workload_write_failures", "Workload writes that failed", write_failures.clone());
-        registry.register("workloads_instrumented", "Workloads instrumented, by namespace", instrumented.clone());
-        Metrics { registry, reconciles, reconcile_errors, writes, write_failures, instrumented }
+        registry.register(
+            "reconciles",
+            "Reconciliations of Lumigo resources",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciliations that failed and were retried",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "workload_writes",
+            "Workloads written, by kind and change",
+            writes.clone(),
+        );
+        registry.register(
+            "workload_write_failures",
+            "Workload writes that failed",
+            write_failures.clone(),
+        );
+        registry.register(
+            "workloads_instrumented",
+            "Workloads instrumented, by namespace",
+            instrumented.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_errors,
+            writes,
+            write_failures,
+            instrumented,
+        }
     }
 }
 
@@ -61,26 +88,38 @@ impl Metrics {
     }
 
     pub fn workload_written(&self, kind: WorkloadKind, change: &Change) {
-        let labels = KindChange { kind: kind.name().into(), change: change.event_reason().into() };
+        let labels = KindChange {
+            kind: kind.name().into(),
+            change: change.event_reason().into(),
+        };
         self.writes.get_or_create(&labels).inc();
     }
 
     pub fn write_failed(&self, kind: WorkloadKind) {
-        self.write_failures.get_or_create(&KindLabel { kind: kind.name().into() }).inc();
+        self.write_failures
+            .get_or_create(&KindLabel {
+                kind: kind.name().into(),
+            })
+            .inc();
     }
 
     pub fn set_instrumented(&self, namespace: &str, count: usize) {
-        let gauge = self.instrumented.get_or_create(&NamespaceLabel { namespace: namespace.into() });
+        let gauge = self.instrumented.get_or_create(&NamespaceLabel {
+            namespace: namespace.into(),
+        });
         gauge.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn forget_namespace(&self, namespace: &str) {
-        self.instrumented.remove(&NamespaceLabel { namespace: namespace.into() });
+        self.instrumented.remove(&NamespaceLabel {
+            namespace: namespace.into(),
+        });
     }
 
     pub fn encode(&self) -> String {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
         text
     }
 }

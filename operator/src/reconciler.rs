@@ -9,10 +9,10 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ReplicationController, Secret};
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::core::PartialObjectMeta;
 use kube::runtime::{predicates, watcher, Predicate, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -83,16 +83,31 @@ pub async fn run(ctx: Arc<Context>, controller: Controller<Lumigo>, store: Store
 /// A workload created, changed or labelled (e.g. opted out) in a namespace with a `Lumigo`
 /// resource asks for that resource's reconcile. Only metadata is watched, and only generation
 /// and label changes count, so status churn and large specs cost nothing.
-fn workload_changes(client: Client, store: Store<Lumigo>) -> impl Stream<Item = ObjectRef<Lumigo>> + Send {
+fn workload_changes(
+    client: Client,
+    store: Store<Lumigo>,
+) -> impl Stream<Item = ObjectRef<Lumigo>> + Send {
     fn namespaces_of<K>(client: &Client) -> impl Stream<Item = String> + Send + 'static
     where
-        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
     {
-        watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .touched_objects()
-            .predicate_filter(predicates::generation.combine(predicates::labels), Default::default())
-            .filter_map(|object| async move { object.ok().and_then(|o| o.metadata.namespace) })
+        watcher(
+            Api::<PartialObjectMeta<K>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::labels),
+            Default::default(),
+        )
+        .filter_map(|object| async move { object.ok().and_then(|o| o.metadata.namespace) })
     }
     let namespaces = stream::select_all([
         namespaces_of::<Deployment>(&client).boxed(),
@@ -148,7 +163,10 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
         Ok(()) => injection_config(lumigo, &ctx.operator),
         Err(message) => {
             stop_kubewarden_admission(ctx, &namespace).await?;
-            let health = Health::Failing { reason: "InvalidToken", message };
+            let health = Health::Failing {
+                reason: "InvalidToken",
+                message,
+            };
             write_status(lumigo, api, &health, None).await?;
             return Ok(Action::requeue(SECRET_RECHECK));
         }
@@ -157,7 +175,8 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
         stop_kubewarden_admission(ctx, &namespace).await?;
         let health = Health::Active {
             reason: "InjectionDisabled",
-            message: "the token is valid; injection is disabled by spec.tracing.injection.enabled".into(),
+            message: "the token is valid; injection is disabled by spec.tracing.injection.enabled"
+                .into(),
         };
         write_status(lumigo, api, &health, None).await?;
         return Ok(Action::await_change());
@@ -168,19 +187,38 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
     }
     let desired = Desired::Injected {
         config: &config,
-        inject_uninjected: lumigo.spec.tracing.injection.inject_lumigo_into_existing_resources_on_creation,
+        inject_uninjected: lumigo
+            .spec
+            .tracing
+            .injection
+            .inject_lumigo_into_existing_resources_on_creation,
     };
-    let trigger = format!("Lumigo resource {namespace}/{} (generation {})", lumigo.name_any(), lumigo.metadata.generation.unwrap_or_default());
-    let report = ctx.sweeper().sweep(Some(&namespace), desired, &trigger).await?;
-    ctx.metrics.set_instrumented(&namespace, report.instrumented.len());
+    let trigger = format!(
+        "Lumigo resource {namespace}/{} (generation {})",
+        lumigo.name_any(),
+        lumigo.metadata.generation.unwrap_or_default()
+    );
+    let report = ctx
+        .sweeper()
+        .sweep(Some(&namespace), desired, &trigger)
+        .await?;
+    ctx.metrics
+        .set_instrumented(&namespace, report.instrumented.len());
     let count = report.instrumented.len();
     let health = Health::Active {
         reason: "Instrumenting",
-        message: format!("{count} workload{} instrumented", if count == 1 { "" } else { "s" }),
+        message: format!(
+            "{count} workload{} instrumented",
+            if count == 1 { "" } else { "s" }
+        ),
     };
     write_status(lumigo, api, &health, Some(report.instrumented)).await?;
     if report.failed > 0 {
-        tracing::info!(namespace, failed = report.failed, "some workloads could not be written; retrying soon");
+        tracing::info!(
+            namespace,
+            failed = report.failed,
+            "some workloads could not be written; retrying soon"
+        );
         return Ok(Action::requeue(RETRY_FAILED_WRITES));
     }
     Ok(Action::requeue(RESYNC))
@@ -199,11 +237,26 @@ async fn cleanup(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Ac
     if !another_instruments {
         stop_kubewarden_admission(ctx, &namespace).await?;
     }
-    if lumigo.spec.tracing.injection.remove_lumigo_from_resources_on_deletion && !another_instruments {
-        let trigger = format!("deletion of Lumigo resource {namespace}/{}", lumigo.name_any());
-        let report = ctx.sweeper().sweep(Some(&namespace), Desired::Removed, &trigger).await?;
+    if lumigo
+        .spec
+        .tracing
+        .injection
+        .remove_lumigo_from_resources_on_deletion
+        && !another_instruments
+    {
+        let trigger = format!(
+            "deletion of Lumigo resource {namespace}/{}",
+            lumigo.name_any()
+        );
+        let report = ctx
+            .sweeper()
+            .sweep(Some(&namespace), Desired::Removed, &trigger)
+            .await?;
         if report.failed > 0 {
-            return Err(Error::Incomplete(format!("{} workloads of {namespace} still carry the injection", report.failed)));
+            return Err(Error::Incomplete(format!(
+                "{} workloads of {namespace} still carry the injection",
+                report.failed
+            )));
         }
     }
     ctx.metrics.forget_namespace(&namespace);
@@ -218,13 +271,22 @@ async fn stop_kubewarden_admission(ctx: &Context, namespace: &str) -> Result<()>
 }
 
 /// The other `Lumigo` of the namespace that instruments it instead of this one, if any.
-async fn earlier_resource_in_namespace(lumigo: &Lumigo, api: &Api<Lumigo>) -> Result<Option<String>> {
+async fn earlier_resource_in_namespace(
+    lumigo: &Lumigo,
+    api: &Api<Lumigo>,
+) -> Result<Option<String>> {
     let in_namespace = api.list(&Default::default()).await?.items;
-    Ok(instrumenting(&in_namespace).filter(|winner| winner.uid() != lumigo.uid()).map(|winner| winner.name_any()))
+    Ok(instrumenting(&in_namespace)
+        .filter(|winner| winner.uid() != lumigo.uid())
+        .map(|winner| winner.name_any()))
 }
 
 /// `Ok(Err(message))` when the Secret cannot provide a token, saying what to fix.
-async fn check_secret(lumigo: &Lumigo, ctx: &Context, namespace: &str) -> Result<Result<(), String>> {
+async fn check_secret(
+    lumigo: &Lumigo,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Result<(), String>> {
     let reference = &lumigo.spec.lumigo_token.secret_ref;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     match secrets.get_opt(&reference.name).await? {
@@ -242,11 +304,20 @@ async fn write_status(
     health: &Health,
     instrumented: Option<Vec<crate::crd::InstrumentedResource>>,
 ) -> Result<()> {
-    let status = next_status(lumigo.status.as_ref(), lumigo.metadata.generation, health, instrumented);
+    let status = next_status(
+        lumigo.status.as_ref(),
+        lumigo.metadata.generation,
+        health,
+        instrumented,
+    );
     if lumigo.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    api.patch_status(&lumigo.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status})))
-        .await?;
+    api.patch_status(
+        &lumigo.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await?;
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! desired injection state with at most one write, retried on fresh state after a conflict.
 
 use futures::{stream, StreamExt, TryStreamExt};
-use lumigo_mutation::{inspect, reconcile, remove, InjectionConfig, Operation, Outcome, Reason, WorkloadKind};
+use lumigo_mutation::{
+    inspect, reconcile, remove, InjectionConfig, Operation, Outcome, Reason, WorkloadKind,
+};
 use serde_json::Value;
 
 use crate::crd::InstrumentedResource;
@@ -18,7 +20,10 @@ const WRITE_ATTEMPTS: u32 = 5;
 pub enum Desired<'a> {
     /// Injected with `config`; `inject_uninjected: false` only maintains workloads that carry
     /// an injection already (re-injection, opt-out cleaning) and leaves the others alone.
-    Injected { config: &'a InjectionConfig, inject_uninjected: bool },
+    Injected {
+        config: &'a InjectionConfig,
+        inject_uninjected: bool,
+    },
     Removed,
 }
 
@@ -46,7 +51,12 @@ enum Handled {
 }
 
 impl Sweeper<'_> {
-    pub async fn sweep(&self, namespace: Option<&str>, desired: Desired<'_>, trigger: &str) -> Result<SweepReport> {
+    pub async fn sweep(
+        &self,
+        namespace: Option<&str>,
+        desired: Desired<'_>,
+        trigger: &str,
+    ) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         for kind in ROLLOUT_KINDS {
             let mut continue_token = None;
@@ -63,7 +73,9 @@ impl Sweeper<'_> {
                     .await?;
                 for (workload, handled) in results {
                     match handled {
-                        Handled::Unchanged { instrumented } | Handled::Written { instrumented } if instrumented => {
+                        Handled::Unchanged { instrumented } | Handled::Written { instrumented }
+                            if instrumented =>
+                        {
                             report.instrumented.push(workload)
                         }
                         Handled::Failed => report.failed += 1,
@@ -84,24 +96,37 @@ impl Sweeper<'_> {
         Ok(report)
     }
 
-    async fn handle(&self, kind: WorkloadKind, mut object: Value, desired: Desired<'_>, trigger: &str) -> Handled {
+    async fn handle(
+        &self,
+        kind: WorkloadKind,
+        mut object: Value,
+        desired: Desired<'_>,
+        trigger: &str,
+    ) -> Handled {
         for attempt in 1..=WRITE_ATTEMPTS {
             let workload = reference(kind, &object);
             let mut candidate = object.clone();
             let outcome = match desired {
-                Desired::Injected { inject_uninjected: false, .. } if !inspect(&object, kind).injected => {
-                    Outcome::Unchanged(Reason::NotInjected)
+                Desired::Injected {
+                    inject_uninjected: false,
+                    ..
+                } if !inspect(&object, kind).injected => Outcome::Unchanged(Reason::NotInjected),
+                Desired::Injected { config, .. } => {
+                    reconcile(&mut candidate, kind, config, Operation::Update)
                 }
-                Desired::Injected { config, .. } => reconcile(&mut candidate, kind, config, Operation::Update),
                 Desired::Removed => remove(&mut candidate, kind, Operation::Update),
             };
             let change = match outcome {
                 Outcome::Unchanged(reason) => {
                     if reason.is_problem() {
                         let adding = matches!(desired, Desired::Injected { .. });
-                        self.events.could_not(&workload, adding, &reason, trigger).await;
+                        self.events
+                            .could_not(&workload, adding, &reason, trigger)
+                            .await;
                     }
-                    return Handled::Unchanged { instrumented: counts_as_instrumented(&object, kind) };
+                    return Handled::Unchanged {
+                        instrumented: counts_as_instrumented(&object, kind),
+                    };
                 }
                 Outcome::Changed(change) => change,
             };
@@ -109,20 +134,34 @@ impl Sweeper<'_> {
                 Ok(stored) => {
                     self.metrics.workload_written(kind, &change);
                     self.events.changed(&workload, &change, trigger).await;
-                    return Handled::Written { instrumented: counts_as_instrumented(&stored, kind) };
+                    return Handled::Written {
+                        instrumented: counts_as_instrumented(&stored, kind),
+                    };
                 }
                 Err(error) if error.is_conflict() && attempt < WRITE_ATTEMPTS => {
                     tracing::debug!(kind = kind.name(), name = %workload.name, attempt, "conflict, rereading");
-                    match self.api.get(kind, &workload.namespace, &workload.name).await {
+                    match self
+                        .api
+                        .get(kind, &workload.namespace, &workload.name)
+                        .await
+                    {
                         Ok(fresh) => object = fresh,
-                        Err(error) if error.is_not_found() => return Handled::Unchanged { instrumented: false },
+                        Err(error) if error.is_not_found() => {
+                            return Handled::Unchanged {
+                                instrumented: false,
+                            }
+                        }
                         Err(error) => {
                             tracing::warn!(%error, kind = kind.name(), name = %workload.name, "rereading failed");
                             return Handled::Failed;
                         }
                     }
                 }
-                Err(error) if error.is_not_found() => return Handled::Unchanged { instrumented: false },
+                Err(error) if error.is_not_found() => {
+                    return Handled::Unchanged {
+                        instrumented: false,
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(%error, kind = kind.name(), name = %workload.name, "writing the workload failed");
                     self.metrics.write_failed(kind);

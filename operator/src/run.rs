@@ -11,9 +11,9 @@ use kube::runtime::events::Reporter;
 use crate::admission::compile::PolicyCompiler;
 use crate::admission::{self, AdmissionOptions, TlsOptions};
 use crate::cli::{AdmissionEngine, RunArgs};
-use crate::events::CONTROLLER_NAME;
 use crate::error::Result;
 use crate::events::Events;
+use crate::events::CONTROLLER_NAME;
 use crate::health::{self, Probes};
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
@@ -40,14 +40,28 @@ pub fn context(
 /// Runs the operator; `compiler` says where the built-in webhook's policy module is compiled.
 pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
     let client = Client::try_default().await?;
-    let kubewarden_module =
-        (args.admission_engine == AdmissionEngine::Kubewarden).then(|| args.kubewarden_policy_module.clone());
-    let ctx = Arc::new(context(client.clone(), &args.injection, Some(args.identity.clone()), kubewarden_module));
+    let kubewarden_module = (args.admission_engine == AdmissionEngine::Kubewarden)
+        .then(|| args.kubewarden_policy_module.clone());
+    let ctx = Arc::new(context(
+        client.clone(),
+        &args.injection,
+        Some(args.identity.clone()),
+        kubewarden_module,
+    ));
     let ready = Arc::new(AtomicBool::new(false));
-    let probes = Probes { metrics: ctx.metrics.clone(), ready: ready.clone() };
+    let probes = Probes {
+        metrics: ctx.metrics.clone(),
+        ready: ready.clone(),
+    };
     let probe_server = tokio::spawn(health::serve(args.probe_address, probes));
 
-    let election = LeaderElection::new(client.clone(), &args.namespace, &args.lease_name, &args.identity, args.lease_duration);
+    let election = LeaderElection::new(
+        client.clone(),
+        &args.namespace,
+        &args.lease_name,
+        &args.identity,
+        args.lease_duration,
+    );
     if args.leader_election {
         election.acquire().await?;
     }
@@ -60,9 +74,14 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
             return std::future::pending().await;
         }
         let options = admission_options(&args, compiler)?;
-        admission::serve(options, store.clone(), args.injection.operator_settings(), client.clone())
-            .await
-            .map_err(|error| crate::Error::Admission(Box::new(error)))
+        admission::serve(
+            options,
+            store.clone(),
+            args.injection.operator_settings(),
+            client.clone(),
+        )
+        .await
+        .map_err(|error| crate::Error::Admission(Box::new(error)))
     };
     let controller_run = reconciler::run(ctx, controller, store.clone());
     tokio::select! {
@@ -82,13 +101,25 @@ fn admission_options(args: &RunArgs, compiler: PolicyCompiler) -> Result<Admissi
     let module = std::fs::read(&args.policy_module).map_err(|source| {
         crate::Error::Serve(std::io::Error::new(
             source.kind(),
-            format!("reading the policy module {}: {source}", args.policy_module.display()),
+            format!(
+                "reading the policy module {}: {source}",
+                args.policy_module.display()
+            ),
         ))
     })?;
     let tls = if args.webhook_loopback {
-        TlsOptions::for_loopback(&args.namespace, &args.webhook_secret, Some(&args.webhook_configuration))
+        TlsOptions::for_loopback(
+            &args.namespace,
+            &args.webhook_secret,
+            Some(&args.webhook_configuration),
+        )
     } else {
-        TlsOptions::for_service(&args.webhook_service, &args.namespace, &args.webhook_secret, &args.webhook_configuration)
+        TlsOptions::for_service(
+            &args.webhook_service,
+            &args.namespace,
+            &args.webhook_secret,
+            &args.webhook_configuration,
+        )
     };
     Ok(AdmissionOptions {
         listen: args.webhook_address,
@@ -97,7 +128,10 @@ fn admission_options(args: &RunArgs, compiler: PolicyCompiler) -> Result<Admissi
         tls,
         deadline: args.evaluation_deadline,
         max_concurrent_evaluations: std::thread::available_parallelism().map_or(2, usize::from),
-        reporter: Reporter { controller: CONTROLLER_NAME.into(), instance: Some(args.identity.clone()) },
+        reporter: Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: Some(args.identity.clone()),
+        },
     })
 }
 

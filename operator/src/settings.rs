@@ -23,7 +23,12 @@ pub fn instrumenting<'a>(lumigos: impl IntoIterator<Item = &'a Lumigo>) -> Optio
     lumigos
         .into_iter()
         .filter(|lumigo| lumigo.metadata.deletion_timestamp.is_none())
-        .min_by_key(|lumigo| (lumigo.metadata.creation_timestamp.clone().map(|t| t.0), lumigo.metadata.name.clone()))
+        .min_by_key(|lumigo| {
+            (
+                lumigo.metadata.creation_timestamp.clone().map(|t| t.0),
+                lumigo.metadata.name.clone(),
+            )
+        })
 }
 
 /// The injection settings of a namespace, or `None` when its resource does not ask for injection.
@@ -34,7 +39,10 @@ pub fn injection_config(lumigo: &Lumigo, operator: &OperatorSettings) -> Option<
     let secret = &lumigo.spec.lumigo_token.secret_ref;
     Some(InjectionConfig {
         injector_image: operator.injector_image.clone(),
-        token_secret: SecretKeyRef { name: secret.name.clone(), key: secret.key.clone() },
+        token_secret: SecretKeyRef {
+            name: secret.name.clone(),
+            key: secret.key.clone(),
+        },
         traces_endpoint: operator.traces_endpoint.clone(),
         logs_endpoint: operator.logs_endpoint.clone(),
         enable_traces: lumigo.spec.tracing.enabled,
@@ -67,7 +75,10 @@ mod tests {
         let same_second = lumigo("b", "2026-01-02T00:00:00Z", false);
         let newer = lumigo("c", "2026-01-02T00:00:01Z", false);
         let all = [newer, older, oldest_deleting, same_second];
-        assert_eq!(instrumenting(&all).and_then(|l| l.metadata.name.as_deref()), Some("b"));
+        assert_eq!(
+            instrumenting(&all).and_then(|l| l.metadata.name.as_deref()),
+            Some("b")
+        );
         assert!(instrumenting(&all[2..3]).is_none());
     }
 }

@@ -11,8 +11,14 @@ pub const ERROR: &str = "Error";
 /// What a reconcile found, before it becomes conditions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
-    Active { reason: &'static str, message: String },
-    Failing { reason: &'static str, message: String },
+    Active {
+        reason: &'static str,
+        message: String,
+    },
+    Failing {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// The status for `health`, keeping each condition's `lastTransitionTime` while its status
@@ -42,8 +48,11 @@ pub fn next_status(
             last_transition_time,
         }
     };
-    let instrumented_resources =
-        instrumented.unwrap_or_else(|| current.map(|s| s.instrumented_resources.clone()).unwrap_or_default());
+    let instrumented_resources = instrumented.unwrap_or_else(|| {
+        current
+            .map(|s| s.instrumented_resources.clone())
+            .unwrap_or_default()
+    });
     LumigoStatus {
         conditions: vec![condition(ACTIVE, active), condition(ERROR, error)],
         instrumented_count: instrumented_resources.len() as i64,
@@ -56,7 +65,10 @@ mod tests {
     use super::*;
 
     fn active(message: &str) -> Health {
-        Health::Active { reason: "Instrumenting", message: message.into() }
+        Health::Active {
+            reason: "Instrumenting",
+            message: message.into(),
+        }
     }
 
     #[test]
@@ -70,13 +82,30 @@ mod tests {
     fn transition_time_moves_only_when_the_status_flips() {
         let first = next_status(None, Some(1), &active("ok"), Some(vec![]));
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let failing = Health::Failing { reason: "SecretNotFound", message: "no Secret".into() };
+        let failing = Health::Failing {
+            reason: "SecretNotFound",
+            message: "no Secret".into(),
+        };
         let second = next_status(Some(&first), Some(2), &failing, None);
-        assert_ne!(first.conditions[0].last_transition_time, second.conditions[0].last_transition_time);
+        assert_ne!(
+            first.conditions[0].last_transition_time,
+            second.conditions[0].last_transition_time
+        );
         assert_eq!(second.conditions[0].status, "False");
         assert_eq!(second.conditions[1].status, "True");
         assert_eq!(second.conditions[1].observed_generation, Some(2));
-        let third = next_status(Some(&second), Some(2), &Health::Failing { reason: "X", message: "other".into() }, None);
-        assert_eq!(second.conditions[1].last_transition_time, third.conditions[1].last_transition_time);
+        let third = next_status(
+            Some(&second),
+            Some(2),
+            &Health::Failing {
+                reason: "X",
+                message: "other".into(),
+            },
+            None,
+        );
+        assert_eq!(
+            second.conditions[1].last_transition_time,
+            third.conditions[1].last_transition_time
+        );
     }
 }

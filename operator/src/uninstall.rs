@@ -10,8 +10,8 @@ use serde_json::json;
 
 use crate::crd::{Lumigo, FINALIZER};
 use crate::error::Result;
-use crate::rollout::{Desired, SweepReport};
 use crate::reconciler::Context;
+use crate::rollout::{Desired, SweepReport};
 
 const TRIGGER: &str = "operator uninstall";
 
@@ -34,7 +34,10 @@ pub async fn uninstall(ctx: &Context, wait_for_operator: Duration) -> Result<Uni
     };
     for lumigo in &existing {
         let namespaced = namespaced_api(&ctx.client, lumigo);
-        match namespaced.delete(&lumigo.name_any(), &DeleteParams::default()).await {
+        match namespaced
+            .delete(&lumigo.name_any(), &DeleteParams::default())
+            .await
+        {
             Ok(_) => report.resources_deleted += 1,
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => return Err(error.into()),
@@ -42,20 +45,38 @@ pub async fn uninstall(ctx: &Context, wait_for_operator: Duration) -> Result<Uni
     }
 
     let deadline = tokio::time::Instant::now() + wait_for_operator;
-    let mut remaining = if existing.is_empty() { Vec::new() } else { remaining_now(&lumigos).await? };
+    let mut remaining = if existing.is_empty() {
+        Vec::new()
+    } else {
+        remaining_now(&lumigos).await?
+    };
     while !remaining.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
         remaining = remaining_now(&lumigos).await?;
     }
     for lumigo in remaining {
         tracing::warn!(lumigo = %lumigo.name_any(), namespace = ?lumigo.namespace(), "the operator did not clean up in time; cleaning here");
-        let sweep = ctx.sweeper().sweep(lumigo.namespace().as_deref(), Desired::Removed, TRIGGER).await?;
+        let sweep = ctx
+            .sweeper()
+            .sweep(lumigo.namespace().as_deref(), Desired::Removed, TRIGGER)
+            .await?;
         report.workloads_cleaned += sweep.writes;
         let namespaced = namespaced_api(&ctx.client, &lumigo);
-        let without_finalizer: Vec<String> =
-            lumigo.finalizers().iter().filter(|f| f.as_str() != FINALIZER).cloned().collect();
+        let without_finalizer: Vec<String> = lumigo
+            .finalizers()
+            .iter()
+            .filter(|f| f.as_str() != FINALIZER)
+            .cloned()
+            .collect();
         let patch = json!({"metadata": {"finalizers": without_finalizer, "resourceVersion": lumigo.resource_version()}});
-        match namespaced.patch(&lumigo.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+        match namespaced
+            .patch(
+                &lumigo.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => return Err(error.into()),

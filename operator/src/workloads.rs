@@ -40,7 +40,12 @@ fn collection_path(kind: WorkloadKind, namespace: Option<&str>) -> String {
 
 /// Identity of an object as read from the API.
 pub fn reference(kind: WorkloadKind, object: &Value) -> InstrumentedResource {
-    let field = |name: &str| object.pointer(&format!("/metadata/{name}")).and_then(Value::as_str).unwrap_or_default();
+    let field = |name: &str| {
+        object
+            .pointer(&format!("/metadata/{name}"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
     InstrumentedResource {
         api_version: kind.api_version().to_owned(),
         kind: kind.name().to_owned(),
@@ -83,11 +88,18 @@ impl WorkloadApi {
             Some(Value::Array(items)) => items,
             _ => Vec::new(),
         };
-        Ok((items.into_iter().map(|item| with_type(kind, item)).collect(), next))
+        Ok((
+            items
+                .into_iter()
+                .map(|item| with_type(kind, item))
+                .collect(),
+            next,
+        ))
     }
 
     pub async fn get(&self, kind: WorkloadKind, namespace: &str, name: &str) -> Result<Value> {
-        let request = kube::core::Request::new(collection_path(kind, Some(namespace))).get(name, &Default::default())?;
+        let request = kube::core::Request::new(collection_path(kind, Some(namespace)))
+            .get(name, &Default::default())?;
         let object: Value = self.client.request(request).await?;
         Ok(with_type(kind, object))
     }
@@ -97,8 +109,11 @@ impl WorkloadApi {
     pub async fn replace(&self, kind: WorkloadKind, object: &Value) -> Result<Value> {
         let reference = reference(kind, object);
         let body = serde_json::to_vec(object)?;
-        let request: Request<Vec<u8>> = kube::core::Request::new(collection_path(kind, Some(&reference.namespace)))
-            .replace(&reference.name, &PostParams::default(), body)?;
+        let request: Request<Vec<u8>> = kube::core::Request::new(collection_path(
+            kind,
+            Some(&reference.namespace),
+        ))
+        .replace(&reference.name, &PostParams::default(), body)?;
         let stored: Value = self.client.request(request).await?;
         Ok(with_type(kind, stored))
     }
@@ -106,8 +121,10 @@ impl WorkloadApi {
 
 fn with_type(kind: WorkloadKind, mut object: Value) -> Value {
     if let Some(map) = object.as_object_mut() {
-        map.entry("apiVersion").or_insert_with(|| Value::String(kind.api_version().to_owned()));
-        map.entry("kind").or_insert_with(|| Value::String(kind.name().to_owned()));
+        map.entry("apiVersion")
+            .or_insert_with(|| Value::String(kind.api_version().to_owned()));
+        map.entry("kind")
+            .or_insert_with(|| Value::String(kind.name().to_owned()));
     }
     object
 }
@@ -118,8 +135,14 @@ mod tests {
 
     #[test]
     fn paths_follow_the_api_groups() {
-        assert_eq!(collection_path(WorkloadKind::Deployment, Some("shop")), "/apis/apps/v1/namespaces/shop/deployments");
-        assert_eq!(collection_path(WorkloadKind::CronJob, None), "/apis/batch/v1/cronjobs");
+        assert_eq!(
+            collection_path(WorkloadKind::Deployment, Some("shop")),
+            "/apis/apps/v1/namespaces/shop/deployments"
+        );
+        assert_eq!(
+            collection_path(WorkloadKind::CronJob, None),
+            "/apis/batch/v1/cronjobs"
+        );
         assert_eq!(
             collection_path(WorkloadKind::ReplicationController, Some("a")),
             "/api/v1/namespaces/a/replicationcontrollers"

@@ -13,11 +13,15 @@ use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Api, Client};
 use lumigo_e2e::ControlPlane;
 use lumigo_mutation::{inspect, WorkloadKind};
-use lumigo_operator::admission::{webhook_configuration, AdmissionServer, TlsOptions, WebhookTarget};
+use lumigo_operator::admission::{
+    webhook_configuration, AdmissionServer, TlsOptions, WebhookTarget,
+};
 use lumigo_operator::crd::Lumigo;
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
@@ -48,27 +52,39 @@ async fn start_webhook() -> Result<Webhook> {
         ..TlsOptions::for_loopback(&operator_namespace, SECRET, Some(&configuration_name))
     };
     let (bound, port) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new().name("admission-webhook".into()).spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let client = Client::try_from(config).expect("a client for the control plane");
-            let lumigos = watched_lumigos(client.clone());
-            let options = options(tls, policy_module(), Duration::from_secs(1));
-            match AdmissionServer::bind(options, lumigos, operator_settings(), client).await {
-                Ok(server) => {
-                    let _ = bound.send(Ok(server.local_addr().port()));
-                    server.run().await.expect("the webhook serves");
+    std::thread::Builder::new()
+        .name("admission-webhook".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let client = Client::try_from(config).expect("a client for the control plane");
+                let lumigos = watched_lumigos(client.clone());
+                let options = options(tls, policy_module(), Duration::from_secs(1));
+                match AdmissionServer::bind(options, lumigos, operator_settings(), client).await {
+                    Ok(server) => {
+                        let _ = bound.send(Ok(server.local_addr().port()));
+                        server.run().await.expect("the webhook serves");
+                    }
+                    Err(error) => drop(bound.send(Err(error))),
                 }
-                Err(error) => drop(bound.send(Err(error))),
-            }
-        });
-    })?;
+            });
+        })?;
     let port = port.await.context("the webhook thread ended")??;
 
     // Created without a caBundle: publishing it is the operator's job.
-    let configuration =
-        webhook_configuration(&configuration_name, &WebhookTarget::Url(format!("https://127.0.0.1:{port}")), &operator_namespace, None);
-    Api::<MutatingWebhookConfiguration>::all(client).create(&PostParams::default(), &configuration).await?;
+    let configuration = webhook_configuration(
+        &configuration_name,
+        &WebhookTarget::Url(format!("https://127.0.0.1:{port}")),
+        &operator_namespace,
+        None,
+    );
+    Api::<MutatingWebhookConfiguration>::all(client)
+        .create(&PostParams::default(), &configuration)
+        .await?;
     Ok(Webhook { operator_namespace })
 }
 
@@ -78,7 +94,9 @@ async fn namespace_with_lumigo(prefix: &str) -> Result<String> {
     let cp = ControlPlane::shared().await?;
     webhook().await?;
     let namespace = cp.create_namespace(prefix, &[]).await?;
-    Api::<Lumigo>::namespaced(cp.client()?, &namespace).create(&PostParams::default(), &lumigo("lumigo", true)).await?;
+    Api::<Lumigo>::namespaced(cp.client()?, &namespace)
+        .create(&PostParams::default(), &lumigo("lumigo", true))
+        .await?;
     wait_until_injecting(&namespace).await?;
     Ok(namespace)
 }
@@ -111,7 +129,9 @@ fn api_for(client: Client, namespace: &str, object: &Value) -> Result<Api<Dynami
 async fn create(namespace: &str, object: Value) -> Result<Value> {
     let client = ControlPlane::shared().await?.client()?;
     let api = api_for(client, namespace, &object)?;
-    let created = api.create(&PostParams::default(), &serde_json::from_value(object)?).await?;
+    let created = api
+        .create(&PostParams::default(), &serde_json::from_value(object)?)
+        .await?;
     Ok(serde_json::to_value(created)?)
 }
 
@@ -128,19 +148,40 @@ fn every_kind(name: &str) -> Vec<(WorkloadKind, Value)> {
     let job_template = json!({"metadata": {"labels": {"app": name}}, "spec": {"restartPolicy": "Never", "containers": pod_spec(name)["containers"]}});
     vec![
         (WorkloadKind::Deployment, deployment(name)),
-        (WorkloadKind::DaemonSet, json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": name},
-            "spec": {"selector": selector, "template": template(name)}})),
-        (WorkloadKind::StatefulSet, json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name},
-            "spec": {"serviceName": name, "selector": selector, "template": template(name)}})),
-        (WorkloadKind::ReplicaSet, json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": name},
-            "spec": {"replicas": 1, "selector": selector, "template": template(name)}})),
-        (WorkloadKind::Job, json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-            "spec": {"template": job_template}})),
-        (WorkloadKind::CronJob, json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": name},
-            "spec": {"schedule": "0 0 1 1 *", "jobTemplate": {"spec": {"template": job_template}}}})),
-        (WorkloadKind::ReplicationController, json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": name},
-            "spec": {"replicas": 1, "selector": {"app": name}, "template": template(name)}})),
-        (WorkloadKind::Pod, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": pod_spec(name)})),
+        (
+            WorkloadKind::DaemonSet,
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": name},
+            "spec": {"selector": selector, "template": template(name)}}),
+        ),
+        (
+            WorkloadKind::StatefulSet,
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name},
+            "spec": {"serviceName": name, "selector": selector, "template": template(name)}}),
+        ),
+        (
+            WorkloadKind::ReplicaSet,
+            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": name},
+            "spec": {"replicas": 1, "selector": selector, "template": template(name)}}),
+        ),
+        (
+            WorkloadKind::Job,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"template": job_template}}),
+        ),
+        (
+            WorkloadKind::CronJob,
+            json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": name},
+            "spec": {"schedule": "0 0 1 1 *", "jobTemplate": {"spec": {"template": job_template}}}}),
+        ),
+        (
+            WorkloadKind::ReplicationController,
+            json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": name},
+            "spec": {"replicas": 1, "selector": {"app": name}, "template": template(name)}}),
+        ),
+        (
+            WorkloadKind::Pod,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": pod_spec(name)}),
+        ),
     ]
 }
 
@@ -150,12 +191,33 @@ async fn every_kind_is_stored_injected_where_a_lumigo_is_active() -> Result<()> 
     for (kind, object) in every_kind("app") {
         let stored = create(&namespace, object).await?;
         let inspection = inspect(&stored, kind);
-        ensure!(inspection.injected, "{kind} was stored without the injection: {stored}");
-        ensure!(inspection.version.as_deref() == Some("0.1.0"), "{kind}: {inspection:?}");
-        let template = if kind == WorkloadKind::Pod { stored.clone() } else { stored.pointer(kind.template_pointer()).cloned().context("template")? };
-        let init_images: Vec<_> = template.pointer("/spec/initContainers").and_then(Value::as_array).into_iter().flatten()
-            .filter_map(|c| c["image"].as_str()).collect();
-        ensure!(init_images == ["ghcr.io/lumigo-rs/autotrace:0.1.0"], "{kind}: init containers {init_images:?}");
+        ensure!(
+            inspection.injected,
+            "{kind} was stored without the injection: {stored}"
+        );
+        ensure!(
+            inspection.version.as_deref() == Some("0.1.0"),
+            "{kind}: {inspection:?}"
+        );
+        let template = if kind == WorkloadKind::Pod {
+            stored.clone()
+        } else {
+            stored
+                .pointer(kind.template_pointer())
+                .cloned()
+                .context("template")?
+        };
+        let init_images: Vec<_> = template
+            .pointer("/spec/initContainers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["image"].as_str())
+            .collect();
+        ensure!(
+            init_images == ["ghcr.io/lumigo-rs/autotrace:0.1.0"],
+            "{kind}: init containers {init_images:?}"
+        );
     }
     Ok(())
 }
@@ -164,20 +226,38 @@ async fn every_kind_is_stored_injected_where_a_lumigo_is_active() -> Result<()> 
 async fn an_admitted_change_is_recorded_as_an_event_on_the_object() -> Result<()> {
     let namespace = namespace_with_lumigo("events").await?;
     let stored = create(&namespace, deployment("evented")).await?;
-    let uid = stored.pointer("/metadata/uid").and_then(Value::as_str).context("uid")?.to_owned();
+    let uid = stored
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .context("uid")?
+        .to_owned();
     let events = Api::<Event>::namespaced(ControlPlane::shared().await?.client()?, &namespace);
     let started = Instant::now();
     loop {
-        let found = events.list(&ListParams::default()).await?.items.into_iter().find(|event| {
-            event.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())
-                && event.reporting_controller.as_deref() == Some("lumigo-operator")
-        });
+        let found = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|event| {
+                event.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())
+                    && event.reporting_controller.as_deref() == Some("lumigo-operator")
+            });
         if let Some(event) = found {
-            ensure!(event.reason.as_deref() == Some("LumigoAddedInstrumentation"), "{event:?}");
+            ensure!(
+                event.reason.as_deref() == Some("LumigoAddedInstrumentation"),
+                "{event:?}"
+            );
             ensure!(event.type_.as_deref() == Some("Normal"));
             let regarding = event.regarding.context("regarding")?;
-            ensure!(regarding.kind.as_deref() == Some("Deployment") && regarding.name.as_deref() == Some("evented"));
-            ensure!(event.note.unwrap_or_default().contains("CREATE"), "the note names the trigger");
+            ensure!(
+                regarding.kind.as_deref() == Some("Deployment")
+                    && regarding.name.as_deref() == Some("evented")
+            );
+            ensure!(
+                event.note.unwrap_or_default().contains("CREATE"),
+                "the note names the trigger"
+            );
             return Ok(());
         }
         if started.elapsed() > WAIT {
@@ -195,15 +275,27 @@ async fn nothing_changes_without_an_active_lumigo() -> Result<()> {
 
     let without = cp.create_namespace("without-lumigo", &[]).await?;
     let inactive = cp.create_namespace("inactive-lumigo", &[]).await?;
-    Api::<Lumigo>::namespaced(cp.client()?, &inactive).create(&PostParams::default(), &lumigo("lumigo", false)).await?;
+    Api::<Lumigo>::namespaced(cp.client()?, &inactive)
+        .create(&PostParams::default(), &lumigo("lumigo", false))
+        .await?;
     // The cache sees a resource within a second or so; long after that, it must still be inactive.
     tokio::time::sleep(Duration::from_secs(2)).await;
     for namespace in [&without, &inactive] {
         for (kind, object) in every_kind("plain") {
             let stored = create(namespace, object).await?;
-            ensure!(!inspect(&stored, kind).injected, "{kind} injected in {namespace}: {stored}");
-            let init = if kind == WorkloadKind::Pod { stored.pointer("/spec/initContainers") } else { stored.pointer(&format!("{}/spec/initContainers", kind.template_pointer())) };
-            ensure!(init.is_none(), "{kind} in {namespace} gained init containers: {init:?}");
+            ensure!(
+                !inspect(&stored, kind).injected,
+                "{kind} injected in {namespace}: {stored}"
+            );
+            let init = if kind == WorkloadKind::Pod {
+                stored.pointer("/spec/initContainers")
+            } else {
+                stored.pointer(&format!("{}/spec/initContainers", kind.template_pointer()))
+            };
+            ensure!(
+                init.is_none(),
+                "{kind} in {namespace} gained init containers: {init:?}"
+            );
         }
     }
     Ok(())
@@ -215,10 +307,15 @@ async fn the_operator_namespace_is_not_sent_to_the_webhook() -> Result<()> {
     let webhook = webhook().await?;
     namespace_with_lumigo("control-ops").await?;
     let namespace = &webhook.operator_namespace;
-    Api::<Lumigo>::namespaced(cp.client()?, namespace).create(&PostParams::default(), &lumigo("lumigo", true)).await?;
+    Api::<Lumigo>::namespaced(cp.client()?, namespace)
+        .create(&PostParams::default(), &lumigo("lumigo", true))
+        .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stored = create(namespace, deployment("operator-itself")).await?;
-    ensure!(!inspect(&stored, WorkloadKind::Deployment).injected, "the operator's namespace must be excluded: {stored}");
+    ensure!(
+        !inspect(&stored, WorkloadKind::Deployment).injected,
+        "the operator's namespace must be excluded: {stored}"
+    );
     Ok(())
 }
 
@@ -228,10 +325,21 @@ async fn an_opted_out_object_is_left_alone() -> Result<()> {
     let mut object = deployment("opted-out");
     object["metadata"]["labels"]["lumigo.auto-trace"] = json!("false");
     let stored = create(&namespace, object.clone()).await?;
-    ensure!(!inspect(&stored, WorkloadKind::Deployment).injected, "{stored}");
-    ensure!(stored.pointer("/spec/template/spec/initContainers").is_none());
-    ensure!(stored.pointer("/spec/template/spec/containers/0/env") == object.pointer("/spec/template/spec/containers/0/env"));
-    ensure!(stored.pointer("/metadata/labels") == object.pointer("/metadata/labels"), "labels untouched");
+    ensure!(
+        !inspect(&stored, WorkloadKind::Deployment).injected,
+        "{stored}"
+    );
+    ensure!(stored
+        .pointer("/spec/template/spec/initContainers")
+        .is_none());
+    ensure!(
+        stored.pointer("/spec/template/spec/containers/0/env")
+            == object.pointer("/spec/template/spec/containers/0/env")
+    );
+    ensure!(
+        stored.pointer("/metadata/labels") == object.pointer("/metadata/labels"),
+        "labels untouched"
+    );
     Ok(())
 }
 
@@ -241,15 +349,24 @@ async fn a_job_update_does_not_touch_its_template() -> Result<()> {
     webhook().await?;
     let namespace = cp.create_namespace("job-update", &[]).await?;
     // Created before the namespace has a Lumigo: not injected, and its template is immutable since.
-    let (_, job) = every_kind("batch").into_iter().find(|(kind, _)| *kind == WorkloadKind::Job).context("a Job")?;
+    let (_, job) = every_kind("batch")
+        .into_iter()
+        .find(|(kind, _)| *kind == WorkloadKind::Job)
+        .context("a Job")?;
     let created = create(&namespace, job).await?;
     ensure!(!inspect(&created, WorkloadKind::Job).injected);
 
-    Api::<Lumigo>::namespaced(cp.client()?, &namespace).create(&PostParams::default(), &lumigo("lumigo", true)).await?;
+    Api::<Lumigo>::namespaced(cp.client()?, &namespace)
+        .create(&PostParams::default(), &lumigo("lumigo", true))
+        .await?;
     wait_until_injecting(&namespace).await?;
     let jobs = Api::<Job>::namespaced(cp.client()?, &namespace);
     let updated = jobs
-        .patch("batch", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})))
+        .patch(
+            "batch",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
         .await
         .context("the update must be admitted")?;
     let updated = serde_json::to_value(updated)?;

@@ -27,10 +27,15 @@ async fn host(module: Vec<u8>, deadline: Duration) -> Result<(SocketAddr, String
 fn assert_unchanged_with_warning(response: &Value, uid: &str, warning_says: &str) -> Result<()> {
     ensure!(response["uid"] == uid, "the uid is echoed: {response}");
     ensure!(response["allowed"] == true, "never denied: {response}");
-    ensure!(response.get("patch").is_none(), "admitted unchanged: {response}");
+    ensure!(
+        response.get("patch").is_none(),
+        "admitted unchanged: {response}"
+    );
     let warnings = response["warnings"].as_array().context("warnings")?;
     ensure!(
-        warnings.iter().any(|w| w.as_str().is_some_and(|w| w.contains(warning_says))),
+        warnings
+            .iter()
+            .any(|w| w.as_str().is_some_and(|w| w.contains(warning_says))),
         "a warning saying {warning_says:?}: {response}"
     );
     Ok(())
@@ -41,7 +46,9 @@ async fn a_trapping_module_admits_unchanged_with_a_warning() -> Result<()> {
     let (_, _, mut client) = host(guest("unreachable"), Duration::from_secs(1)).await?;
     for attempt in 0..3 {
         let uid = format!("trap-{attempt}");
-        let response = client.review(&admission_review(&uid, ACTIVE, "CREATE", deployment("app"))).await?;
+        let response = client
+            .review(&admission_review(&uid, ACTIVE, "CREATE", deployment("app")))
+            .await?;
         assert_unchanged_with_warning(&response, &uid, "the policy evaluation failed")?;
     }
     Ok(())
@@ -50,16 +57,22 @@ async fn a_trapping_module_admits_unchanged_with_a_warning() -> Result<()> {
 #[tokio::test]
 async fn a_module_that_never_returns_is_cut_off_at_the_deadline() -> Result<()> {
     let deadline = Duration::from_millis(300);
-    let (address, ca, mut client) = host(guest("(loop $forever (br $forever)) i32.const 1"), deadline).await?;
+    let (address, ca, mut client) =
+        host(guest("(loop $forever (br $forever)) i32.const 1"), deadline).await?;
     // More runaway evaluations than there are evaluation slots: each must free its slot.
     let slots = std::thread::available_parallelism().map_or(2, |n| n.get());
     for attempt in 0..slots + 2 {
         let uid = format!("loop-{attempt}");
         let started = Instant::now();
-        let response = client.review(&admission_review(&uid, ACTIVE, "CREATE", deployment("app"))).await?;
+        let response = client
+            .review(&admission_review(&uid, ACTIVE, "CREATE", deployment("app")))
+            .await?;
         let took = started.elapsed();
         assert_unchanged_with_warning(&response, &uid, "the policy evaluation failed")?;
-        ensure!(took < deadline * 5, "answered after {took:?}, the deadline is {deadline:?}");
+        ensure!(
+            took < deadline * 5,
+            "answered after {took:?}, the deadline is {deadline:?}"
+        );
     }
     // Concurrent runaways too, each on a connection of its own, more than there are slots.
     let started = Instant::now();
@@ -68,40 +81,75 @@ async fn a_module_that_never_returns_is_cut_off_at_the_deadline() -> Result<()> 
         async move {
             let mut client = ReviewClient::connect(address, &ca).await?;
             let uid = format!("concurrent-{i}");
-            let response = client.review(&admission_review(&uid, ACTIVE, "CREATE", deployment("app"))).await?;
+            let response = client
+                .review(&admission_review(&uid, ACTIVE, "CREATE", deployment("app")))
+                .await?;
             assert_unchanged_with_warning(&response, &uid, "the policy evaluation failed")
         }
     }))
     .await?;
     ensure!(answers.len() == slots * 2);
     // Two rounds of slots, each cut off at the deadline; waiting for a slot is bounded by it too.
-    ensure!(started.elapsed() < deadline * 8, "the concurrent runaways took {:?}", started.elapsed());
+    ensure!(
+        started.elapsed() < deadline * 8,
+        "the concurrent runaways took {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn input_the_module_cannot_use_is_admitted_unchanged_and_the_host_keeps_answering() -> Result<()> {
+async fn input_the_module_cannot_use_is_admitted_unchanged_and_the_host_keeps_answering(
+) -> Result<()> {
     let (_, _, mut client) = host(policy_module(), Duration::from_secs(1)).await?;
 
     let mut malformed = deployment("malformed");
     malformed["spec"]["template"]["spec"]["containers"] = json!("not a list");
-    let response = client.review(&admission_review("malformed-object", ACTIVE, "CREATE", malformed)).await?;
+    let response = client
+        .review(&admission_review(
+            "malformed-object",
+            ACTIVE,
+            "CREATE",
+            malformed,
+        ))
+        .await?;
     assert_unchanged_with_warning(&response, "malformed-object", "not instrumented")?;
 
     let mut review = admission_review("malformed-request", ACTIVE, "CREATE", deployment("app"));
     review["request"]["kind"] = json!(5);
     let response = client.review(&review).await?;
-    assert_unchanged_with_warning(&response, "malformed-request", "cannot read the admission request")?;
+    assert_unchanged_with_warning(
+        &response,
+        "malformed-request",
+        "cannot read the admission request",
+    )?;
 
-    let (status, _) = client.post(Bytes::from_static(b"{\"not\": \"a review\"")).await?;
-    ensure!(status == 400, "a body that is no AdmissionReview has no uid to answer: {status}");
-    let (status, _) = client.post(Bytes::from_static(b"{\"request\": {}}")).await?;
-    ensure!(status == 400, "a request without a uid cannot be answered: {status}");
+    let (status, _) = client
+        .post(Bytes::from_static(b"{\"not\": \"a review\""))
+        .await?;
+    ensure!(
+        status == 400,
+        "a body that is no AdmissionReview has no uid to answer: {status}"
+    );
+    let (status, _) = client
+        .post(Bytes::from_static(b"{\"request\": {}}"))
+        .await?;
+    ensure!(
+        status == 400,
+        "a request without a uid cannot be answered: {status}"
+    );
 
     // Still answering, and still injecting, on the same connection.
     let object = deployment("after");
-    let response = client.review(&admission_review("after", ACTIVE, "CREATE", object.clone())).await?;
-    ensure!(response["uid"] == "after" && response["allowed"] == true && response["patchType"] == "JSONPatch", "{response}");
+    let response = client
+        .review(&admission_review("after", ACTIVE, "CREATE", object.clone()))
+        .await?;
+    ensure!(
+        response["uid"] == "after"
+            && response["allowed"] == true
+            && response["patchType"] == "JSONPatch",
+        "{response}"
+    );
     ensure!(inspect(&patched(&object, &response)?, WorkloadKind::Deployment).injected);
     Ok(())
 }
@@ -112,20 +160,45 @@ async fn the_patch_is_the_diff_and_keeps_fields_unknown_to_kubernetes_types() ->
     let mut object = deployment("future");
     object["spec"]["template"]["spec"]["futureField"] = json!({"keep": ["me"]});
     object["spec"]["template"]["spec"]["containers"][0]["futureContainerField"] = json!(true);
-    let response = client.review(&admission_review("future", ACTIVE, "CREATE", object.clone())).await?;
+    let response = client
+        .review(&admission_review(
+            "future",
+            ACTIVE,
+            "CREATE",
+            object.clone(),
+        ))
+        .await?;
     ensure!(response.get("warnings").is_none(), "{response}");
     let injected = patched(&object, &response)?;
     ensure!(inspect(&injected, WorkloadKind::Deployment).injected);
     ensure!(injected["spec"]["template"]["spec"]["futureField"] == json!({"keep": ["me"]}));
     ensure!(injected["spec"]["template"]["spec"]["containers"][0]["futureContainerField"] == true);
-    ensure!(injected["spec"]["selector"] == object["spec"]["selector"] && injected["spec"]["replicas"] == 2);
+    ensure!(
+        injected["spec"]["selector"] == object["spec"]["selector"]
+            && injected["spec"]["replicas"] == 2
+    );
 
     // An injected object is left as it is: an empty diff is no patch.
-    let response = client.review(&admission_review("again", ACTIVE, "UPDATE", injected)).await?;
-    ensure!(response.get("patch").is_none() && response["allowed"] == true, "{response}");
+    let response = client
+        .review(&admission_review("again", ACTIVE, "UPDATE", injected))
+        .await?;
+    ensure!(
+        response.get("patch").is_none() && response["allowed"] == true,
+        "{response}"
+    );
 
     // Without a Lumigo resource in the namespace, the module is not even asked.
-    let response = client.review(&admission_review("elsewhere", "no-lumigo", "CREATE", object)).await?;
-    ensure!(response == json!({"uid": "elsewhere", "allowed": true}), "{response}");
+    let response = client
+        .review(&admission_review(
+            "elsewhere",
+            "no-lumigo",
+            "CREATE",
+            object,
+        ))
+        .await?;
+    ensure!(
+        response == json!({"uid": "elsewhere", "allowed": true}),
+        "{response}"
+    );
     Ok(())
 }

@@ -17,27 +17,47 @@ use kube::{Api, Client};
 use lumigo_e2e::ControlPlane;
 use lumigo_mutation::{inspect, WorkloadKind};
 use lumigo_operator::admission::compile::PolicyCompiler;
-use lumigo_operator::admission::{webhook_configuration, AdmissionOptions, AdmissionServer, TlsOptions, WebhookTarget};
+use lumigo_operator::admission::{
+    webhook_configuration, AdmissionOptions, AdmissionServer, TlsOptions, WebhookTarget,
+};
 use lumigo_operator::crd::Lumigo;
 
 const SECRET: &str = "lumigo-webhook-certificate";
 const LIFETIME: Duration = Duration::from_secs(30);
 
 async fn stored_certificate(client: &Client, namespace: &str) -> Result<String> {
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get(SECRET).await?;
-    let cert = secret.data.and_then(|d| d.get("tls.crt").cloned()).context("tls.crt")?;
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get(SECRET)
+        .await?;
+    let cert = secret
+        .data
+        .and_then(|d| d.get("tls.crt").cloned())
+        .context("tls.crt")?;
     Ok(String::from_utf8(cert.0)?)
 }
 
 async fn ca_bundle(client: &Client, name: &str) -> Result<String> {
-    let configuration = Api::<MutatingWebhookConfiguration>::all(client.clone()).get(name).await?;
-    let webhook = configuration.webhooks.into_iter().flatten().next().context("a webhook")?;
-    Ok(webhook.client_config.ca_bundle.map(|b| String::from_utf8_lossy(&b.0).into_owned()).unwrap_or_default())
+    let configuration = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get(name)
+        .await?;
+    let webhook = configuration
+        .webhooks
+        .into_iter()
+        .flatten()
+        .next()
+        .context("a webhook")?;
+    Ok(webhook
+        .client_config
+        .ca_bundle
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .unwrap_or_default())
 }
 
 async fn create_deployment(client: &Client, namespace: &str, name: &str) -> Result<bool> {
     let object: Deployment = serde_json::from_value(deployment(name))?;
-    let stored = Api::<Deployment>::namespaced(client.clone(), namespace).create(&PostParams::default(), &object).await?;
+    let stored = Api::<Deployment>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &object)
+        .await?;
     Ok(inspect(&serde_json::to_value(stored)?, WorkloadKind::Deployment).injected)
 }
 
@@ -65,7 +85,9 @@ async fn the_certificate_is_renewed_before_expiry_and_served_without_a_restart()
     apply_crd(&client).await?;
     let operator_namespace = cp.create_namespace("lumigo-system", &[]).await?;
     let namespace = cp.create_namespace("rotation", &[]).await?;
-    Api::<Lumigo>::namespaced(client.clone(), &namespace).create(&PostParams::default(), &lumigo("lumigo", true)).await?;
+    Api::<Lumigo>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &lumigo("lumigo", true))
+        .await?;
 
     let configuration_name = format!("lumigo-admission-{operator_namespace}");
     let tls = TlsOptions {
@@ -94,15 +116,25 @@ async fn the_certificate_is_renewed_before_expiry_and_served_without_a_restart()
         &operator_namespace,
         None,
     );
-    Api::<MutatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &configuration).await?;
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &configuration)
+        .await?;
     let mut probes = 0;
     eventually("the first Deployment injected", LIFETIME / 3, || {
         probes += 1;
         let (client, namespace) = (client.clone(), namespace.clone());
-        async move { Ok(create_deployment(&client, &namespace, &format!("before-{probes}")).await?.then_some(())) }
+        async move {
+            Ok(
+                create_deployment(&client, &namespace, &format!("before-{probes}"))
+                    .await?
+                    .then_some(()),
+            )
+        }
     })
     .await?;
-    ensure!(ca_bundle(&client, &configuration_name).await?.contains(first_ca.trim()));
+    ensure!(ca_bundle(&client, &configuration_name)
+        .await?
+        .contains(first_ca.trim()));
 
     // A restarted host serves the stored certificate rather than issuing another. (Its module is a
     // stub compiled at once in this process: this is about certificates, and time counts here.)
@@ -117,36 +149,70 @@ async fn the_certificate_is_renewed_before_expiry_and_served_without_a_restart()
         client.clone(),
     )
     .await?;
-    ensure!(issued_at.elapsed() < LIFETIME / 2, "too slow to check the reuse before renewal is due");
-    ensure!(stored_certificate(&client, &operator_namespace).await? == first_certificate, "re-issued on restart");
+    ensure!(
+        issued_at.elapsed() < LIFETIME / 2,
+        "too slow to check the reuse before renewal is due"
+    );
+    ensure!(
+        stored_certificate(&client, &operator_namespace).await? == first_certificate,
+        "re-issued on restart"
+    );
     let restarted_address = restarted.local_addr();
     tokio::spawn(restarted.run());
-    ReviewClient::connect(restarted_address, &first_ca).await.context("the restarted host serves the stored certificate")?;
+    ReviewClient::connect(restarted_address, &first_ca)
+        .await
+        .context("the restarted host serves the stored certificate")?;
 
     // Renewed with a third of the lifetime left, i.e. about 20 s after issue.
-    let second_certificate = eventually("a renewed certificate in the Secret", LIFETIME, || {
-        let (client, namespace, first) = (client.clone(), operator_namespace.clone(), first_certificate.clone());
-        async move { Ok(Some(stored_certificate(&client, &namespace).await?).filter(|c| *c != first)) }
-    })
-    .await?;
+    let second_certificate =
+        eventually("a renewed certificate in the Secret", LIFETIME, || {
+            let (client, namespace, first) = (
+                client.clone(),
+                operator_namespace.clone(),
+                first_certificate.clone(),
+            );
+            async move {
+                Ok(Some(stored_certificate(&client, &namespace).await?).filter(|c| *c != first))
+            }
+        })
+        .await?;
     let renewed_after = issued_at.elapsed();
-    ensure!(renewed_after > LIFETIME / 2, "renewed too early, after {renewed_after:?}");
-    ensure!(renewed_after < LIFETIME, "renewed after expiry, after {renewed_after:?}");
+    ensure!(
+        renewed_after > LIFETIME / 2,
+        "renewed too early, after {renewed_after:?}"
+    );
+    ensure!(
+        renewed_after < LIFETIME,
+        "renewed after expiry, after {renewed_after:?}"
+    );
     let second_ca = serving_ca(&client, &operator_namespace, SECRET).await?;
     ensure!(second_ca != first_ca && second_certificate != first_certificate);
 
     let bundle = ca_bundle(&client, &configuration_name).await?;
-    ensure!(bundle.contains(second_ca.trim()), "the caBundle trusts the new CA");
+    ensure!(
+        bundle.contains(second_ca.trim()),
+        "the caBundle trusts the new CA"
+    );
     // The running host swaps to the new certificate (after the grace period): a client trusting only
     // the new CA gets through.
-    eventually("the new certificate served by the running host", Duration::from_secs(10), || {
-        let ca = second_ca.clone();
-        async move { Ok(ReviewClient::connect(address, &ca).await.ok().map(drop)) }
-    })
+    eventually(
+        "the new certificate served by the running host",
+        Duration::from_secs(10),
+        || {
+            let ca = second_ca.clone();
+            async move { Ok(ReviewClient::connect(address, &ca).await.ok().map(drop)) }
+        },
+    )
     .await?;
-    ensure!(issued_at.elapsed() < LIFETIME, "the new certificate was served only after the old one expired");
+    ensure!(
+        issued_at.elapsed() < LIFETIME,
+        "the new certificate was served only after the old one expired"
+    );
 
     // Admission keeps working: injected at the first attempt, through the new certificate.
-    ensure!(create_deployment(&client, &namespace, "after-renewal").await?, "not injected after the renewal");
+    ensure!(
+        create_deployment(&client, &namespace, "after-renewal").await?,
+        "not injected after the renewal"
+    );
     Ok(())
 }

@@ -14,7 +14,8 @@ use support::*;
 const WORKLOADS: usize = 200;
 
 async fn injected_count(client: &kube::Client, ns: &str) -> usize {
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), ns);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), ns);
     deployments
         .list(&ListParams::default().labels("lumigo.auto-trace"))
         .await
@@ -31,34 +32,64 @@ async fn a_killed_operator_converges_after_restart() {
     let ns = cp.create_namespace("chaos", &[]).await.unwrap();
     for index in 0..WORKLOADS {
         let name = format!("svc-{index:03}");
-        create(&client, &ns, WorkloadKind::Deployment, manifest(WorkloadKind::Deployment, &name, 0)).await;
+        create(
+            &client,
+            &ns,
+            WorkloadKind::Deployment,
+            manifest(WorkloadKind::Deployment, &name, 0),
+        )
+        .await;
     }
     create_secret(&client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
 
     // One write at a time, so that the kill lands in the middle of the rollout.
     let mut operator = start_operator(&cp, "0.1.0", &[("LUMIGO_MAX_CONCURRENT_WRITES", "1")]);
     create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
-    eventually("the rollout to be under way", Duration::from_secs(60), || async {
-        (injected_count(&client, &ns).await >= 20).then_some(())
-    })
+    eventually(
+        "the rollout to be under way",
+        Duration::from_secs(60),
+        || async { (injected_count(&client, &ns).await >= 20).then_some(()) },
+    )
     .await;
     operator.kill();
     let at_kill = injected_count(&client, &ns).await;
-    assert!(at_kill < WORKLOADS, "the rollout finished before the kill ({at_kill}): nothing was proven");
+    assert!(
+        at_kill < WORKLOADS,
+        "the rollout finished before the kill ({at_kill}): nothing was proven"
+    );
     println!("killed the operator with {at_kill}/{WORKLOADS} workloads injected");
 
     let _restarted = start_operator(&cp, "0.1.0", &[]);
-    eventually("convergence after the restart", Duration::from_secs(120), || async {
-        (lumigo_status(&client, &ns, "lumigo").await?["instrumentedCount"] == json!(WORKLOADS)).then_some(())
-    })
+    eventually(
+        "convergence after the restart",
+        Duration::from_secs(120),
+        || async {
+            (lumigo_status(&client, &ns, "lumigo").await?["instrumentedCount"] == json!(WORKLOADS))
+                .then_some(())
+        },
+    )
     .await;
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), &ns);
-    for deployment in deployments.list(&ListParams::default()).await.unwrap().items {
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns);
+    for deployment in deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+    {
         let name = deployment.metadata.name.clone().unwrap();
-        assert_eq!(deployment.metadata.generation, Some(2), "{name} was written more than once");
+        assert_eq!(
+            deployment.metadata.generation,
+            Some(2),
+            "{name} was written more than once"
+        );
         let spec = deployment.spec.unwrap().template.spec.unwrap();
         let init = spec.init_containers.unwrap();
-        assert_eq!(init.iter().filter(|c| c.name == "lumigo-injector").count(), 1, "{name}");
+        assert_eq!(
+            init.iter().filter(|c| c.name == "lumigo-injector").count(),
+            1,
+            "{name}"
+        );
         let env = spec.containers[0].env.clone().unwrap();
         let preloads: Vec<_> = env.iter().filter(|e| e.name == "LD_PRELOAD").collect();
         assert_eq!(preloads.len(), 1, "{name}");

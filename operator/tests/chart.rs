@@ -26,14 +26,23 @@ fn helm_lint_is_clean_for_both_engines() {
         let out = text(&output);
         assert!(output.status.success(), "helm lint ({engine}):\n{out}");
         assert!(out.contains("0 chart(s) failed"), "{out}");
-        assert!(!out.contains("[INFO]") && !out.contains("[WARNING]") && !out.contains("[ERROR]"), "helm lint ({engine}) is not clean:\n{out}");
+        assert!(
+            !out.contains("[INFO]") && !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+            "helm lint ({engine}) is not clean:\n{out}"
+        );
     }
 }
 
 #[test]
 fn an_unknown_engine_or_a_latest_injector_is_refused() {
-    for args in [["--set", "admission.engine=sidecar"], ["--set", "injector.image.tag=latest"]] {
-        let output = run(Command::new(helm()).args(["template", "x"]).arg(chart_dir()).args(args));
+    for args in [
+        ["--set", "admission.engine=sidecar"],
+        ["--set", "injector.image.tag=latest"],
+    ] {
+        let output = run(Command::new(helm())
+            .args(["template", "x"])
+            .arg(chart_dir())
+            .args(args));
         assert!(!output.status.success(), "{args:?} should not render");
     }
 }
@@ -43,15 +52,34 @@ async fn the_apiserver_accepts_every_rendered_object_for_both_engines() {
     let cp = ControlPlane::shared().await.unwrap();
     for engine in ENGINES {
         let namespace = cp.create_namespace("lumigo-system", &[]).await.unwrap();
-        let yaml = render(&namespace, &["--include-crds", "--set", &format!("admission.engine={engine}")]);
+        let yaml = render(
+            &namespace,
+            &[
+                "--include-crds",
+                "--set",
+                &format!("admission.engine={engine}"),
+            ],
+        );
         let count = documents(&yaml).len();
         // The kubewarden engine renders no AdmissionPolicy: the operator creates them at run time
         // (one per namespace with a Lumigo resource), so Kubewarden's CRDs are not needed here.
-        let output = run_with_stdin(cp.kubectl().args(["apply", "--dry-run=server", "-f", "-"]), &yaml);
+        let output = run_with_stdin(
+            cp.kubectl().args(["apply", "--dry-run=server", "-f", "-"]),
+            &yaml,
+        );
         let out = text(&output);
-        assert!(output.status.success(), "the apiserver refused the {engine} chart:\n{out}");
-        let accepted = out.lines().filter(|l| l.ends_with("(server dry run)")).count();
-        assert_eq!(accepted, count, "{engine}: every object is accepted:\n{out}");
+        assert!(
+            output.status.success(),
+            "the apiserver refused the {engine} chart:\n{out}"
+        );
+        let accepted = out
+            .lines()
+            .filter(|l| l.ends_with("(server dry run)"))
+            .count();
+        assert_eq!(
+            accepted, count,
+            "{engine}: every object is accepted:\n{out}"
+        );
     }
 }
 
@@ -59,17 +87,37 @@ async fn the_apiserver_accepts_every_rendered_object_for_both_engines() {
 async fn the_crd_examples_of_the_artifact_hub_annotations_are_valid_lumigo_resources() {
     let cp = ControlPlane::shared().await.unwrap();
     let crd = chart_dir().join("crds/lumigo.yaml");
-    let output = run(cp.kubectl().args(["apply", "--server-side", "--force-conflicts", "-f"]).arg(&crd));
+    let output = run(cp
+        .kubectl()
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(&crd));
     assert!(output.status.success(), "{}", text(&output));
-    let output = run(cp.kubectl().args(["wait", "--for=condition=Established", "--timeout=60s", "crd/lumigoes.operator.lumigo.io"]));
+    let output = run(cp.kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/lumigoes.operator.lumigo.io",
+    ]));
     assert!(output.status.success(), "{}", text(&output));
     let namespace = cp.create_namespace("examples", &[]).await.unwrap();
     let chart = yaml_file(&chart_dir().join("Chart.yaml"));
-    let examples: Vec<Value> =
-        serde_norway::from_str(chart["annotations"]["artifacthub.io/crdsExamples"].as_str().unwrap()).unwrap();
+    let examples: Vec<Value> = serde_norway::from_str(
+        chart["annotations"]["artifacthub.io/crdsExamples"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     let yaml = to_yaml(&examples.iter().collect::<Vec<_>>());
-    let output = run_with_stdin(cp.kubectl().args(["apply", "--dry-run=server", "-n", &namespace, "-f", "-"]), &yaml);
-    assert!(output.status.success(), "the CRD refused the example: {}", text(&output));
+    let output = run_with_stdin(
+        cp.kubectl()
+            .args(["apply", "--dry-run=server", "-n", &namespace, "-f", "-"]),
+        &yaml,
+    );
+    assert!(
+        output.status.success(),
+        "the CRD refused the example: {}",
+        text(&output)
+    );
 }
 
 #[test]
@@ -78,17 +126,44 @@ fn the_chart_registers_exactly_the_webhook_the_operator_defines() {
     let rendered = find(&docs, "MutatingWebhookConfiguration", "lumigo-operator");
     let service = find(&docs, "Service", "lumigo-operator-webhook");
     assert_eq!(service["spec"]["ports"][0]["port"], 443);
-    let target = WebhookTarget::Service { name: "lumigo-operator-webhook".into(), namespace: "lumigo-system".into(), port: 443 };
-    let expected = serde_json::to_value(webhook_configuration("lumigo-operator", &target, "lumigo-system", None)).unwrap();
-    assert_eq!(rendered["webhooks"], expected["webhooks"], "templates/webhook.yaml and admission::webhook_configuration() differ");
-    assert!(rendered["webhooks"][0]["clientConfig"].get("caBundle").is_none(), "the operator owns caBundle");
+    let target = WebhookTarget::Service {
+        name: "lumigo-operator-webhook".into(),
+        namespace: "lumigo-system".into(),
+        port: 443,
+    };
+    let expected = serde_json::to_value(webhook_configuration(
+        "lumigo-operator",
+        &target,
+        "lumigo-system",
+        None,
+    ))
+    .unwrap();
+    assert_eq!(
+        rendered["webhooks"], expected["webhooks"],
+        "templates/webhook.yaml and admission::webhook_configuration() differ"
+    );
+    assert!(
+        rendered["webhooks"][0]["clientConfig"]
+            .get("caBundle")
+            .is_none(),
+        "the operator owns caBundle"
+    );
     // The webhook's container port behind the Service.
     let deployment = find(&docs, "Deployment", "lumigo-operator");
     let ports = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"];
-    assert!(ports.as_array().unwrap().iter().any(|p| p["name"] == "webhook" && p["containerPort"] == 9443));
+    assert!(ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "webhook" && p["containerPort"] == 9443));
 
-    let kubewarden = documents(&render("lumigo-system", &["--set", "admission.engine=kubewarden"]));
-    assert!(kubewarden.iter().all(|d| d["kind"] != "MutatingWebhookConfiguration"));
+    let kubewarden = documents(&render(
+        "lumigo-system",
+        &["--set", "admission.engine=kubewarden"],
+    ));
+    assert!(kubewarden
+        .iter()
+        .all(|d| d["kind"] != "MutatingWebhookConfiguration"));
 }
 
 #[test]
@@ -96,7 +171,10 @@ fn every_container_is_hardened_and_the_operator_is_wired_to_the_proxy() {
     let chart = yaml_file(&chart_dir().join("Chart.yaml"));
     let app_version = chart["appVersion"].as_str().unwrap();
     for engine in ENGINES {
-        let docs = documents(&render("lumigo-system", &["--set", &format!("admission.engine={engine}")]));
+        let docs = documents(&render(
+            "lumigo-system",
+            &["--set", &format!("admission.engine={engine}")],
+        ));
         let mut containers = 0;
         for doc in &docs {
             let pod = match doc["kind"].as_str().unwrap() {
@@ -104,69 +182,160 @@ fn every_container_is_hardened_and_the_operator_is_wired_to_the_proxy() {
                 _ => continue,
             };
             assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-            assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+            assert_eq!(
+                pod["securityContext"]["seccompProfile"]["type"],
+                "RuntimeDefault"
+            );
             for container in pod["containers"].as_array().unwrap() {
                 containers += 1;
                 let security = &container["securityContext"];
-                assert_eq!(security["readOnlyRootFilesystem"], true, "{}", container["name"]);
+                assert_eq!(
+                    security["readOnlyRootFilesystem"], true,
+                    "{}",
+                    container["name"]
+                );
                 assert_eq!(security["allowPrivilegeEscalation"], false);
                 assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
-                assert!(container["resources"]["limits"]["memory"].is_string(), "{} has limits", container["name"]);
+                assert!(
+                    container["resources"]["limits"]["memory"].is_string(),
+                    "{} has limits",
+                    container["name"]
+                );
                 assert!(!container["image"].as_str().unwrap().ends_with(":latest"));
             }
         }
         assert_eq!(containers, 3, "operator, telemetry proxy, uninstall hook");
 
-        let operator = &find(&docs, "Deployment", "lumigo-operator")["spec"]["template"]["spec"]["containers"][0];
+        let operator = &find(&docs, "Deployment", "lumigo-operator")["spec"]["template"]["spec"]
+            ["containers"][0];
         let env = |name: &str| -> Value {
-            operator["env"].as_array().unwrap().iter().find(|e| e["name"] == name).cloned().unwrap_or(Value::Null)
+            operator["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .cloned()
+                .unwrap_or(Value::Null)
         };
-        assert_eq!(env("LUMIGO_INJECTOR_IMAGE")["value"], format!("ghcr.io/lumigo-rs/autotrace:{app_version}"));
-        assert_eq!(operator["image"], format!("ghcr.io/lumigo-rs/lumigo-operator:{app_version}"));
+        assert_eq!(
+            env("LUMIGO_INJECTOR_IMAGE")["value"],
+            format!("ghcr.io/lumigo-rs/autotrace:{app_version}")
+        );
+        assert_eq!(
+            operator["image"],
+            format!("ghcr.io/lumigo-rs/lumigo-operator:{app_version}")
+        );
         let proxy = "http://lumigo-operator-telemetry-proxy.lumigo-system.svc.cluster.local:4318";
-        assert_eq!(env("LUMIGO_TRACES_ENDPOINT")["value"], format!("{proxy}/v1/traces"));
-        assert_eq!(env("LUMIGO_LOGS_ENDPOINT")["value"], format!("{proxy}/v1/logs"));
-        assert_eq!(env("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
-        assert_eq!(env("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+        assert_eq!(
+            env("LUMIGO_TRACES_ENDPOINT")["value"],
+            format!("{proxy}/v1/traces")
+        );
+        assert_eq!(
+            env("LUMIGO_LOGS_ENDPOINT")["value"],
+            format!("{proxy}/v1/logs")
+        );
+        assert_eq!(
+            env("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        assert_eq!(
+            env("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.namespace"
+        );
         assert_eq!(env("LUMIGO_LEADER_ELECTION")["value"], "true");
         assert_eq!(operator["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(operator["readinessProbe"]["httpGet"]["path"], "/readyz");
 
         // The uninstall hook: pre-delete, deleted on success, the operator's identity.
         let hook = find(&docs, "Job", "lumigo-operator-uninstall");
-        assert_eq!(hook["metadata"]["annotations"]["helm.sh/hook"], "pre-delete");
-        assert!(hook["metadata"]["annotations"]["helm.sh/hook-delete-policy"].as_str().unwrap().contains("hook-succeeded"));
-        assert_eq!(hook["spec"]["template"]["spec"]["serviceAccountName"], "lumigo-operator");
-        assert_eq!(hook["spec"]["template"]["spec"]["containers"][0]["args"][0], "uninstall");
+        assert_eq!(
+            hook["metadata"]["annotations"]["helm.sh/hook"],
+            "pre-delete"
+        );
+        assert!(
+            hook["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+                .as_str()
+                .unwrap()
+                .contains("hook-succeeded")
+        );
+        assert_eq!(
+            hook["spec"]["template"]["spec"]["serviceAccountName"],
+            "lumigo-operator"
+        );
+        assert_eq!(
+            hook["spec"]["template"]["spec"]["containers"][0]["args"][0],
+            "uninstall"
+        );
     }
 }
 
 #[test]
 fn the_telemetry_proxy_forwards_the_callers_token_and_holds_none() {
-    let docs = documents(&render("lumigo-system", &["--set", "telemetryProxy.exporter.endpoint=https://otlp.example.com/"]));
+    let docs = documents(&render(
+        "lumigo-system",
+        &[
+            "--set",
+            "telemetryProxy.exporter.endpoint=https://otlp.example.com/",
+        ],
+    ));
     let config_map = find(&docs, "ConfigMap", "lumigo-operator-telemetry-proxy");
     let text = config_map["data"]["config.yaml"].as_str().unwrap();
     let config: Value = serde_norway::from_str(text).unwrap();
-    assert_eq!(config["receivers"]["otlp"]["protocols"]["http"]["include_metadata"], true);
-    assert_eq!(config["receivers"]["otlp"]["protocols"]["http"]["endpoint"], "0.0.0.0:4318");
-    assert_eq!(config["extensions"]["headers_setter"]["headers"][0], json!({"key": "Authorization", "from_context": "authorization", "action": "upsert"}));
-    assert_eq!(config["processors"]["batch"]["metadata_keys"], json!(["authorization"]));
-    assert_eq!(config["exporters"]["otlphttp"]["endpoint"], "https://otlp.example.com");
-    assert_eq!(config["exporters"]["otlphttp"]["auth"]["authenticator"], "headers_setter");
+    assert_eq!(
+        config["receivers"]["otlp"]["protocols"]["http"]["include_metadata"],
+        true
+    );
+    assert_eq!(
+        config["receivers"]["otlp"]["protocols"]["http"]["endpoint"],
+        "0.0.0.0:4318"
+    );
+    assert_eq!(
+        config["extensions"]["headers_setter"]["headers"][0],
+        json!({"key": "Authorization", "from_context": "authorization", "action": "upsert"})
+    );
+    assert_eq!(
+        config["processors"]["batch"]["metadata_keys"],
+        json!(["authorization"])
+    );
+    assert_eq!(
+        config["exporters"]["otlphttp"]["endpoint"],
+        "https://otlp.example.com"
+    );
+    assert_eq!(
+        config["exporters"]["otlphttp"]["auth"]["authenticator"],
+        "headers_setter"
+    );
     for pipeline in ["traces", "logs"] {
         let processors = &config["service"]["pipelines"][pipeline]["processors"];
-        assert_eq!(processors, &json!(["memory_limiter", "k8sattributes", "batch"]));
+        assert_eq!(
+            processors,
+            &json!(["memory_limiter", "k8sattributes", "batch"])
+        );
     }
-    let has_token = text.as_bytes().windows(23).any(|w| w.starts_with(b"t_") && w[2..].iter().all(u8::is_ascii_hexdigit));
-    assert!(!has_token && !text.to_lowercase().contains("lumigotoken"), "no token in the collector config");
+    let has_token = text
+        .as_bytes()
+        .windows(23)
+        .any(|w| w.starts_with(b"t_") && w[2..].iter().all(u8::is_ascii_hexdigit));
+    assert!(
+        !has_token && !text.to_lowercase().contains("lumigotoken"),
+        "no token in the collector config"
+    );
     let role = find(&docs, "ClusterRole", "lumigo-operator-telemetry-proxy");
-    assert_eq!(role["rules"], json!([
-        {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]}
-    ]));
+    assert_eq!(
+        role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]}
+        ])
+    );
     let proxy = find(&docs, "Deployment", "lumigo-operator-telemetry-proxy");
-    let image = proxy["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap();
-    assert!(image.starts_with("otel/opentelemetry-collector-contrib:0."), "{image}");
+    let image = proxy["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap();
+    assert!(
+        image.starts_with("otel/opentelemetry-collector-contrib:0."),
+        "{image}"
+    );
 }
 
 /// Every leaf key of values.yaml carries a `# --` comment, on itself or on an enclosing key.
@@ -199,7 +368,10 @@ fn values_yaml_is_documented_key_by_key() {
         stack.push((indent, previous_is_doc));
         previous_is_doc = false;
     }
-    assert!(undocumented.is_empty(), "values.yaml keys without a `# --` comment: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "values.yaml keys without a `# --` comment: {undocumented:?}"
+    );
 }
 
 // ---- Artifact Hub -------------------------------------------------------------------------------
@@ -208,33 +380,71 @@ fn values_yaml_is_documented_key_by_key() {
 // (artifacthub.io/docs/topics/repositories/kubewarden-policies, artifacthub-pkg.yml).
 
 const CATEGORIES: [&str; 9] = [
-    "ai-machine-learning", "database", "integration-delivery", "monitoring-logging", "networking",
-    "security", "storage", "streaming-messaging", "skip-prediction",
+    "ai-machine-learning",
+    "database",
+    "integration-delivery",
+    "monitoring-logging",
+    "networking",
+    "security",
+    "storage",
+    "streaming-messaging",
+    "skip-prediction",
 ];
-const CAPABILITIES: [&str; 5] = ["Basic Install", "Seamless Upgrades", "Full Lifecycle", "Deep Insights", "Auto Pilot"];
-const CHANGE_KINDS: [&str; 6] = ["added", "changed", "deprecated", "removed", "fixed", "security"];
+const CAPABILITIES: [&str; 5] = [
+    "Basic Install",
+    "Seamless Upgrades",
+    "Full Lifecycle",
+    "Deep Insights",
+    "Auto Pilot",
+];
+const CHANGE_KINDS: [&str; 6] = [
+    "added",
+    "changed",
+    "deprecated",
+    "removed",
+    "fixed",
+    "security",
+];
 
 fn is_url(text: &str) -> bool {
-    (text.starts_with("https://") || text.starts_with("http://")) && !text.contains(char::is_whitespace)
+    (text.starts_with("https://") || text.starts_with("http://"))
+        && !text.contains(char::is_whitespace)
 }
 
 fn is_semver(text: &str) -> bool {
     let core = text.split(['-', '+']).next().unwrap();
     let parts: Vec<&str> = core.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// A YAML list embedded in an annotation string, each entry an object.
 fn annotation_list(annotations: &Value, key: &str) -> Vec<Value> {
-    let text = annotations[key].as_str().unwrap_or_else(|| panic!("{key} must be a string"));
-    let value: Value = serde_norway::from_str(text).unwrap_or_else(|e| panic!("{key} is not YAML: {e}"));
-    let list = value.as_array().unwrap_or_else(|| panic!("{key} must be a YAML list")).clone();
-    assert!(!list.is_empty() && list.iter().all(Value::is_object), "{key}: a non-empty list of objects");
+    let text = annotations[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} must be a string"));
+    let value: Value =
+        serde_norway::from_str(text).unwrap_or_else(|e| panic!("{key} is not YAML: {e}"));
+    let list = value
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} must be a YAML list"))
+        .clone();
+    assert!(
+        !list.is_empty() && list.iter().all(Value::is_object),
+        "{key}: a non-empty list of objects"
+    );
     list
 }
 
 fn only_keys(object: &Value, allowed: &[&str], what: &str) {
-    let keys: BTreeSet<&str> = object.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: BTreeSet<&str> = object
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     let unknown: Vec<&&str> = keys.iter().filter(|k| !allowed.contains(k)).collect();
     assert!(unknown.is_empty(), "{what}: unknown keys {unknown:?}");
 }
@@ -244,32 +454,57 @@ fn chart_yaml_annotations_follow_artifact_hubs_schema() {
     let chart = yaml_file(&chart_dir().join("Chart.yaml"));
     assert_eq!(chart["apiVersion"], "v2");
     assert!(is_semver(chart["version"].as_str().unwrap()));
-    assert_eq!(chart["appVersion"], chart["version"], "chart, operator and injector are released together");
+    assert_eq!(
+        chart["appVersion"], chart["version"],
+        "chart, operator and injector are released together"
+    );
     let workspace: Value = toml_version();
-    assert_eq!(chart["appVersion"], workspace, "appVersion is the workspace's version");
+    assert_eq!(
+        chart["appVersion"], workspace,
+        "appVersion is the workspace's version"
+    );
     let annotations = &chart["annotations"];
     for (key, value) in annotations.as_object().unwrap() {
         assert!(key.starts_with("artifacthub.io/"), "{key}");
         assert!(value.is_string(), "annotation {key} must be a string");
     }
     assert_eq!(annotations["artifacthub.io/operator"], "true");
-    assert!(CAPABILITIES.contains(&annotations["artifacthub.io/operatorCapabilities"].as_str().unwrap()));
+    assert!(CAPABILITIES.contains(
+        &annotations["artifacthub.io/operatorCapabilities"]
+            .as_str()
+            .unwrap()
+    ));
     assert!(CATEGORIES.contains(&annotations["artifacthub.io/category"].as_str().unwrap()));
-    for flag in ["artifacthub.io/prerelease", "artifacthub.io/containsSecurityUpdates"] {
-        assert!(["true", "false"].contains(&annotations[flag].as_str().unwrap()), "{flag}");
+    for flag in [
+        "artifacthub.io/prerelease",
+        "artifacthub.io/containsSecurityUpdates",
+    ] {
+        assert!(
+            ["true", "false"].contains(&annotations[flag].as_str().unwrap()),
+            "{flag}"
+        );
     }
     assert_eq!(annotations["artifacthub.io/license"], "Apache-2.0");
 
     for link in annotation_list(annotations, "artifacthub.io/links") {
         only_keys(&link, &["name", "url"], "links");
-        assert!(link["name"].is_string() && is_url(link["url"].as_str().unwrap()), "{link}");
+        assert!(
+            link["name"].is_string() && is_url(link["url"].as_str().unwrap()),
+            "{link}"
+        );
     }
     let app_version = chart["appVersion"].as_str().unwrap();
     let images = annotation_list(annotations, "artifacthub.io/images");
     for image in &images {
-        only_keys(image, &["name", "image", "whitelisted", "platforms"], "images");
+        only_keys(
+            image,
+            &["name", "image", "whitelisted", "platforms"],
+            "images",
+        );
         let reference = image["image"].as_str().unwrap();
-        let (_, tag) = reference.rsplit_once(':').unwrap_or_else(|| panic!("{reference} has a tag"));
+        let (_, tag) = reference
+            .rsplit_once(':')
+            .unwrap_or_else(|| panic!("{reference} has a tag"));
         assert_ne!(tag, "latest");
         for platform in image["platforms"].as_array().unwrap() {
             assert!(["linux/amd64", "linux/arm64"].contains(&platform.as_str().unwrap()));
@@ -277,30 +512,59 @@ fn chart_yaml_annotations_follow_artifact_hubs_schema() {
     }
     // The images listed are the ones the chart deploys.
     let values = yaml_file(&chart_dir().join("values.yaml"));
-    let listed: BTreeSet<String> = images.iter().map(|i| i["image"].as_str().unwrap().to_owned()).collect();
+    let listed: BTreeSet<String> = images
+        .iter()
+        .map(|i| i["image"].as_str().unwrap().to_owned())
+        .collect();
     let deployed: BTreeSet<String> = [
-        format!("{}:{app_version}", values["operator"]["image"]["repository"].as_str().unwrap()),
-        format!("{}:{app_version}", values["injector"]["image"]["repository"].as_str().unwrap()),
-        format!("{}:{}", values["telemetryProxy"]["image"]["repository"].as_str().unwrap(), values["telemetryProxy"]["image"]["tag"].as_str().unwrap()),
+        format!(
+            "{}:{app_version}",
+            values["operator"]["image"]["repository"].as_str().unwrap()
+        ),
+        format!(
+            "{}:{app_version}",
+            values["injector"]["image"]["repository"].as_str().unwrap()
+        ),
+        format!(
+            "{}:{}",
+            values["telemetryProxy"]["image"]["repository"]
+                .as_str()
+                .unwrap(),
+            values["telemetryProxy"]["image"]["tag"].as_str().unwrap()
+        ),
     ]
     .into();
     assert_eq!(listed, deployed);
 
     let crd = yaml_file(&chart_dir().join("crds/lumigo.yaml"));
     for entry in annotation_list(annotations, "artifacthub.io/crds") {
-        only_keys(&entry, &["kind", "version", "name", "displayName", "description"], "crds");
+        only_keys(
+            &entry,
+            &["kind", "version", "name", "displayName", "description"],
+            "crds",
+        );
         assert_eq!(entry["name"], crd["metadata"]["name"]);
         assert_eq!(entry["kind"], crd["spec"]["names"]["kind"]);
-        assert!(crd["spec"]["versions"].as_array().unwrap().iter().any(|v| v["name"] == entry["version"]));
+        assert!(crd["spec"]["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == entry["version"]));
         assert!(entry["displayName"].is_string() && entry["description"].is_string());
     }
     for example in annotation_list(annotations, "artifacthub.io/crdsExamples") {
         assert_eq!(example["kind"], crd["spec"]["names"]["kind"]);
-        assert!(example["apiVersion"].as_str().unwrap().starts_with("operator.lumigo.io/"));
+        assert!(example["apiVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("operator.lumigo.io/"));
     }
     for change in annotation_list(annotations, "artifacthub.io/changes") {
         only_keys(&change, &["kind", "description", "links"], "changes");
-        assert!(CHANGE_KINDS.contains(&change["kind"].as_str().unwrap()), "{change}");
+        assert!(
+            CHANGE_KINDS.contains(&change["kind"].as_str().unwrap()),
+            "{change}"
+        );
         assert!(!change["description"].as_str().unwrap().is_empty());
     }
     for maintainer in chart["maintainers"].as_array().unwrap() {
@@ -311,24 +575,63 @@ fn chart_yaml_annotations_follow_artifact_hubs_schema() {
 #[test]
 fn artifacthub_pkg_yml_follows_artifact_hubs_package_schema() {
     let package = yaml_file(&repo().join("artifacthub-pkg.yml"));
-    only_keys(&package, &[
-        "version", "name", "displayName", "createdAt", "description", "logoPath", "logoURL", "digest", "license",
-        "homeURL", "appVersion", "containersImages", "containsSecurityUpdates", "operator", "deprecated", "prerelease",
-        "keywords", "links", "readme", "install", "changes", "maintainers", "provider", "ignore", "recommendations",
-        "screenshots", "annotations",
-    ], "artifacthub-pkg.yml");
+    only_keys(
+        &package,
+        &[
+            "version",
+            "name",
+            "displayName",
+            "createdAt",
+            "description",
+            "logoPath",
+            "logoURL",
+            "digest",
+            "license",
+            "homeURL",
+            "appVersion",
+            "containersImages",
+            "containsSecurityUpdates",
+            "operator",
+            "deprecated",
+            "prerelease",
+            "keywords",
+            "links",
+            "readme",
+            "install",
+            "changes",
+            "maintainers",
+            "provider",
+            "ignore",
+            "recommendations",
+            "screenshots",
+            "annotations",
+        ],
+        "artifacthub-pkg.yml",
+    );
     for required in ["version", "name", "displayName", "createdAt", "description"] {
         assert!(package[required].is_string(), "{required} is required");
     }
     assert!(is_semver(package["version"].as_str().unwrap()));
     let name = package["name"].as_str().unwrap();
-    assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{name}");
+    assert!(
+        name.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+        "{name}"
+    );
     // RFC 3339
     let created = package["createdAt"].as_str().unwrap();
-    assert!(time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339).is_ok(), "{created}");
+    assert!(
+        time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
+            .is_ok(),
+        "{created}"
+    );
     assert!(is_url(package["homeURL"].as_str().unwrap()));
     for image in package["containersImages"].as_array().unwrap() {
-        only_keys(image, &["name", "image", "whitelisted", "platforms"], "containersImages");
+        only_keys(
+            image,
+            &["name", "image", "whitelisted", "platforms"],
+            "containersImages",
+        );
         assert!(!image["image"].as_str().unwrap().ends_with(":latest"));
     }
     for link in package["links"].as_array().unwrap() {
@@ -347,8 +650,13 @@ fn artifacthub_pkg_yml_follows_artifact_hubs_package_schema() {
     }
     // The policy image the Kubewarden engine of the chart pulls is the one published here.
     let values = yaml_file(&chart_dir().join("values.yaml"));
-    let module = values["admission"]["kubewarden"]["module"].as_str().unwrap();
-    assert_eq!(module.strip_prefix("registry://").unwrap(), package["containersImages"][0]["image"].as_str().unwrap());
+    let module = values["admission"]["kubewarden"]["module"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        module.strip_prefix("registry://").unwrap(),
+        package["containersImages"][0]["image"].as_str().unwrap()
+    );
 }
 
 fn toml_version() -> Value {
@@ -356,7 +664,11 @@ fn toml_version() -> Value {
 }
 
 fn env_of(command: &clap::Command) -> BTreeSet<String> {
-    command.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect()
+    command
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
 }
 
 #[test]
@@ -364,10 +676,22 @@ fn every_variable_the_chart_sets_is_read_by_the_operator() {
     use clap::CommandFactory;
     let cli = lumigo_operator::cli::Cli::command();
     let global = env_of(&cli);
-    let subcommand = |name: &str| env_of(cli.get_subcommands().find(|c| c.get_name() == name).unwrap());
+    let subcommand = |name: &str| {
+        env_of(
+            cli.get_subcommands()
+                .find(|c| c.get_name() == name)
+                .unwrap(),
+        )
+    };
     for engine in ENGINES {
-        let docs = documents(&render("lumigo-system", &["--set", &format!("admission.engine={engine}")]));
-        for (kind, name, command) in [("Deployment", "lumigo-operator", "run"), ("Job", "lumigo-operator-uninstall", "uninstall")] {
+        let docs = documents(&render(
+            "lumigo-system",
+            &["--set", &format!("admission.engine={engine}")],
+        ));
+        for (kind, name, command) in [
+            ("Deployment", "lumigo-operator", "run"),
+            ("Job", "lumigo-operator-uninstall", "uninstall"),
+        ] {
             let known: BTreeSet<String> = subcommand(command).union(&global).cloned().collect();
             let container = &find(&docs, kind, name)["spec"]["template"]["spec"]["containers"][0];
             for variable in container["env"].as_array().unwrap() {
@@ -375,13 +699,20 @@ fn every_variable_the_chart_sets_is_read_by_the_operator() {
                 if variable == "RUST_LOG" {
                     continue;
                 }
-                assert!(known.contains(variable), "{engine}: {kind} {name} sets {variable}, which `{command}` does not read");
+                assert!(
+                    known.contains(variable),
+                    "{engine}: {kind} {name} sets {variable}, which `{command}` does not read"
+                );
             }
             let args = container["args"].as_array().unwrap();
             let parsed = lumigo_operator::cli::Cli::try_parse_from(
                 std::iter::once("lumigo-operator").chain(args.iter().map(|a| a.as_str().unwrap())),
             );
-            assert!(parsed.is_ok(), "{kind} {name}: args {args:?} do not parse: {:?}", parsed.err());
+            assert!(
+                parsed.is_ok(),
+                "{kind} {name}: args {args:?} do not parse: {:?}",
+                parsed.err()
+            );
         }
     }
 }
@@ -392,15 +723,26 @@ fn every_variable_the_chart_sets_is_read_by_the_operator() {
 /// container is given.
 #[test]
 fn the_image_recipes_use_what_exists_and_run_as_the_chart_expects() {
-    let read = |path: &str| std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let read = |path: &str| {
+        std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
     let operator = read("images/operator.Dockerfile");
     let autotrace = read("images/autotrace.Dockerfile");
     for dockerfile in [&operator, &autotrace] {
         for from in dockerfile.lines().filter(|l| l.starts_with("FROM ")) {
-            let image = from.split_whitespace().find(|w| !w.starts_with("--") && *w != "FROM").unwrap();
-            assert!(image == "scratch" || (image.contains(':') && !image.ends_with(":latest")), "unpinned base image: {from}");
+            let image = from
+                .split_whitespace()
+                .find(|w| !w.starts_with("--") && *w != "FROM")
+                .unwrap();
+            assert!(
+                image == "scratch" || (image.contains(':') && !image.ends_with(":latest")),
+                "unpinned base image: {from}"
+            );
         }
-        let last_user = dockerfile.lines().rfind(|l| l.starts_with("USER ")).unwrap();
+        let last_user = dockerfile
+            .lines()
+            .rfind(|l| l.starts_with("USER "))
+            .unwrap();
         assert_eq!(last_user, "USER 65532:65532");
     }
     let values = documents(&render("lumigo-system", &[]));
@@ -408,16 +750,32 @@ fn the_image_recipes_use_what_exists_and_run_as_the_chart_expects() {
     assert_eq!(pod["securityContext"]["runAsUser"], 65532);
 
     for script in ["injector/scripts/build.sh", "injector/scripts/payload.sh"] {
-        assert!(autotrace.contains(script), "autotrace.Dockerfile runs {script}");
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(repo().join(script)).unwrap().permissions());
+        assert!(
+            autotrace.contains(script),
+            "autotrace.Dockerfile runs {script}"
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(repo().join(script))
+                .unwrap()
+                .permissions(),
+        );
         assert!(mode & 0o111 != 0, "{script} is executable");
     }
-    assert!(autotrace.contains(&format!("ENV TARGET_DIRECTORY={}", lumigo_mutation::names::INIT_TARGET_DIRECTORY)));
+    assert!(autotrace.contains(&format!(
+        "ENV TARGET_DIRECTORY={}",
+        lumigo_mutation::names::INIT_TARGET_DIRECTORY
+    )));
     assert!(autotrace.contains("cp -R /opt/lumigo/. \\\"$TARGET_DIRECTORY\\\"/"));
-    assert!(autotrace.contains(&format!("test -f /out{}", lumigo_mutation::names::INJECTOR_LIBRARY_PATH)));
+    assert!(autotrace.contains(&format!(
+        "test -f /out{}",
+        lumigo_mutation::names::INJECTOR_LIBRARY_PATH
+    )));
     let policy_justfile = read("policy-wasm/justfile");
     for recipe in ["build:", "path:"] {
-        assert!(policy_justfile.lines().any(|l| l.starts_with(recipe)), "policy::{recipe} exists");
+        assert!(
+            policy_justfile.lines().any(|l| l.starts_with(recipe)),
+            "policy::{recipe} exists"
+        );
     }
     assert!(operator.contains("just policy::build") && operator.contains("unknown-linux-musl"));
     let push = read("images/build.sh");

@@ -22,7 +22,10 @@ async fn policy(client: &kube::Client, ns: &str) -> Option<Value> {
         plural: "admissionpolicies".into(),
     };
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
-    api.get_opt("lumigo-autotrace").await.unwrap().map(|p| serde_json::to_value(p).unwrap())
+    api.get_opt("lumigo-autotrace")
+        .await
+        .unwrap()
+        .map(|p| serde_json::to_value(p).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -30,11 +33,24 @@ async fn the_kubewarden_engine_keeps_one_policy_per_namespace() {
     let cp = ControlPlane::shared().await.unwrap();
     let client = cp.client().unwrap();
     install_crd(&client).await;
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kubewarden-admissionpolicy-crd.yaml");
+    let crd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/kubewarden-admissionpolicy-crd.yaml"
+    );
     let applied = cp.kubectl().args(["apply", "-f", crd]).output().unwrap();
-    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
     eventually("the AdmissionPolicy CRD to be served", WAIT, || async {
-        cp.kubectl().args(["get", "admissionpolicies", "-A"]).output().ok()?.status.success().then_some(())
+        cp.kubectl()
+            .args(["get", "admissionpolicies", "-A"])
+            .output()
+            .ok()?
+            .status
+            .success()
+            .then_some(())
     })
     .await;
 
@@ -42,38 +58,73 @@ async fn the_kubewarden_engine_keeps_one_policy_per_namespace() {
     let _operator = start_operator(
         &cp,
         "0.1.0",
-        &[("LUMIGO_ADMISSION_ENGINE", "kubewarden"), ("LUMIGO_KUBEWARDEN_POLICY_MODULE", "registry://example.com/lumigo:v0.1.0")],
+        &[
+            ("LUMIGO_ADMISSION_ENGINE", "kubewarden"),
+            (
+                "LUMIGO_KUBEWARDEN_POLICY_MODULE",
+                "registry://example.com/lumigo:v0.1.0",
+            ),
+        ],
     );
     create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
-    eventually("the resource to be in Error without its Secret", WAIT, || async {
-        let status = lumigo_status(&client, &ns, "lumigo").await?;
-        (condition(&status, "Error")?["status"] == "True").then_some(())
-    })
+    eventually(
+        "the resource to be in Error without its Secret",
+        WAIT,
+        || async {
+            let status = lumigo_status(&client, &ns, "lumigo").await?;
+            (condition(&status, "Error")?["status"] == "True").then_some(())
+        },
+    )
     .await;
-    assert!(policy(&client, &ns).await.is_none(), "no policy while the token is missing");
+    assert!(
+        policy(&client, &ns).await.is_none(),
+        "no policy while the token is missing"
+    );
 
     create_secret(&client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
-    let created = eventually("the namespace's AdmissionPolicy", WAIT, || async { policy(&client, &ns).await }).await;
-    assert_eq!(created["spec"]["module"], "registry://example.com/lumigo:v0.1.0");
+    let created = eventually("the namespace's AdmissionPolicy", WAIT, || async {
+        policy(&client, &ns).await
+    })
+    .await;
+    assert_eq!(
+        created["spec"]["module"],
+        "registry://example.com/lumigo:v0.1.0"
+    );
     assert_eq!(created["spec"]["mutating"], true);
     assert_eq!(created["spec"]["failurePolicy"], "Ignore");
-    assert_eq!(created["spec"]["settings"]["tokenSecret"], json!({"name": "lumigo-credentials", "key": "token"}));
+    assert_eq!(
+        created["spec"]["settings"]["tokenSecret"],
+        json!({"name": "lumigo-credentials", "key": "token"})
+    );
     assert_eq!(created["spec"]["settings"]["enableLogs"], false);
     assert_eq!(created["metadata"]["ownerReferences"][0]["kind"], "Lumigo");
 
     let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
     lumigos
-        .patch("lumigo", &PatchParams::default(), &Patch::Merge(json!({"spec": {"logging": {"enabled": true}}})))
+        .patch(
+            "lumigo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"logging": {"enabled": true}}})),
+        )
         .await
         .unwrap();
-    eventually("the policy settings to follow the resource", WAIT, || async {
-        (policy(&client, &ns).await?["spec"]["settings"]["enableLogs"] == true).then_some(())
-    })
+    eventually(
+        "the policy settings to follow the resource",
+        WAIT,
+        || async {
+            (policy(&client, &ns).await?["spec"]["settings"]["enableLogs"] == true).then_some(())
+        },
+    )
     .await;
 
-    lumigos.delete("lumigo", &DeleteParams::default()).await.unwrap();
-    eventually("the policy to be deleted with the resource", WAIT, || async {
-        policy(&client, &ns).await.is_none().then_some(())
-    })
+    lumigos
+        .delete("lumigo", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the policy to be deleted with the resource",
+        WAIT,
+        || async { policy(&client, &ns).await.is_none().then_some(()) },
+    )
     .await;
 }

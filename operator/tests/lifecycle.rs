@@ -32,15 +32,30 @@ async fn lumigo_lifecycle() {
         (WorkloadKind::ReplicationController, "legacy"),
     ];
     for (kind, name) in workloads {
-        create(&client, &ns, kind, manifest(kind, name, if name == "web" { 1 } else { 0 })).await;
+        create(
+            &client,
+            &ns,
+            kind,
+            manifest(kind, name, if name == "web" { 1 } else { 0 }),
+        )
+        .await;
     }
-    create(&client, &ns, WorkloadKind::Job, manifest(WorkloadKind::Job, "migration", 0)).await;
+    create(
+        &client,
+        &ns,
+        WorkloadKind::Job,
+        manifest(WorkloadKind::Job, "migration", 0),
+    )
+    .await;
     let mut opted_out = manifest(WorkloadKind::Deployment, "private", 0);
     opted_out["metadata"]["labels"]["lumigo.auto-trace"] = json!("false");
     create(&client, &ns, WorkloadKind::Deployment, opted_out).await;
 
     let mut before = BTreeMap::new();
-    for (kind, name) in workloads.iter().copied().chain([(WorkloadKind::Job, "migration"), (WorkloadKind::Deployment, "private")]) {
+    for (kind, name) in workloads.iter().copied().chain([
+        (WorkloadKind::Job, "migration"),
+        (WorkloadKind::Deployment, "private"),
+    ]) {
         before.insert(name, spec_bytes(&client, &ns, kind, name).await);
     }
 
@@ -60,7 +75,13 @@ async fn lumigo_lifecycle() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| format!("{}/{}", r["kind"].as_str().unwrap(), r["name"].as_str().unwrap()))
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["kind"].as_str().unwrap(),
+                r["name"].as_str().unwrap()
+            )
+        })
         .collect();
     listed.sort();
     let mut expected: Vec<String> = workloads.iter().map(|(k, n)| format!("{k}/{n}")).collect();
@@ -68,9 +89,16 @@ async fn lumigo_lifecycle() {
     assert_eq!(listed, expected);
     for (kind, name) in workloads {
         let object = get(&client, &ns, kind, name).await;
-        assert_eq!(injected_label(&object, kind).as_deref(), Some("lumigo-operator.v0.1.0"), "{kind}/{name}");
+        assert_eq!(
+            injected_label(&object, kind).as_deref(),
+            Some("lumigo-operator.v0.1.0"),
+            "{kind}/{name}"
+        );
         let template = object.pointer(kind.template_pointer()).unwrap();
-        assert_eq!(template["spec"]["initContainers"][0]["name"], "lumigo-injector");
+        assert_eq!(
+            template["spec"]["initContainers"][0]["name"],
+            "lumigo-injector"
+        );
         let preload = template["spec"]["containers"][0]["env"]
             .as_array()
             .unwrap()
@@ -78,10 +106,19 @@ async fn lumigo_lifecycle() {
             .find(|e| e["name"] == "LD_PRELOAD")
             .unwrap()["value"]
             .clone();
-        assert_eq!(preload, "/opt/lumigo/injector/lumigo_injector.so /usr/lib/libjemalloc.so", "user's LD_PRELOAD kept");
+        assert_eq!(
+            preload, "/opt/lumigo/injector/lumigo_injector.so /usr/lib/libjemalloc.so",
+            "user's LD_PRELOAD kept"
+        );
     }
-    assert_eq!(spec_bytes(&client, &ns, WorkloadKind::Deployment, "private").await, before["private"]);
-    assert_eq!(spec_bytes(&client, &ns, WorkloadKind::Job, "migration").await, before["migration"]);
+    assert_eq!(
+        spec_bytes(&client, &ns, WorkloadKind::Deployment, "private").await,
+        before["private"]
+    );
+    assert_eq!(
+        spec_bytes(&client, &ns, WorkloadKind::Job, "migration").await,
+        before["migration"]
+    );
     eventually("the Job's warning event", WAIT, || async {
         event_reasons(&client, &ns, "migration")
             .await
@@ -89,30 +126,48 @@ async fn lumigo_lifecycle() {
             .then_some(())
     })
     .await;
-    assert!(event_reasons(&client, &ns, "web").await.contains(&"LumigoAddedInstrumentation".to_owned()));
+    assert!(event_reasons(&client, &ns, "web")
+        .await
+        .contains(&"LumigoAddedInstrumentation".to_owned()));
     // The Deployment's new Pods carry the injection (through the real controller-manager).
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
     eventually("a Pod of the injected Deployment", WAIT, || async {
-        let list = pods.list(&kube::api::ListParams::default().labels("app=web")).await.ok()?;
-        list.items.iter().any(|pod| {
-            let spec = pod.spec.as_ref().unwrap();
-            spec.init_containers.as_ref().is_some_and(|c| c[0].name == "lumigo-injector")
-        })
-        .then_some(())
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("app=web"))
+            .await
+            .ok()?;
+        list.items
+            .iter()
+            .any(|pod| {
+                let spec = pod.spec.as_ref().unwrap();
+                spec.init_containers
+                    .as_ref()
+                    .is_some_and(|c| c[0].name == "lumigo-injector")
+            })
+            .then_some(())
     })
     .await;
 
     // A spec change re-injects: logs on.
     let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
     lumigos
-        .patch("lumigo", &PatchParams::default(), &Patch::Merge(json!({"spec": {"logging": {"enabled": true}}})))
+        .patch(
+            "lumigo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"logging": {"enabled": true}}})),
+        )
         .await
         .unwrap();
     eventually("LUMIGO_ENABLE_LOGS=true everywhere", WAIT, || async {
         for (kind, name) in workloads {
             let object = get(&client, &ns, kind, name).await;
-            let env = object.pointer(kind.template_pointer())?["spec"]["containers"][0]["env"].clone();
-            let logs = env.as_array()?.iter().find(|e| e["name"] == "LUMIGO_ENABLE_LOGS")?["value"].clone();
+            let env =
+                object.pointer(kind.template_pointer())?["spec"]["containers"][0]["env"].clone();
+            let logs = env
+                .as_array()?
+                .iter()
+                .find(|e| e["name"] == "LUMIGO_ENABLE_LOGS")?["value"]
+                .clone();
             if logs != "true" {
                 return None;
             }
@@ -120,23 +175,38 @@ async fn lumigo_lifecycle() {
         Some(())
     })
     .await;
-    assert!(event_reasons(&client, &ns, "web").await.contains(&"LumigoUpdatedInstrumentation".to_owned()));
+    assert!(event_reasons(&client, &ns, "web")
+        .await
+        .contains(&"LumigoUpdatedInstrumentation".to_owned()));
 
     // Opting out cleans: the StatefulSet's spec is back to what it was.
-    let statefulsets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let statefulsets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(client.clone(), &ns);
     statefulsets
-        .patch("db", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"lumigo.auto-trace": "false"}}})))
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"lumigo.auto-trace": "false"}}})),
+        )
         .await
         .unwrap();
     eventually("the opted-out StatefulSet to be cleaned", WAIT, || async {
-        (spec_bytes(&client, &ns, WorkloadKind::StatefulSet, "db").await == before["db"]).then_some(())
+        (spec_bytes(&client, &ns, WorkloadKind::StatefulSet, "db").await == before["db"])
+            .then_some(())
     })
     .await;
-    eventually("the status to drop the opted-out workload", WAIT, || async {
-        (lumigo_status(&client, &ns, "lumigo").await?["instrumentedCount"] == json!(5)).then_some(())
-    })
+    eventually(
+        "the status to drop the opted-out workload",
+        WAIT,
+        || async {
+            (lumigo_status(&client, &ns, "lumigo").await?["instrumentedCount"] == json!(5))
+                .then_some(())
+        },
+    )
     .await;
-    assert!(event_reasons(&client, &ns, "db").await.contains(&"LumigoRemovedInstrumentation".to_owned()));
+    assert!(event_reasons(&client, &ns, "db")
+        .await
+        .contains(&"LumigoRemovedInstrumentation".to_owned()));
 
     // An operator upgrade re-injects with the new version's label.
     drop(_operator);
@@ -153,17 +223,43 @@ async fn lumigo_lifecycle() {
     .await;
 
     // Deleting the resource removes every injection, byte for byte.
-    lumigos.delete("lumigo", &DeleteParams::default()).await.unwrap();
-    eventually("the Lumigo resource to be released by its finalizer", WAIT, || async {
-        lumigos.get_opt("lumigo").await.unwrap().is_none().then_some(())
-    })
+    lumigos
+        .delete("lumigo", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the Lumigo resource to be released by its finalizer",
+        WAIT,
+        || async {
+            lumigos
+                .get_opt("lumigo")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
-    for (kind, name) in workloads.iter().copied().chain([(WorkloadKind::Job, "migration"), (WorkloadKind::Deployment, "private")]) {
-        assert_eq!(spec_bytes(&client, &ns, kind, name).await, before[name], "{kind}/{name} after deletion");
+    for (kind, name) in workloads.iter().copied().chain([
+        (WorkloadKind::Job, "migration"),
+        (WorkloadKind::Deployment, "private"),
+    ]) {
+        assert_eq!(
+            spec_bytes(&client, &ns, kind, name).await,
+            before[name],
+            "{kind}/{name} after deletion"
+        );
         let object = get(&client, &ns, kind, name).await;
         if name != "db" && name != "private" {
-            assert!(object["metadata"]["labels"].get("lumigo.auto-trace").is_none(), "{kind}/{name} label left");
+            assert!(
+                object["metadata"]["labels"]
+                    .get("lumigo.auto-trace")
+                    .is_none(),
+                "{kind}/{name} label left"
+            );
         }
     }
-    assert!(event_reasons(&client, &ns, "web").await.contains(&"LumigoRemovedInstrumentation".to_owned()));
+    assert!(event_reasons(&client, &ns, "web")
+        .await
+        .contains(&"LumigoRemovedInstrumentation".to_owned()));
 }

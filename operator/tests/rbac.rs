@@ -47,41 +47,77 @@ fn operator_command(kubeconfig: &Path, namespace: &str) -> Command {
         .env("LUMIGO_INJECTOR_IMAGE", "ghcr.io/lumigo-rs/autotrace:0.1.0")
         .env("LUMIGO_POLICY_MODULE", support::policy_module())
         .env("LUMIGO_WEBHOOK_LOOPBACK", "true")
-        .env("LUMIGO_WEBHOOK_ADDRESS", format!("127.0.0.1:{}", support::free_port()))
+        .env(
+            "LUMIGO_WEBHOOK_ADDRESS",
+            format!("127.0.0.1:{}", support::free_port()),
+        )
         .env("RUST_LOG", "info,lumigo_operator=debug,kube=debug");
     command
 }
 
 fn can_i(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> bool {
-    let output = run(Command::new(cp.kubectl_path()).arg("--kubeconfig").arg(kubeconfig).args(["auth", "can-i"]).args(args));
+    let output = run(Command::new(cp.kubectl_path())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["auth", "can-i"])
+        .args(args));
     String::from_utf8_lossy(&output.stdout).trim() == "yes"
 }
 
 fn assert_not_forbidden(log: &Path) {
     let text = std::fs::read_to_string(log).unwrap();
-    let forbidden: Vec<&str> = text.lines().filter(|l| l.to_lowercase().contains("forbidden")).collect();
-    assert!(forbidden.is_empty(), "{}: the chart's RBAC forbade requests:\n{}", log.display(), forbidden.join("\n"));
+    let forbidden: Vec<&str> = text
+        .lines()
+        .filter(|l| l.to_lowercase().contains("forbidden"))
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "{}: the chart's RBAC forbade requests:\n{}",
+        log.display(),
+        forbidden.join("\n")
+    );
 }
 
 /// Installs the chart's operator identity (rendered with `args`, full name `name`) and returns a
 /// kubeconfig that authenticates as its ServiceAccount.
-fn install_identity(cp: &ControlPlane, release_ns: &str, name: &str, args: &[&str]) -> std::path::PathBuf {
+fn install_identity(
+    cp: &ControlPlane,
+    release_ns: &str,
+    name: &str,
+    args: &[&str],
+) -> std::path::PathBuf {
     let docs = documents(&render(release_ns, args));
     let identity: Vec<&Value> = docs
         .iter()
         .filter(|d| {
-            ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"].contains(&d["kind"].as_str().unwrap())
+            [
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+            ]
+            .contains(&d["kind"].as_str().unwrap())
                 && d["metadata"]["name"] == name
         })
         .collect();
-    assert_eq!(identity.len(), 5, "ServiceAccount, ClusterRole, ClusterRoleBinding, Role, RoleBinding");
+    assert_eq!(
+        identity.len(),
+        5,
+        "ServiceAccount, ClusterRole, ClusterRoleBinding, Role, RoleBinding"
+    );
     let output = run_with_stdin(cp.kubectl().args(["apply", "-f", "-"]), &to_yaml(&identity));
     assert!(output.status.success(), "{}", text(&output));
 
-    let output = run(cp.kubectl().args(["create", "token", name, "-n", release_ns, "--duration=1h"]));
+    let output =
+        run(cp
+            .kubectl()
+            .args(["create", "token", name, "-n", release_ns, "--duration=1h"]));
     assert!(output.status.success(), "TokenRequest: {}", text(&output));
     let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
-    let kubeconfig = cp.dir().join(format!("{name}-sa-{}.kubeconfig", std::process::id()));
+    let kubeconfig = cp
+        .dir()
+        .join(format!("{name}-sa-{}.kubeconfig", std::process::id()));
     kubeconfig_for_token(cp, &token, &kubeconfig);
     kubeconfig
 }
@@ -98,7 +134,10 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
     let kubeconfig = install_identity(&cp, &release_ns, "lumigo-operator", &[]);
 
     // Not excessive: what the operator never does is denied.
-    assert!(can_i(&cp, &kubeconfig, &["get", "secrets", "-n", &other_ns]), "token validation reads a named Secret");
+    assert!(
+        can_i(&cp, &kubeconfig, &["get", "secrets", "-n", &other_ns]),
+        "token validation reads a named Secret"
+    );
     for denied in [
         vec!["list", "secrets", "-n", &other_ns],
         vec!["watch", "secrets", "-A"],
@@ -111,69 +150,162 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
         vec!["create", "secrets", "-n", &app_ns],
         vec!["update", "mutatingwebhookconfigurations/someone-elses"],
         vec!["create", "clusterroles"],
-        vec!["create", "admissionpolicies.policies.kubewarden.io", "-n", &app_ns],
+        vec![
+            "create",
+            "admissionpolicies.policies.kubewarden.io",
+            "-n",
+            &app_ns,
+        ],
     ] {
-        assert!(!can_i(&cp, &kubeconfig, &denied), "the operator's identity may {denied:?}");
+        assert!(
+            !can_i(&cp, &kubeconfig, &denied),
+            "the operator's identity may {denied:?}"
+        );
     }
     // And a real request is refused by the apiserver.
-    let output = run(Command::new(cp.kubectl_path()).arg("--kubeconfig").arg(&kubeconfig).args(["get", "secrets", "-n", &other_ns]));
-    assert!(!output.status.success() && text(&output).contains("Forbidden"), "listing Secrets: {}", text(&output));
+    let output = run(Command::new(cp.kubectl_path())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "secrets", "-n", &other_ns]));
+    assert!(
+        !output.status.success() && text(&output).contains("Forbidden"),
+        "listing Secrets: {}",
+        text(&output)
+    );
 
     // Sufficient: the lifecycle, with leader election on (the Lease in the release namespace).
-    for kind in [WorkloadKind::Deployment, WorkloadKind::StatefulSet, WorkloadKind::CronJob] {
-        create(&client, &app_ns, kind, manifest(kind, &kind.name().to_lowercase(), 1)).await;
+    for kind in [
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::CronJob,
+    ] {
+        create(
+            &client,
+            &app_ns,
+            kind,
+            manifest(kind, &kind.name().to_lowercase(), 1),
+        )
+        .await;
     }
-    create(&client, &app_ns, WorkloadKind::Job, manifest(WorkloadKind::Job, "migration", 0)).await;
+    create(
+        &client,
+        &app_ns,
+        WorkloadKind::Job,
+        manifest(WorkloadKind::Job, "migration", 0),
+    )
+    .await;
     let before = spec_bytes(&client, &app_ns, WorkloadKind::Deployment, "deployment").await;
 
-    let log = cp.dir().join(format!("operator-rbac-{}.log", std::process::id()));
+    let log = cp
+        .dir()
+        .join(format!("operator-rbac-{}.log", std::process::id()));
     let mut command = operator_command(&kubeconfig, &release_ns);
-    command.args(["run", "--leader-election=true", "--lease-duration=5s", "--probe-address=127.0.0.1:0"]);
+    command.args([
+        "run",
+        "--leader-election=true",
+        "--lease-duration=5s",
+        "--probe-address=127.0.0.1:0",
+    ]);
     let mut operator = Process::spawn_command("lumigo-operator", command, log.clone()).unwrap();
 
     create_secret(&client, &app_ns, "lumigo-credentials", &[("token", TOKEN)]).await;
-    create_lumigo(&client, &app_ns, "lumigo", default_spec("lumigo-credentials")).await;
+    create_lumigo(
+        &client,
+        &app_ns,
+        "lumigo",
+        default_spec("lumigo-credentials"),
+    )
+    .await;
     eventually("the rollout under the chart's identity", WAIT, || async {
         let status = lumigo_status(&client, &app_ns, "lumigo").await?;
-        (status["instrumentedCount"] == 3 && condition(&status, "Active")?["status"] == "True").then_some(())
+        (status["instrumentedCount"] == 3 && condition(&status, "Active")?["status"] == "True")
+            .then_some(())
     })
     .await;
     assert_not_forbidden(&log);
     let deployment = get(&client, &app_ns, WorkloadKind::Deployment, "deployment").await;
     assert!(injected_label(&deployment, WorkloadKind::Deployment).is_some());
     eventually("the LumigoAddedInstrumentation event", WAIT, || async {
-        event_reasons(&client, &app_ns, "deployment").await.iter().any(|r| r == "LumigoAddedInstrumentation").then_some(())
+        event_reasons(&client, &app_ns, "deployment")
+            .await
+            .iter()
+            .any(|r| r == "LumigoAddedInstrumentation")
+            .then_some(())
     })
     .await;
-    eventually("the Job's LumigoCannotAddInstrumentation warning", WAIT, || async {
-        event_reasons(&client, &app_ns, "migration").await.iter().any(|r| r.starts_with("LumigoCannot")).then_some(())
-    })
+    eventually(
+        "the Job's LumigoCannotAddInstrumentation warning",
+        WAIT,
+        || async {
+            event_reasons(&client, &app_ns, "migration")
+                .await
+                .iter()
+                .any(|r| r.starts_with("LumigoCannot"))
+                .then_some(())
+        },
+    )
     .await;
-    let lease = run(cp.kubectl().args(["get", "lease", "lumigo-operator", "-n", &release_ns, "-o", "jsonpath={.spec.holderIdentity}"]));
-    assert_eq!(String::from_utf8_lossy(&lease.stdout), "lumigo-operator-rbac-test");
+    let lease = run(cp.kubectl().args([
+        "get",
+        "lease",
+        "lumigo-operator",
+        "-n",
+        &release_ns,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&lease.stdout),
+        "lumigo-operator-rbac-test"
+    );
 
     // Deleting the resource removes the injection, byte for byte, and the finalizer.
     let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &app_ns);
-    lumigos.delete("lumigo", &DeleteParams::default()).await.unwrap();
-    eventually("the Lumigo resource to be gone", WAIT, || async { lumigos.get_opt("lumigo").await.unwrap().is_none().then_some(()) }).await;
-    assert_eq!(spec_bytes(&client, &app_ns, WorkloadKind::Deployment, "deployment").await, before);
+    lumigos
+        .delete("lumigo", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the Lumigo resource to be gone", WAIT, || async {
+        lumigos
+            .get_opt("lumigo")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        spec_bytes(&client, &app_ns, WorkloadKind::Deployment, "deployment").await,
+        before
+    );
 
     // The pre-delete hook's command, under the same identity, with the operator gone.
-    create_lumigo(&client, &app_ns, "lumigo", default_spec("lumigo-credentials")).await;
+    create_lumigo(
+        &client,
+        &app_ns,
+        "lumigo",
+        default_spec("lumigo-credentials"),
+    )
+    .await;
     eventually("the second rollout", WAIT, || async {
         let status = lumigo_status(&client, &app_ns, "lumigo").await?;
         (status["instrumentedCount"] == 3).then_some(())
     })
     .await;
     operator.kill();
-    let uninstall_log = cp.dir().join(format!("uninstall-rbac-{}.log", std::process::id()));
+    let uninstall_log = cp
+        .dir()
+        .join(format!("uninstall-rbac-{}.log", std::process::id()));
     let mut command = operator_command(&kubeconfig, &release_ns);
     command.args(["uninstall", "--wait-for-operator=1s"]);
     let output = run(&mut command);
     std::fs::write(&uninstall_log, text(&output)).unwrap();
     assert!(output.status.success(), "uninstall: {}", text(&output));
     assert!(lumigos.get_opt("lumigo").await.unwrap().is_none());
-    assert_eq!(spec_bytes(&client, &app_ns, WorkloadKind::Deployment, "deployment").await, before);
+    assert_eq!(
+        spec_bytes(&client, &app_ns, WorkloadKind::Deployment, "deployment").await,
+        before
+    );
 
     assert_not_forbidden(&log);
     assert_not_forbidden(&uninstall_log);
@@ -188,46 +320,131 @@ async fn the_kubewarden_engine_runs_under_the_charts_rbac_for_that_engine() {
     let client = cp.client().unwrap();
     install_crd(&client).await;
     // Kubewarden's AdmissionPolicy CRD, reduced to what the operator writes.
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kubewarden-admissionpolicy-crd.yaml");
+    let crd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/kubewarden-admissionpolicy-crd.yaml"
+    );
     let output = run(cp.kubectl().args(["apply", "-f", crd]));
     assert!(output.status.success(), "{}", text(&output));
     eventually("the AdmissionPolicy CRD to be served", WAIT, || async {
-        cp.kubectl().args(["get", "admissionpolicies", "-A"]).output().ok()?.status.success().then_some(())
+        cp.kubectl()
+            .args(["get", "admissionpolicies", "-A"])
+            .output()
+            .ok()?
+            .status
+            .success()
+            .then_some(())
     })
     .await;
     let release_ns = cp.create_namespace("lumigo-kw", &[]).await.unwrap();
     let app_ns = cp.create_namespace("rbac-kw-app", &[]).await.unwrap();
     // Its own full name, so its cluster-wide objects do not replace the builtin test's.
-    let kubeconfig = install_identity(&cp, &release_ns, "lumigo-kw", &["--set", "admission.engine=kubewarden", "--set", "fullnameOverride=lumigo-kw"]);
-    assert!(can_i(&cp, &kubeconfig, &["create", "admissionpolicies.policies.kubewarden.io", "-n", &app_ns]));
-    assert!(!can_i(&cp, &kubeconfig, &["get", "mutatingwebhookconfigurations/lumigo-kw"]), "no webhook rights with kubewarden");
-    assert!(!can_i(&cp, &kubeconfig, &["create", "clusteradmissionpolicies.policies.kubewarden.io"]));
-    assert!(!can_i(&cp, &kubeconfig, &["create", "secrets", "-n", &release_ns]), "no certificate Secret with kubewarden");
+    let kubeconfig = install_identity(
+        &cp,
+        &release_ns,
+        "lumigo-kw",
+        &[
+            "--set",
+            "admission.engine=kubewarden",
+            "--set",
+            "fullnameOverride=lumigo-kw",
+        ],
+    );
+    assert!(can_i(
+        &cp,
+        &kubeconfig,
+        &[
+            "create",
+            "admissionpolicies.policies.kubewarden.io",
+            "-n",
+            &app_ns
+        ]
+    ));
+    assert!(
+        !can_i(
+            &cp,
+            &kubeconfig,
+            &["get", "mutatingwebhookconfigurations/lumigo-kw"]
+        ),
+        "no webhook rights with kubewarden"
+    );
+    assert!(!can_i(
+        &cp,
+        &kubeconfig,
+        &["create", "clusteradmissionpolicies.policies.kubewarden.io"]
+    ));
+    assert!(
+        !can_i(&cp, &kubeconfig, &["create", "secrets", "-n", &release_ns]),
+        "no certificate Secret with kubewarden"
+    );
 
-    create(&client, &app_ns, WorkloadKind::Deployment, manifest(WorkloadKind::Deployment, "web", 0)).await;
-    let log = cp.dir().join(format!("operator-rbac-kw-{}.log", std::process::id()));
+    create(
+        &client,
+        &app_ns,
+        WorkloadKind::Deployment,
+        manifest(WorkloadKind::Deployment, "web", 0),
+    )
+    .await;
+    let log = cp
+        .dir()
+        .join(format!("operator-rbac-kw-{}.log", std::process::id()));
     let mut command = operator_command(&kubeconfig, &release_ns);
     command
-        .args(["run", "--leader-election=true", "--lease-duration=5s", "--lease-name=lumigo-kw", "--probe-address=127.0.0.1:0"])
+        .args([
+            "run",
+            "--leader-election=true",
+            "--lease-duration=5s",
+            "--lease-name=lumigo-kw",
+            "--probe-address=127.0.0.1:0",
+        ])
         .env("LUMIGO_ADMISSION_ENGINE", "kubewarden")
-        .env("LUMIGO_KUBEWARDEN_POLICY_MODULE", "registry://example.com/lumigo:v0.1.0");
+        .env(
+            "LUMIGO_KUBEWARDEN_POLICY_MODULE",
+            "registry://example.com/lumigo:v0.1.0",
+        );
     let _operator = Process::spawn_command("lumigo-operator", command, log.clone()).unwrap();
 
     create_secret(&client, &app_ns, "lumigo-credentials", &[("token", TOKEN)]).await;
-    create_lumigo(&client, &app_ns, "lumigo", default_spec("lumigo-credentials")).await;
+    create_lumigo(
+        &client,
+        &app_ns,
+        "lumigo",
+        default_spec("lumigo-credentials"),
+    )
+    .await;
     let policy = || {
-        let output = run(cp.kubectl().args(["get", "admissionpolicies", "-n", &app_ns, "-o", "name"]));
+        let output =
+            run(cp
+                .kubectl()
+                .args(["get", "admissionpolicies", "-n", &app_ns, "-o", "name"]));
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     };
-    eventually("the namespace's AdmissionPolicy", WAIT, || async { (!policy().is_empty()).then_some(()) }).await;
+    eventually("the namespace's AdmissionPolicy", WAIT, || async {
+        (!policy().is_empty()).then_some(())
+    })
+    .await;
     eventually("the rollout", WAIT, || async {
         let status = lumigo_status(&client, &app_ns, "lumigo").await?;
         (status["instrumentedCount"] == 1).then_some(())
     })
     .await;
     let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &app_ns);
-    lumigos.delete("lumigo", &DeleteParams::default()).await.unwrap();
-    eventually("the Lumigo resource to be gone", WAIT, || async { lumigos.get_opt("lumigo").await.unwrap().is_none().then_some(()) }).await;
-    eventually("the AdmissionPolicy to be deleted", WAIT, || async { policy().is_empty().then_some(()) }).await;
+    lumigos
+        .delete("lumigo", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the Lumigo resource to be gone", WAIT, || async {
+        lumigos
+            .get_opt("lumigo")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("the AdmissionPolicy to be deleted", WAIT, || async {
+        policy().is_empty().then_some(())
+    })
+    .await;
     assert_not_forbidden(&log);
 }

@@ -16,7 +16,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use support::*;
 
-const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/online-boutique.yaml");
+const MANIFESTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/online-boutique.yaml"
+);
 
 fn objects_of_kind(kind: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(MANIFESTS).unwrap_or_else(|e| panic!("{MANIFESTS}: {e}"));
@@ -28,7 +31,11 @@ fn objects_of_kind(kind: &str) -> Vec<Value> {
 
 fn deployments() -> Vec<Value> {
     let deployments = objects_of_kind("Deployment");
-    assert!(deployments.len() >= 10, "expected Online Boutique's Deployments, found {}", deployments.len());
+    assert!(
+        deployments.len() >= 10,
+        "expected Online Boutique's Deployments, found {}",
+        deployments.len()
+    );
     deployments
 }
 
@@ -46,41 +53,83 @@ fn pod_of(deployment: &Value) -> Pod {
     let template = &deployment["spec"]["template"];
     let mut metadata = template["metadata"].clone();
     metadata["name"] = deployment["metadata"]["name"].clone();
-    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]})).unwrap()
+    serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}),
+    )
+    .unwrap()
 }
 
 /// `Ok` when admitted (dry run), else the API server's message.
 async fn admit(pods: &Api<Pod>, pod: &Pod) -> Result<(), String> {
-    let params = PostParams { dry_run: true, ..Default::default() };
-    pods.create(&params, pod).await.map(|_| ()).map_err(|error| error.to_string())
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    pods.create(&params, pod)
+        .await
+        .map(|_| ())
+        .map_err(|error| error.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn injection_adds_no_restricted_violation() {
     let cp = ControlPlane::shared().await.unwrap();
     let client = cp.client().unwrap();
-    let restricted = cp.create_namespace("restricted", &[("pod-security.kubernetes.io/enforce", "restricted")]).await.unwrap();
+    let restricted = cp
+        .create_namespace(
+            "restricted",
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+        )
+        .await
+        .unwrap();
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &restricted);
     for account in objects_of_kind("ServiceAccount") {
         let account: ServiceAccount = serde_json::from_value(account).unwrap();
-        accounts.create(&PostParams::default(), &account).await.unwrap();
+        accounts
+            .create(&PostParams::default(), &account)
+            .await
+            .unwrap();
     }
     let pods: Api<Pod> = Api::namespaced(client, &restricted);
     for original in deployments() {
         let name = original["metadata"]["name"].as_str().unwrap().to_owned();
         let mut injected = original.clone();
-        assert!(inject(&mut injected, WorkloadKind::Deployment, &config(), Operation::Create).is_changed(), "{name}");
+        assert!(
+            inject(
+                &mut injected,
+                WorkloadKind::Deployment,
+                &config(),
+                Operation::Create
+            )
+            .is_changed(),
+            "{name}"
+        );
         // As shipped (no seccomp profile) the Pods are refused for the same reasons, no more.
         let verdict = admit(&pods, &pod_of(&original)).await;
-        assert!(verdict.as_ref().is_err_and(|e| e.contains("violates PodSecurity")), "{name}: {verdict:?}");
+        assert!(
+            verdict
+                .as_ref()
+                .is_err_and(|e| e.contains("violates PodSecurity")),
+            "{name}: {verdict:?}"
+        );
         assert_eq!(admit(&pods, &pod_of(&injected)).await, verdict, "{name}");
         // Made compliant, both are admitted.
         let mut compliant = original.clone();
-        compliant["spec"]["template"]["spec"]["securityContext"]["seccompProfile"] = json!({"type": "RuntimeDefault"});
+        compliant["spec"]["template"]["spec"]["securityContext"]["seccompProfile"] =
+            json!({"type": "RuntimeDefault"});
         let mut compliant_injected = compliant.clone();
-        inject(&mut compliant_injected, WorkloadKind::Deployment, &config(), Operation::Create);
+        inject(
+            &mut compliant_injected,
+            WorkloadKind::Deployment,
+            &config(),
+            Operation::Create,
+        );
         assert_eq!(admit(&pods, &pod_of(&compliant)).await, Ok(()), "{name}");
-        assert_eq!(admit(&pods, &pod_of(&compliant_injected)).await, Ok(()), "{name} injected");
+        assert_eq!(
+            admit(&pods, &pod_of(&compliant_injected)).await,
+            Ok(()),
+            "{name} injected"
+        );
     }
 }
 
@@ -103,21 +152,43 @@ async fn the_operator_instruments_and_restores_online_boutique() {
     let _operator = start_operator(&cp, "0.1.0", &[]);
     create_secret(&client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
     create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
-    eventually("every Deployment instrumented", Duration::from_secs(60), || async {
-        (lumigo_status(&client, &ns, "lumigo").await?["instrumentedCount"] == json!(names.len())).then_some(())
-    })
+    eventually(
+        "every Deployment instrumented",
+        Duration::from_secs(60),
+        || async {
+            (lumigo_status(&client, &ns, "lumigo").await?["instrumentedCount"]
+                == json!(names.len()))
+            .then_some(())
+        },
+    )
     .await;
     for name in &names {
         let object = get(&client, &ns, WorkloadKind::Deployment, name).await;
-        assert_eq!(injected_label(&object, WorkloadKind::Deployment).as_deref(), Some("lumigo-operator.v0.1.0"), "{name}");
+        assert_eq!(
+            injected_label(&object, WorkloadKind::Deployment).as_deref(),
+            Some("lumigo-operator.v0.1.0"),
+            "{name}"
+        );
     }
     let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
-    lumigos.delete("lumigo", &DeleteParams::default()).await.unwrap();
+    lumigos
+        .delete("lumigo", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually("the resource released", Duration::from_secs(60), || async {
-        lumigos.get_opt("lumigo").await.unwrap().is_none().then_some(())
+        lumigos
+            .get_opt("lumigo")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
     })
     .await;
     for (name, spec) in names.iter().zip(&before) {
-        assert_eq!(&spec_bytes(&client, &ns, WorkloadKind::Deployment, name).await, spec, "{name}");
+        assert_eq!(
+            &spec_bytes(&client, &ns, WorkloadKind::Deployment, name).await,
+            spec,
+            "{name}"
+        );
     }
 }

@@ -17,12 +17,16 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn error_message(client: &kube::Client, ns: &str, name: &str, containing: &str) -> String {
-    eventually(&format!("an Error condition mentioning {containing:?}"), WAIT, || async {
-        let status = lumigo_status(client, ns, name).await?;
-        let error = condition(&status, "Error")?;
-        let message = error["message"].as_str()?.to_owned();
-        (error["status"] == "True" && message.contains(containing)).then_some(message)
-    })
+    eventually(
+        &format!("an Error condition mentioning {containing:?}"),
+        WAIT,
+        || async {
+            let status = lumigo_status(client, ns, name).await?;
+            let error = condition(&status, "Error")?;
+            let message = error["message"].as_str()?.to_owned();
+            (error["status"] == "True" && message.contains(containing)).then_some(message)
+        },
+    )
     .await
 }
 
@@ -32,7 +36,13 @@ async fn bad_secrets_are_explained_and_fixing_them_rolls_out() {
     let client = cp.client().unwrap();
     install_crd(&client).await;
     let ns = cp.create_namespace("token", &[]).await.unwrap();
-    create(&client, &ns, WorkloadKind::Deployment, manifest(WorkloadKind::Deployment, "web", 0)).await;
+    create(
+        &client,
+        &ns,
+        WorkloadKind::Deployment,
+        manifest(WorkloadKind::Deployment, "web", 0),
+    )
+    .await;
     let _operator = start_operator(&cp, "0.1.0", &[]);
 
     create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
@@ -40,22 +50,43 @@ async fn bad_secrets_are_explained_and_fixing_them_rolls_out() {
     assert!(missing.contains("lumigo-credentials"), "{missing}");
     let status = lumigo_status(&client, &ns, "lumigo").await.unwrap();
     assert_eq!(condition(&status, "Active").unwrap()["status"], "False");
-    assert_eq!(condition(&status, "Error").unwrap()["reason"], "InvalidToken");
-    assert!(injected_label(&get(&client, &ns, WorkloadKind::Deployment, "web").await, WorkloadKind::Deployment).is_none());
+    assert_eq!(
+        condition(&status, "Error").unwrap()["reason"],
+        "InvalidToken"
+    );
+    assert!(injected_label(
+        &get(&client, &ns, WorkloadKind::Deployment, "web").await,
+        WorkloadKind::Deployment
+    )
+    .is_none());
 
     create_secret(&client, &ns, "lumigo-credentials", &[("tokn", TOKEN)]).await;
     let wrong_key = error_message(&client, &ns, "lumigo", "no key").await;
-    assert!(wrong_key.contains("\"token\"") && wrong_key.contains("tokn"), "{wrong_key}");
+    assert!(
+        wrong_key.contains("\"token\"") && wrong_key.contains("tokn"),
+        "{wrong_key}"
+    );
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let set_token = |value: &str| json!({"stringData": {"token": value}});
     secrets
-        .patch("lumigo-credentials", &PatchParams::default(), &Patch::Merge(set_token("t_not-a-token")))
+        .patch(
+            "lumigo-credentials",
+            &PatchParams::default(),
+            &Patch::Merge(set_token("t_not-a-token")),
+        )
         .await
         .unwrap();
     error_message(&client, &ns, "lumigo", "not a Lumigo token").await;
 
-    secrets.patch("lumigo-credentials", &PatchParams::default(), &Patch::Merge(set_token(TOKEN))).await.unwrap();
+    secrets
+        .patch(
+            "lumigo-credentials",
+            &PatchParams::default(),
+            &Patch::Merge(set_token(TOKEN)),
+        )
+        .await
+        .unwrap();
     eventually("Active and rolled out after the fix", WAIT, || async {
         let status = lumigo_status(&client, &ns, "lumigo").await?;
         let active = condition(&status, "Active")?["status"] == "True";
@@ -63,18 +94,32 @@ async fn bad_secrets_are_explained_and_fixing_them_rolls_out() {
     })
     .await;
     let web = get(&client, &ns, WorkloadKind::Deployment, "web").await;
-    assert_eq!(injected_label(&web, WorkloadKind::Deployment).as_deref(), Some("lumigo-operator.v0.1.0"));
+    assert_eq!(
+        injected_label(&web, WorkloadKind::Deployment).as_deref(),
+        Some("lumigo-operator.v0.1.0")
+    );
 
     // One resource per namespace: the second explains itself, and deleting it keeps the first's work.
     create_lumigo(&client, &ns, "second", default_spec("lumigo-credentials")).await;
     let duplicate = error_message(&client, &ns, "second", "already instrumented").await;
     assert!(duplicate.contains("lumigo"), "{duplicate}");
     let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
-    lumigos.delete("second", &DeleteParams::default()).await.unwrap();
+    lumigos
+        .delete("second", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually("the duplicate to be released", WAIT, || async {
-        lumigos.get_opt("second").await.unwrap().is_none().then_some(())
+        lumigos
+            .get_opt("second")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
     })
     .await;
     let web = get(&client, &ns, WorkloadKind::Deployment, "web").await;
-    assert_eq!(injected_label(&web, WorkloadKind::Deployment).as_deref(), Some("lumigo-operator.v0.1.0"));
+    assert_eq!(
+        injected_label(&web, WorkloadKind::Deployment).as_deref(),
+        Some("lumigo-operator.v0.1.0")
+    );
 }

@@ -22,7 +22,11 @@ fn uninstall(cp: &ControlPlane, wait_for_operator: &str) {
         .env("KUBECONFIG", cp.kubeconfig())
         .output()
         .unwrap();
-    assert!(output.status.success(), "uninstall failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "uninstall failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -30,14 +34,21 @@ async fn uninstall_cleans_every_namespace_and_is_repeatable() {
     let cp = ControlPlane::shared().await.unwrap();
     let client = cp.client().unwrap();
     install_crd(&client).await;
-    let kinds = [WorkloadKind::Deployment, WorkloadKind::CronJob, WorkloadKind::DaemonSet];
+    let kinds = [
+        WorkloadKind::Deployment,
+        WorkloadKind::CronJob,
+        WorkloadKind::DaemonSet,
+    ];
     let mut before = BTreeMap::new();
     let mut namespaces = Vec::new();
     for prefix in ["shop", "billing"] {
         let ns = cp.create_namespace(prefix, &[]).await.unwrap();
         for kind in kinds {
             create(&client, &ns, kind, manifest(kind, "app", 0)).await;
-            before.insert((ns.clone(), kind), spec_bytes(&client, &ns, kind, "app").await);
+            before.insert(
+                (ns.clone(), kind),
+                spec_bytes(&client, &ns, kind, "app").await,
+            );
         }
         create_secret(&client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
         create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
@@ -47,7 +58,8 @@ async fn uninstall_cleans_every_namespace_and_is_repeatable() {
     let mut operator = start_operator(&cp, "0.1.0", &[]);
     for ns in &namespaces {
         eventually("both namespaces rolled out", WAIT, || async {
-            (lumigo_status(&client, ns, "lumigo").await?["instrumentedCount"] == json!(3)).then_some(())
+            (lumigo_status(&client, ns, "lumigo").await?["instrumentedCount"] == json!(3))
+                .then_some(())
         })
         .await;
     }
@@ -55,27 +67,50 @@ async fn uninstall_cleans_every_namespace_and_is_repeatable() {
     // With the operator running, its finalizers do the work.
     uninstall(&cp, "60s");
     let lumigos: Api<Lumigo> = Api::all(client.clone());
-    assert!(lumigos.list(&Default::default()).await.unwrap().items.is_empty());
+    assert!(lumigos
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
     for ((ns, kind), spec) in &before {
-        assert_eq!(&spec_bytes(&client, ns, *kind, "app").await, spec, "{ns} {kind}");
+        assert_eq!(
+            &spec_bytes(&client, ns, *kind, "app").await,
+            spec,
+            "{ns} {kind}"
+        );
     }
 
     // Without an operator, the command finishes the cleanup itself.
     for ns in &namespaces {
         create_lumigo(&client, ns, "lumigo", default_spec("lumigo-credentials")).await;
         eventually("rolled out again", WAIT, || async {
-            (lumigo_status(&client, ns, "lumigo").await?["instrumentedCount"] == json!(3)).then_some(())
+            (lumigo_status(&client, ns, "lumigo").await?["instrumentedCount"] == json!(3))
+                .then_some(())
         })
         .await;
     }
     operator.kill();
     uninstall(&cp, "2s");
-    assert!(lumigos.list(&Default::default()).await.unwrap().items.is_empty());
+    assert!(lumigos
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
     for ((ns, kind), spec) in &before {
-        assert_eq!(&spec_bytes(&client, ns, *kind, "app").await, spec, "{ns} {kind} without an operator");
+        assert_eq!(
+            &spec_bytes(&client, ns, *kind, "app").await,
+            spec,
+            "{ns} {kind} without an operator"
+        );
     }
     uninstall(&cp, "2s");
     for ((ns, kind), spec) in &before {
-        assert_eq!(&spec_bytes(&client, ns, *kind, "app").await, spec, "{ns} {kind} after a second run");
+        assert_eq!(
+            &spec_bytes(&client, ns, *kind, "app").await,
+            spec,
+            "{ns} {kind} after a second run"
+        );
     }
 }

@@ -25,45 +25,85 @@ async fn the_operators_webhook_injects_new_workloads() {
     let client = cp.client().unwrap();
     install_crd(&client).await;
     let ns = cp.create_namespace("webhook", &[]).await.unwrap();
-    create(&client, &ns, WorkloadKind::Deployment, manifest(WorkloadKind::Deployment, "existing", 0)).await;
+    create(
+        &client,
+        &ns,
+        WorkloadKind::Deployment,
+        manifest(WorkloadKind::Deployment, "existing", 0),
+    )
+    .await;
 
     let probe_port = free_port();
     let metrics_url = format!("http://127.0.0.1:{probe_port}/metrics");
-    let (operator, port) = start_operator_with_webhook(&cp, "0.1.0", &[], &format!("127.0.0.1:{probe_port}"));
+    let (operator, port) =
+        start_operator_with_webhook(&cp, "0.1.0", &[], &format!("127.0.0.1:{probe_port}"));
     let target = WebhookTarget::Url(format!("https://127.0.0.1:{port}"));
     let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     configurations
-        .create(&PostParams::default(), &webhook_configuration(CONFIGURATION, &target, "default", None))
+        .create(
+            &PostParams::default(),
+            &webhook_configuration(CONFIGURATION, &target, "default", None),
+        )
         .await
         .unwrap();
     eventually("the operator to publish its CA", WAIT, || async {
         let configuration = configurations.get(CONFIGURATION).await.ok()?;
-        configuration.webhooks?.first()?.client_config.ca_bundle.as_ref().map(|_| ())
+        configuration
+            .webhooks?
+            .first()?
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .map(|_| ())
     })
     .await;
 
     create_secret(&client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
     create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
     eventually("the existing Deployment rolled", WAIT, || async {
-        (lumigo_status(&client, &ns, "lumigo").await?["instrumentedCount"] == json!(1)).then_some(())
+        (lumigo_status(&client, &ns, "lumigo").await?["instrumentedCount"] == json!(1))
+            .then_some(())
     })
     .await;
 
     let writes_after_rollout = workload_writes(&metrics_url);
-    assert_eq!(writes_after_rollout, 1, "one write for the one existing workload");
+    assert_eq!(
+        writes_after_rollout, 1,
+        "one write for the one existing workload"
+    );
 
     // Created after the resource: injected at admission, before any rollout could reach it.
-    create(&client, &ns, WorkloadKind::CronJob, manifest(WorkloadKind::CronJob, "report", 0)).await;
+    create(
+        &client,
+        &ns,
+        WorkloadKind::CronJob,
+        manifest(WorkloadKind::CronJob, "report", 0),
+    )
+    .await;
     let created = get(&client, &ns, WorkloadKind::CronJob, "report").await;
     if injected_label(&created, WorkloadKind::CronJob).is_none() {
-        println!("{}", std::fs::read_to_string(operator.log_path()).unwrap_or_default());
-        let apiserver = std::fs::read_to_string(cp.dir().join("kube-apiserver.log")).unwrap_or_default();
-        for line in apiserver.lines().filter(|l| l.contains("webhook") || l.contains("admission")) {
+        println!(
+            "{}",
+            std::fs::read_to_string(operator.log_path()).unwrap_or_default()
+        );
+        let apiserver =
+            std::fs::read_to_string(cp.dir().join("kube-apiserver.log")).unwrap_or_default();
+        for line in apiserver
+            .lines()
+            .filter(|l| l.contains("webhook") || l.contains("admission"))
+        {
             println!("APISERVER {line}");
         }
     }
-    assert_eq!(injected_label(&created, WorkloadKind::CronJob).as_deref(), Some("lumigo-operator.v0.1.0"));
-    assert_eq!(created.pointer("/metadata/generation"), Some(&json!(1)), "stored injected by its very creation");
+    assert_eq!(
+        injected_label(&created, WorkloadKind::CronJob).as_deref(),
+        Some("lumigo-operator.v0.1.0")
+    );
+    assert_eq!(
+        created.pointer("/metadata/generation"),
+        Some(&json!(1)),
+        "stored injected by its very creation"
+    );
 
     let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
     let lumigo = lumigos.get("lumigo").await.unwrap();
@@ -74,7 +114,10 @@ async fn the_operators_webhook_injects_new_workloads() {
         operator_version: "0.1.0".into(),
     };
     let config = lumigo_operator::settings::injection_config(&lumigo, &settings).unwrap();
-    for (kind, name) in [(WorkloadKind::Deployment, "existing"), (WorkloadKind::CronJob, "report")] {
+    for (kind, name) in [
+        (WorkloadKind::Deployment, "existing"),
+        (WorkloadKind::CronJob, "report"),
+    ] {
         let mut stored = get(&client, &ns, kind, name).await;
         assert_eq!(
             reconcile(&mut stored, kind, &config, Operation::Update),
@@ -84,9 +127,16 @@ async fn the_operators_webhook_injects_new_workloads() {
     }
     // The new CronJob made the operator look at the namespace again: nothing to write.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(workload_writes(&metrics_url), writes_after_rollout, "an injected workload was written again");
+    assert_eq!(
+        workload_writes(&metrics_url),
+        writes_after_rollout,
+        "an injected workload was written again"
+    );
 
     // The compiler ran in a child process, so its memory is not the operator's.
     let log = std::fs::read_to_string(operator.log_path()).unwrap();
-    assert!(log.contains("policy module compiled by a child process"), "{log}");
+    assert!(
+        log.contains("policy module compiled by a child process"),
+        "{log}"
+    );
 }

@@ -13,22 +13,32 @@ const WARMUP: usize = 200;
 const SAMPLES: usize = 5_000;
 
 fn main() {
-    let module_path = std::env::var("LUMIGO_POLICY_WASM").expect("LUMIGO_POLICY_WASM names the built module");
+    let module_path =
+        std::env::var("LUMIGO_POLICY_WASM").expect("LUMIGO_POLICY_WASM names the built module");
     let module = std::fs::read(&module_path).expect("reading the policy module");
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
     let settings: serde_json::Value =
         serde_json::from_slice(&std::fs::read(format!("{root}/settings.json")).unwrap()).unwrap();
-    let request: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(format!("{root}/fixtures/deployment-create.json")).unwrap()).unwrap();
-    let payload = serde_json::to_vec(&serde_json::json!({"settings": settings, "request": request})).unwrap();
+    let request: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("{root}/fixtures/deployment-create.json")).unwrap(),
+    )
+    .unwrap();
+    let payload =
+        serde_json::to_vec(&serde_json::json!({"settings": settings, "request": request})).unwrap();
 
-    let native = measure(|| (), |_| {
-        let response = lumigo_policy::admission::evaluate(&payload);
-        assert!(response.mutated_object.is_some());
-        serde_json::to_vec(&response).unwrap()
-    });
+    let native = measure(
+        || (),
+        |_| {
+            let response = lumigo_policy::admission::evaluate(&payload);
+            assert!(response.mutated_object.is_some());
+            serde_json::to_vec(&response).unwrap()
+        },
+    );
     let engine = PolicyEngine::new(&module, EngineOptions::default()).unwrap();
-    let wasm = measure(|| engine.instantiate().unwrap(), |instance| instance.call("validate", &payload).unwrap());
+    let wasm = measure(
+        || engine.instantiate().unwrap(),
+        |instance| instance.call("validate", &payload).unwrap(),
+    );
     let end_to_end = measure(|| (), |_| engine.call("validate", &payload).unwrap());
     // A fresh instance and a call that does nothing: the fixed cost every request pays.
     let instance_only = measure(|| (), |_| engine.call("protocol_version", b"").unwrap());
@@ -37,27 +47,49 @@ fn main() {
     let (wasm_median, wasm_p99) = percentiles(wasm);
     let (end_to_end_median, end_to_end_p99) = percentiles(end_to_end);
     let (instance_median, instance_p99) = percentiles(instance_only);
-    println!("typical Deployment CREATE request ({} bytes), {SAMPLES} evaluations each", payload.len());
-    println!("native                        median {:>6.1} µs   p99 {:>6.1} µs", micros(native_median), micros(native_p99));
-    println!("wasm, pre-instantiated        median {:>6.1} µs   p99 {:>6.1} µs", micros(wasm_median), micros(wasm_p99));
+    println!(
+        "typical Deployment CREATE request ({} bytes), {SAMPLES} evaluations each",
+        payload.len()
+    );
+    println!(
+        "native                        median {:>6.1} µs   p99 {:>6.1} µs",
+        micros(native_median),
+        micros(native_p99)
+    );
+    println!(
+        "wasm, pre-instantiated        median {:>6.1} µs   p99 {:>6.1} µs",
+        micros(wasm_median),
+        micros(wasm_p99)
+    );
     println!(
         "wasm/native                   median {:>6.2}x    p99 {:>6.2}x",
         micros(wasm_median) / micros(native_median),
         micros(wasm_p99) / micros(native_p99)
     );
-    println!("wasm, fresh instance per call median {:>6.1} µs   p99 {:>6.1} µs", micros(end_to_end_median), micros(end_to_end_p99));
+    println!(
+        "wasm, fresh instance per call median {:>6.1} µs   p99 {:>6.1} µs",
+        micros(end_to_end_median),
+        micros(end_to_end_p99)
+    );
     println!(
         "  end to end/native           median {:>6.2}x    p99 {:>6.2}x",
         micros(end_to_end_median) / micros(native_median),
         micros(end_to_end_p99) / micros(native_p99)
     );
-    println!("  of which instance + empty call median {:>6.1} µs   p99 {:>6.1} µs", micros(instance_median), micros(instance_p99));
+    println!(
+        "  of which instance + empty call median {:>6.1} µs   p99 {:>6.1} µs",
+        micros(instance_median),
+        micros(instance_p99)
+    );
     println!("module size {} bytes ({module_path})", module.len());
 }
 
 /// Times `evaluate` alone: `prepare` runs before each sample and what it made is dropped
 /// after, both off the clock.
-fn measure<T>(mut prepare: impl FnMut() -> T, mut evaluate: impl FnMut(&T) -> Vec<u8>) -> Vec<Duration> {
+fn measure<T>(
+    mut prepare: impl FnMut() -> T,
+    mut evaluate: impl FnMut(&T) -> Vec<u8>,
+) -> Vec<Duration> {
     for _ in 0..WARMUP {
         std::hint::black_box(evaluate(&prepare()));
     }
@@ -75,7 +107,10 @@ fn measure<T>(mut prepare: impl FnMut() -> T, mut evaluate: impl FnMut(&T) -> Ve
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
-    (samples[samples.len() / 2], samples[samples.len() * 99 / 100])
+    (
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100],
+    )
 }
 
 fn micros(duration: Duration) -> f64 {

@@ -34,7 +34,10 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { tick: Duration::from_millis(10), deadline: Duration::from_secs(1) }
+        EngineOptions {
+            tick: Duration::from_millis(10),
+            deadline: Duration::from_secs(1),
+        }
     }
 }
 
@@ -51,7 +54,8 @@ impl PolicyEngine {
     /// Compiles `module` (WebAssembly bytes) and prepares it for calls.
     pub fn new(module: &[u8], options: EngineOptions) -> Result<Self> {
         let engine = wasmtime_engine()?;
-        let module = wasmtime::Module::new(&engine, module).map_err(|e| Error::Engine(e.to_string()))?;
+        let module =
+            wasmtime::Module::new(&engine, module).map_err(|e| Error::Engine(e.to_string()))?;
         Self::with_module(engine, module, options)
     }
 
@@ -59,7 +63,9 @@ impl PolicyEngine {
     /// megabytes of compiler code and heap; a long-lived process can have another process of
     /// its own build do it and stay small.
     pub fn precompile(module: &[u8]) -> Result<Vec<u8>> {
-        wasmtime_engine()?.precompile_module(module).map_err(|e| Error::Engine(e.to_string()))
+        wasmtime_engine()?
+            .precompile_module(module)
+            .map_err(|e| Error::Engine(e.to_string()))
     }
 
     /// Prepares machine code made by `precompile`. Wasmtime refuses code from another wasmtime
@@ -76,16 +82,27 @@ impl PolicyEngine {
         Self::with_module(engine, module, options)
     }
 
-    fn with_module(engine: wasmtime::Engine, module: wasmtime::Module, options: EngineOptions) -> Result<Self> {
+    fn with_module(
+        engine: wasmtime::Engine,
+        module: wasmtime::Module,
+        options: EngineOptions,
+    ) -> Result<Self> {
         let ticks = (options.deadline.as_nanos() / options.tick.as_nanos().max(1)).max(1) as u64;
-        let deadlines = EpochDeadlines { wapc_init: ticks, wapc_func: ticks };
+        let deadlines = EpochDeadlines {
+            wapc_init: ticks,
+            wapc_func: ticks,
+        };
         let pre = WasmtimeEngineProviderBuilder::new()
             .engine(engine.clone())
             .module(module)
             .enable_epoch_interruptions(deadlines)
             .build_pre()
             .map_err(|e| Error::Engine(e.to_string()))?;
-        Ok(PolicyEngine { pre, deadlines, ticker: EpochTicker::start(engine, options.tick) })
+        Ok(PolicyEngine {
+            pre,
+            deadlines,
+            ticker: EpochTicker::start(engine, options.tick),
+        })
     }
 
     /// Calls a waPC function of the module on a fresh instance.
@@ -96,7 +113,10 @@ impl PolicyEngine {
     /// A fresh instance, for one call.
     pub fn instantiate(&self) -> Result<Instance> {
         debug_assert!(self.ticker.is_running());
-        let provider = self.pre.rehydrate(Some(self.deadlines)).map_err(|e| Error::Engine(e.to_string()))?;
+        let provider = self
+            .pre
+            .rehydrate(Some(self.deadlines))
+            .map_err(|e| Error::Engine(e.to_string()))?;
         let host = WapcHost::new(Box::new(provider), Some(Box::new(answer_host_call)))
             .map_err(|e| Error::Evaluation(e.to_string()))?;
         Ok(Instance { host })
@@ -112,7 +132,9 @@ pub struct Instance {
 
 impl Instance {
     pub fn call(&self, function: &str, payload: &[u8]) -> Result<Vec<u8>> {
-        self.host.call(function, payload).map_err(|e| Error::Evaluation(e.to_string()))
+        self.host
+            .call(function, payload)
+            .map_err(|e| Error::Evaluation(e.to_string()))
     }
 }
 
@@ -129,7 +151,9 @@ fn wasmtime_engine() -> Result<wasmtime::Engine> {
         .total_core_instances(POOLED_INSTANCES)
         .max_memory_size(MAX_MEMORY_BYTES);
     if fast_memory_reset() {
-        pooling.linear_memory_keep_resident(KEEP_RESIDENT_BYTES).pagemap_scan(wasmtime::Enabled::Yes);
+        pooling
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .pagemap_scan(wasmtime::Enabled::Yes);
     }
     config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
     wasmtime::Engine::new(&config).map_err(|e| Error::Engine(e.to_string()))
@@ -148,7 +172,9 @@ fn fast_memory_reset() -> bool {
 /// Any swap device or file on the machine (`/proc/swaps` is not namespaced: a container sees
 /// the node's). Unreadable counts as configured.
 fn swap_configured() -> bool {
-    std::fs::read_to_string("/proc/swaps").map_or(true, |swaps| swaps.lines().skip(1).any(|line| !line.trim().is_empty()))
+    std::fs::read_to_string("/proc/swaps").map_or(true, |swaps| {
+        swaps.lines().skip(1).any(|line| !line.trim().is_empty())
+    })
 }
 
 /// The module's calls to its host. Kubewarden's SDK logs through `kubewarden/tracing/log`
@@ -163,7 +189,9 @@ fn answer_host_call(
 ) -> std::result::Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
     match (binding, namespace, operation) {
         ("kubewarden", "tracing", "log") => Ok(Vec::new()),
-        _ => Err(format!("host capability {binding}/{namespace}/{operation} is not offered").into()),
+        _ => {
+            Err(format!("host capability {binding}/{namespace}/{operation} is not offered").into())
+        }
     }
 }
 

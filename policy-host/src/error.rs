@@ -1,7 +1,10 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("reading {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("policy metadata is not valid YAML: {0}")]
     MetadataYaml(#[from] serde_norway::Error),
     #[error("policy metadata: {0}")]

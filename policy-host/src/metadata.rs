@@ -23,11 +23,19 @@ pub fn metadata_from_yaml(yaml: &str) -> Result<Value> {
 pub fn annotate(module: &[u8], metadata: &Value) -> Result<Vec<u8>> {
     match metadata.get("protocolVersion").and_then(Value::as_str) {
         Some("v1") => {}
-        other => return Err(Error::Metadata(format!("protocolVersion must be \"v1\", found {other:?}"))),
+        other => {
+            return Err(Error::Metadata(format!(
+                "protocolVersion must be \"v1\", found {other:?}"
+            )))
+        }
     }
     let mut annotated = strip_metadata(module)?;
     let payload = serde_json::to_vec(metadata).map_err(|e| Error::Metadata(e.to_string()))?;
-    CustomSection { name: METADATA_SECTION.into(), data: payload.into() }.append_to(&mut annotated);
+    CustomSection {
+        name: METADATA_SECTION.into(),
+        data: payload.into(),
+    }
+    .append_to(&mut annotated);
     Ok(annotated)
 }
 
@@ -36,8 +44,9 @@ pub fn read_metadata(module: &[u8]) -> Result<Option<Value>> {
     for payload in Parser::new(0).parse_all(module) {
         if let Payload::CustomSection(section) = payload? {
             if section.name() == METADATA_SECTION {
-                let metadata = serde_json::from_slice(section.data())
-                    .map_err(|e| Error::Metadata(format!("the {METADATA_SECTION} section is not JSON: {e}")))?;
+                let metadata = serde_json::from_slice(section.data()).map_err(|e| {
+                    Error::Metadata(format!("the {METADATA_SECTION} section is not JSON: {e}"))
+                })?;
                 return Ok(Some(metadata));
             }
         }
@@ -53,7 +62,8 @@ fn strip_metadata(module: &[u8]) -> Result<Vec<u8>> {
             kept.extend_from_slice(&module[..range.end as usize]);
             continue;
         }
-        let is_metadata = matches!(&payload, Payload::CustomSection(s) if s.name() == METADATA_SECTION);
+        let is_metadata =
+            matches!(&payload, Payload::CustomSection(s) if s.name() == METADATA_SECTION);
         if let Some((id, range)) = payload.as_section().filter(|_| !is_metadata) {
             let data = &module[range.start as usize..range.end as usize];
             RawSection { id, data }.append_to(&mut kept);
@@ -74,7 +84,10 @@ mod tests {
     fn annotating_twice_keeps_one_section() {
         let once = annotate(EMPTY_MODULE, &json!({"protocolVersion": "v1", "n": 1})).unwrap();
         let twice = annotate(&once, &json!({"protocolVersion": "v1", "n": 2})).unwrap();
-        assert_eq!(read_metadata(&twice).unwrap(), Some(json!({"protocolVersion": "v1", "n": 2})));
+        assert_eq!(
+            read_metadata(&twice).unwrap(),
+            Some(json!({"protocolVersion": "v1", "n": 2}))
+        );
         assert_eq!(twice.len(), once.len());
         wasmparser::validate(&twice).unwrap();
     }

@@ -18,15 +18,28 @@ fn guest(body: &str) -> Vec<u8> {
 #[test]
 fn a_guest_that_never_returns_is_interrupted_at_the_deadline() {
     let deadline = Duration::from_millis(200);
-    let options = EngineOptions { tick: Duration::from_millis(5), deadline };
-    let engine = PolicyEngine::new(&guest("(loop $forever (br $forever)) i32.const 1"), options).unwrap();
+    let options = EngineOptions {
+        tick: Duration::from_millis(5),
+        deadline,
+    };
+    let engine =
+        PolicyEngine::new(&guest("(loop $forever (br $forever)) i32.const 1"), options).unwrap();
     for _ in 0..3 {
         let started = Instant::now();
         let error = engine.call("validate", b"{}").unwrap_err();
         let took = started.elapsed();
-        assert!(took >= deadline / 2, "interrupted after {took:?}, before the deadline {deadline:?}");
-        assert!(took < deadline * 5, "interrupted only after {took:?}, the deadline is {deadline:?}");
-        assert!(error.to_string().contains("policy evaluation failed"), "{error}");
+        assert!(
+            took >= deadline / 2,
+            "interrupted after {took:?}, before the deadline {deadline:?}"
+        );
+        assert!(
+            took < deadline * 5,
+            "interrupted only after {took:?}, the deadline is {deadline:?}"
+        );
+        assert!(
+            error.to_string().contains("policy evaluation failed"),
+            "{error}"
+        );
     }
 }
 

@@ -29,21 +29,39 @@ fn policies_dir() -> PathBuf {
 }
 
 fn read_json(path: PathBuf) -> Value {
-    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_json::from_slice(&std::fs::read(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 #[test]
 fn the_module_is_annotated_for_policy_server() {
-    let metadata = read_metadata(module()).unwrap().expect("the io.kubewarden.metadata section");
+    let metadata = read_metadata(module())
+        .unwrap()
+        .expect("the io.kubewarden.metadata section");
     assert_eq!(metadata["protocolVersion"], "v1");
     assert_eq!(metadata["mutating"], true);
     let kinds: Vec<&str> = metadata["rules"]
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|rule| rule["resources"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()))
+        .flat_map(|rule| {
+            rule["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap())
+        })
         .collect();
-    for resource in ["pods", "deployments", "daemonsets", "statefulsets", "replicasets", "jobs", "cronjobs", "replicationcontrollers"] {
+    for resource in [
+        "pods",
+        "deployments",
+        "daemonsets",
+        "statefulsets",
+        "replicasets",
+        "jobs",
+        "cronjobs",
+        "replicationcontrollers",
+    ] {
         assert!(kinds.contains(&resource), "rules miss {resource}");
     }
     for rule in metadata["rules"].as_array().unwrap() {
@@ -60,7 +78,8 @@ fn wasm_and_native_answer_every_fixture_identically() {
         for entry in std::fs::read_dir(policies_dir().join("fixtures")).unwrap() {
             let path = entry.unwrap().path();
             let request = read_json(path.clone());
-            let payload = serde_json::to_vec(&json!({"settings": settings, "request": request})).unwrap();
+            let payload =
+                serde_json::to_vec(&json!({"settings": settings, "request": request})).unwrap();
             let native = serde_json::to_vec(&lumigo_policy::admission::evaluate(&payload)).unwrap();
             let wasm = engine().call("validate", &payload).unwrap();
             assert_eq!(
@@ -81,7 +100,8 @@ fn wasm_and_native_answer_every_fixture_identically() {
 fn precompiled_code_answers_like_the_compiled_module() {
     let precompiled = PolicyEngine::precompile(module()).unwrap();
     // SAFETY: made by `precompile` of this build just above.
-    let loaded = unsafe { PolicyEngine::from_precompiled(&precompiled, EngineOptions::default()) }.unwrap();
+    let loaded =
+        unsafe { PolicyEngine::from_precompiled(&precompiled, EngineOptions::default()) }.unwrap();
     let settings = read_json(policies_dir().join("settings.json"));
     let request = read_json(policies_dir().join("fixtures/deployment-create.json"));
     let payload = serde_json::to_vec(&json!({"settings": settings, "request": request})).unwrap();
@@ -93,12 +113,20 @@ fn precompiled_code_answers_like_the_compiled_module() {
 #[test]
 fn settings_are_validated_inside_the_module() {
     let good = std::fs::read(policies_dir().join("settings.json")).unwrap();
-    let answer: Value = serde_json::from_slice(&engine().call("validate_settings", &good).unwrap()).unwrap();
+    let answer: Value =
+        serde_json::from_slice(&engine().call("validate_settings", &good).unwrap()).unwrap();
     assert_eq!(answer["valid"], true);
     let bad = br#"{"injectorImage": "lumigo/autotrace", "tokenSecret": {"name": "s", "key": "k"}, "operatorVersion": "1"}"#;
-    let answer: Value = serde_json::from_slice(&engine().call("validate_settings", bad).unwrap()).unwrap();
+    let answer: Value =
+        serde_json::from_slice(&engine().call("validate_settings", bad).unwrap()).unwrap();
     assert_eq!(answer["valid"], false);
-    assert!(answer["message"].as_str().unwrap().contains("injectorImage"), "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("injectorImage"),
+        "{answer}"
+    );
 }
 
 fn arbitrary_json() -> impl Strategy<Value = Value> {
@@ -107,8 +135,17 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
         ".{0,12}".prop_map(Value::from),
-        prop::sample::select(vec!["CREATE", "UPDATE", "Deployment", "Pod", "apps", "", "containers", "env"])
-            .prop_map(Value::from),
+        prop::sample::select(vec![
+            "CREATE",
+            "UPDATE",
+            "Deployment",
+            "Pod",
+            "apps",
+            "",
+            "containers",
+            "env"
+        ])
+        .prop_map(Value::from),
     ];
     leaf.prop_recursive(5, 64, 6, |inner| {
         prop_oneof![
@@ -116,14 +153,32 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
             prop::collection::vec(
                 (
                     prop::sample::select(vec![
-                        "kind", "group", "operation", "object", "spec", "template", "metadata", "labels",
-                        "containers", "env", "name", "volumes", "initContainers", "annotations", "x",
+                        "kind",
+                        "group",
+                        "operation",
+                        "object",
+                        "spec",
+                        "template",
+                        "metadata",
+                        "labels",
+                        "containers",
+                        "env",
+                        "name",
+                        "volumes",
+                        "initContainers",
+                        "annotations",
+                        "x",
                     ]),
                     inner
                 ),
                 0..5
             )
-            .prop_map(|entries| Value::Object(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+            .prop_map(|entries| Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect()
+            )),
         ]
     })
 }
@@ -132,10 +187,18 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
 fn damaged_request() -> impl Strategy<Value = Value> {
     let request = read_json(policies_dir().join("fixtures/deployment-create.json"));
     let pointers = vec![
-        "/object", "/object/spec", "/object/spec/template", "/object/spec/template/spec",
-        "/object/spec/template/spec/containers", "/object/spec/template/spec/containers/0",
-        "/object/spec/template/spec/containers/0/env", "/object/metadata", "/object/metadata/labels",
-        "/object/spec/template/metadata", "/kind", "/operation",
+        "/object",
+        "/object/spec",
+        "/object/spec/template",
+        "/object/spec/template/spec",
+        "/object/spec/template/spec/containers",
+        "/object/spec/template/spec/containers/0",
+        "/object/spec/template/spec/containers/0/env",
+        "/object/metadata",
+        "/object/metadata/labels",
+        "/object/spec/template/metadata",
+        "/kind",
+        "/operation",
     ];
     (prop::sample::select(pointers), arbitrary_json()).prop_map(move |(pointer, junk)| {
         let mut damaged = request.clone();

@@ -23,15 +23,22 @@ struct ValidationRequest {
 pub fn evaluate(payload: &[u8]) -> ValidationResponse {
     let request: ValidationRequest = match serde_json::from_slice(payload) {
         Ok(request) => request,
-        Err(error) => return accept_with_warning(format!("{WARNING_PREFIX}: cannot read the admission request: {error}")),
+        Err(error) => {
+            return accept_with_warning(format!(
+                "{WARNING_PREFIX}: cannot read the admission request: {error}"
+            ))
+        }
     };
     let settings = match Settings::parse(&request.settings) {
         Ok(settings) => settings,
         Err(error) => return accept_with_warning(format!("{WARNING_PREFIX}: {error}")),
     };
     let admission = request.request;
-    let Some(operation) = Operation::from_admission(&admission.operation) else { return accepted() };
-    let Some(kind) = WorkloadKind::from_group_kind(&admission.kind.group, &admission.kind.kind) else {
+    let Some(operation) = Operation::from_admission(&admission.operation) else {
+        return accepted();
+    };
+    let Some(kind) = WorkloadKind::from_group_kind(&admission.kind.group, &admission.kind.kind)
+    else {
         return accepted();
     };
     if !admission.sub_resource.is_empty() {
@@ -39,10 +46,18 @@ pub fn evaluate(payload: &[u8]) -> ValidationResponse {
     }
     let mut object = admission.object;
     match reconcile(&mut object, kind, &settings.0, operation) {
-        Outcome::Changed(_) => ValidationResponse { mutated_object: Some(object), ..accepted() },
+        Outcome::Changed(_) => ValidationResponse {
+            mutated_object: Some(object),
+            ..accepted()
+        },
         Outcome::Unchanged(reason) if reason.is_problem() => {
-            let name = object.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or(&admission.name);
-            accept_with_warning(format!("{WARNING_PREFIX}: {kind} {name} is not instrumented: {reason}"))
+            let name = object
+                .pointer("/metadata/name")
+                .and_then(|n| n.as_str())
+                .unwrap_or(&admission.name);
+            accept_with_warning(format!(
+                "{WARNING_PREFIX}: {kind} {name} is not instrumented: {reason}"
+            ))
         }
         Outcome::Unchanged(_) => accepted(),
     }
@@ -53,8 +68,14 @@ pub fn validate_settings(payload: &[u8]) -> SettingsValidationResponse {
         .map_err(|error| format!("settings are not JSON: {error}"))
         .and_then(|raw| Settings::parse(&raw));
     match parsed {
-        Ok(_) => SettingsValidationResponse { valid: true, message: None },
-        Err(message) => SettingsValidationResponse { valid: false, message: Some(message) },
+        Ok(_) => SettingsValidationResponse {
+            valid: true,
+            message: None,
+        },
+        Err(message) => SettingsValidationResponse {
+            valid: false,
+            message: Some(message),
+        },
     }
 }
 
@@ -70,5 +91,8 @@ fn accepted() -> ValidationResponse {
 }
 
 fn accept_with_warning(warning: String) -> ValidationResponse {
-    ValidationResponse { warnings: Some(vec![warning]), ..accepted() }
+    ValidationResponse {
+        warnings: Some(vec![warning]),
+        ..accepted()
+    }
 }

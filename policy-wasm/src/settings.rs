@@ -18,7 +18,8 @@ impl Validatable for Settings {
 impl Settings {
     /// Parses and validates in one step, for evaluation; the message says which failed.
     pub fn parse(raw: &serde_json::Value) -> Result<Self, String> {
-        let settings = Settings::deserialize(raw).map_err(|error| format!("invalid settings: {error}"))?;
+        let settings =
+            Settings::deserialize(raw).map_err(|error| format!("invalid settings: {error}"))?;
         Validatable::validate(&settings)?;
         Ok(settings)
     }
@@ -31,7 +32,8 @@ mod tests {
 
     #[test]
     fn missing_required_fields_are_named() {
-        let error = Settings::parse(&json!({"injectorImage": "a:1", "operatorVersion": "1"})).unwrap_err();
+        let error =
+            Settings::parse(&json!({"injectorImage": "a:1", "operatorVersion": "1"})).unwrap_err();
         assert!(error.contains("tokenSecret"), "{error}");
     }
 
@@ -43,6 +45,9 @@ mod tests {
             "operatorVersion": "1"
         }))
         .unwrap_err();
-        assert!(error.contains("injectorImage") && error.contains("pinned"), "{error}");
+        assert!(
+            error.contains("injectorImage") && error.contains("pinned"),
+            "{error}"
+        );
     }
 }

@@ -15,15 +15,31 @@ enum Expect {
 
 fn expectation(fixture: &str) -> Expect {
     match fixture {
-        "cronjob-create" | "daemonset-create" | "deployment-create" | "job-create" | "pod-create"
-        | "replicaset-create" | "replicationcontroller-create" | "statefulset-create" | "deployment-update"
-        | "pod-multi-container-init-ephemeral" | "deployment-existing-ld-preload-and-lumigo-env"
-        | "deployment-injected-by-older-version" | "deployment-injected-then-opted-out"
-        | "pod-owned-by-custom-controller" | "deployment-fields-newer-than-k8s-openapi" => Expect::Mutated,
-        "deployment-delete" | "deployment-opted-out" | "deployment-template-opted-out"
-        | "replicaset-owned-by-deployment" | "job-owned-by-cronjob" | "pod-owned-by-replicaset"
+        "cronjob-create"
+        | "daemonset-create"
+        | "deployment-create"
+        | "job-create"
+        | "pod-create"
+        | "replicaset-create"
+        | "replicationcontroller-create"
+        | "statefulset-create"
+        | "deployment-update"
+        | "pod-multi-container-init-ephemeral"
+        | "deployment-existing-ld-preload-and-lumigo-env"
+        | "deployment-injected-by-older-version"
+        | "deployment-injected-then-opted-out"
+        | "pod-owned-by-custom-controller"
+        | "deployment-fields-newer-than-k8s-openapi" => Expect::Mutated,
+        "deployment-delete"
+        | "deployment-opted-out"
+        | "deployment-template-opted-out"
+        | "replicaset-owned-by-deployment"
+        | "job-owned-by-cronjob"
+        | "pod-owned-by-replicaset"
         | "deployment-status-subresource" => Expect::Untouched,
-        "deployment-own-volume-of-our-name" | "job-update" | "deployment-without-containers" => Expect::Warned,
+        "deployment-own-volume-of-our-name" | "job-update" | "deployment-without-containers" => {
+            Expect::Warned
+        }
         other => panic!("fixture {other} has no expectation: add it to this table"),
     }
 }
@@ -33,7 +49,8 @@ fn policies_dir() -> PathBuf {
 }
 
 fn read_json(path: PathBuf) -> Value {
-    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_json::from_slice(&std::fs::read(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn fixtures() -> Vec<(String, Value)> {
@@ -41,7 +58,12 @@ fn fixtures() -> Vec<(String, Value)> {
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
-        .map(|path| (path.file_stem().unwrap().to_string_lossy().into_owned(), read_json(path)))
+        .map(|path| {
+            (
+                path.file_stem().unwrap().to_string_lossy().into_owned(),
+                read_json(path),
+            )
+        })
         .collect();
     fixtures.sort_by(|a, b| a.0.cmp(&b.0));
     assert!(fixtures.len() >= 25, "fixtures went missing");
@@ -52,14 +74,23 @@ fn fixtures() -> Vec<(String, Value)> {
 fn every_fixture_is_accepted_and_handled_as_expected() {
     let settings = read_json(policies_dir().join("settings.json"));
     for (name, request) in fixtures() {
-        let payload = serde_json::to_vec(&json!({"settings": settings, "request": request})).unwrap();
+        let payload =
+            serde_json::to_vec(&json!({"settings": settings, "request": request})).unwrap();
         let response = evaluate(&payload);
-        assert!(response.accepted, "{name}: a mutating policy of ours never denies");
+        assert!(
+            response.accepted,
+            "{name}: a mutating policy of ours never denies"
+        );
         let got = match (&response.mutated_object, &response.warnings) {
             (Some(_), None) => Expect::Mutated,
             (None, None) => Expect::Untouched,
             (None, Some(warnings)) => {
-                assert!(warnings.iter().all(|w| w.starts_with("lumigo: ") && w.len() < 256), "{name}: {warnings:?}");
+                assert!(
+                    warnings
+                        .iter()
+                        .all(|w| w.starts_with("lumigo: ") && w.len() < 256),
+                    "{name}: {warnings:?}"
+                );
                 Expect::Warned
             }
             (Some(_), Some(warnings)) => panic!("{name}: mutated and warned {warnings:?}"),
@@ -71,23 +102,34 @@ fn every_fixture_is_accepted_and_handled_as_expected() {
 #[test]
 fn fields_newer_than_any_client_library_are_kept() {
     let settings = read_json(policies_dir().join("settings.json"));
-    let request = read_json(policies_dir().join("fixtures/deployment-fields-newer-than-k8s-openapi.json"));
+    let request =
+        read_json(policies_dir().join("fixtures/deployment-fields-newer-than-k8s-openapi.json"));
     let payload = serde_json::to_vec(&json!({"settings": settings, "request": request})).unwrap();
     let mutated = evaluate(&payload).mutated_object.unwrap();
     let spec = &mutated["spec"]["template"]["spec"];
     assert_eq!(spec["schedulingGatesV3"], json!({"x": 1}));
-    assert_eq!(spec["containers"][0]["fieldFromKubernetes2030"], json!({"enabled": true, "modes": ["a", "b"]}));
+    assert_eq!(
+        spec["containers"][0]["fieldFromKubernetes2030"],
+        json!({"enabled": true, "modes": ["a", "b"]})
+    );
 }
 
 #[test]
 fn the_older_versions_injection_is_replaced_not_stacked() {
     let settings = read_json(policies_dir().join("settings.json"));
-    let request = read_json(policies_dir().join("fixtures/deployment-injected-by-older-version.json"));
+    let request =
+        read_json(policies_dir().join("fixtures/deployment-injected-by-older-version.json"));
     let payload = serde_json::to_vec(&json!({"settings": settings, "request": request})).unwrap();
     let mutated = evaluate(&payload).mutated_object.unwrap();
     let template = &mutated["spec"]["template"];
-    assert_eq!(template["metadata"]["labels"]["lumigo.auto-trace"], "lumigo-operator.v0.1.0");
-    assert_eq!(template["spec"]["initContainers"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        template["metadata"]["labels"]["lumigo.auto-trace"],
+        "lumigo-operator.v0.1.0"
+    );
+    assert_eq!(
+        template["spec"]["initContainers"].as_array().unwrap().len(),
+        1
+    );
     let env = template["spec"]["containers"][0]["env"].as_array().unwrap();
     assert_eq!(env.iter().filter(|e| e["name"] == "LD_PRELOAD").count(), 1);
 }
@@ -98,7 +140,8 @@ fn bad_payloads_and_settings_are_accepted_with_a_warning() {
     for payload in [
         b"not json".to_vec(),
         serde_json::to_vec(&json!({"settings": {}, "request": request})).unwrap(),
-        serde_json::to_vec(&json!({"settings": {"injectorImage": "x"}, "request": request})).unwrap(),
+        serde_json::to_vec(&json!({"settings": {"injectorImage": "x"}, "request": request}))
+            .unwrap(),
     ] {
         let response = evaluate(&payload);
         assert!(response.accepted && response.mutated_object.is_none());
@@ -115,9 +158,18 @@ fn settings_validation_explains_itself() {
     assert!(validate_settings(&logs).valid);
     for (bad, mentions) in [
         (json!({}), "injectorImage"),
-        (json!({"injectorImage": "i:latest", "tokenSecret": {"name": "s", "key": "k"}, "operatorVersion": "1"}), "pinned"),
-        (json!({"injectorImage": "i:1", "tokenSecret": {"name": "s", "key": "k"}, "operatorVersion": "1", "enableLog": true}), "enableLog"),
-        (json!({"injectorImage": "i:1", "tokenSecret": {"name": "s", "key": "k"}, "operatorVersion": "1", "logsEndpoint": "x"}), "logsEndpoint"),
+        (
+            json!({"injectorImage": "i:latest", "tokenSecret": {"name": "s", "key": "k"}, "operatorVersion": "1"}),
+            "pinned",
+        ),
+        (
+            json!({"injectorImage": "i:1", "tokenSecret": {"name": "s", "key": "k"}, "operatorVersion": "1", "enableLog": true}),
+            "enableLog",
+        ),
+        (
+            json!({"injectorImage": "i:1", "tokenSecret": {"name": "s", "key": "k"}, "operatorVersion": "1", "logsEndpoint": "x"}),
+            "logsEndpoint",
+        ),
     ] {
         let response = validate_settings(&serde_json::to_vec(&bad).unwrap());
         assert!(!response.valid, "{bad}");

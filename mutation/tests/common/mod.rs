@@ -28,7 +28,10 @@ pub fn workload(kind: WorkloadKind, metadata: Value, template: Value) -> Value {
             for (key, value) in template.as_object().unwrap() {
                 pod[key] = value.clone();
             }
-            pod["metadata"] = merge(metadata, template.get("metadata").cloned().unwrap_or(json!({})));
+            pod["metadata"] = merge(
+                metadata,
+                template.get("metadata").cloned().unwrap_or(json!({})),
+            );
             pod
         }
         WorkloadKind::CronJob => json!({

@@ -15,7 +15,8 @@ use k8s_openapi::ByteString;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -63,11 +64,16 @@ impl ServingCertificate {
         let not_after = now + lifetime;
 
         let mut ca_params = CertificateParams::default();
-        ca_params.distinguished_name.push(DnType::CommonName, "lumigo-operator admission CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "lumigo-operator admission CA");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         // webpki rejects a CA whose key usage does not allow signing certificates.
-        ca_params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         ca_params.not_before = not_before;
         ca_params.not_after = not_after;
         let ca_key = KeyPair::generate()?;
@@ -75,9 +81,15 @@ impl ServingCertificate {
         let issuer = Issuer::new(ca_params, ca_key);
 
         let mut params = CertificateParams::new(hosts.to_vec())?;
-        params.distinguished_name.push(DnType::CommonName, hosts.first().map(String::as_str).unwrap_or("webhook"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            hosts.first().map(String::as_str).unwrap_or("webhook"),
+        );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.not_before = not_before;
         params.not_after = not_after;
         let key = KeyPair::generate()?;
@@ -95,7 +107,10 @@ impl ServingCertificate {
     /// What the Secret holds, or `None` when it holds nothing usable (it is then re-issued).
     fn from_secret(secret: &Secret) -> Option<Self> {
         let data = secret.data.as_ref()?;
-        let text = |key: &str| data.get(key).and_then(|value| String::from_utf8(value.0.clone()).ok());
+        let text = |key: &str| {
+            data.get(key)
+                .and_then(|value| String::from_utf8(value.0.clone()).ok())
+        };
         let cert_pem = text(CERT_KEY)?;
         let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
         let cert = pem.parse_x509().ok()?;
@@ -103,7 +118,12 @@ impl ServingCertificate {
         Some(ServingCertificate {
             ca_pem: text(CA_KEY)?,
             key_pem: text(KEY_KEY)?,
-            hosts: secret.metadata.annotations.as_ref()?.get(HOSTS_ANNOTATION)?.clone(),
+            hosts: secret
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(HOSTS_ANNOTATION)?
+                .clone(),
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
             cert_pem,
@@ -111,15 +131,22 @@ impl ServingCertificate {
     }
 
     fn to_secret(&self, name: &str, resource_version: Option<String>) -> Secret {
-        let data = [(CA_KEY, &self.ca_pem), (CERT_KEY, &self.cert_pem), (KEY_KEY, &self.key_pem)]
-            .into_iter()
-            .map(|(key, value)| (key.to_owned(), ByteString(value.as_bytes().to_vec())))
-            .collect();
+        let data = [
+            (CA_KEY, &self.ca_pem),
+            (CERT_KEY, &self.cert_pem),
+            (KEY_KEY, &self.key_pem),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), ByteString(value.as_bytes().to_vec())))
+        .collect();
         Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
                 resource_version,
-                annotations: Some(BTreeMap::from([(HOSTS_ANNOTATION.to_owned(), self.hosts.clone())])),
+                annotations: Some(BTreeMap::from([(
+                    HOSTS_ANNOTATION.to_owned(),
+                    self.hosts.clone(),
+                )])),
                 labels: Some(BTreeMap::from([(
                     "app.kubernetes.io/managed-by".to_owned(),
                     "lumigo-operator".to_owned(),
@@ -159,13 +186,21 @@ pub(crate) struct CertificateResolver {
 
 impl ResolvesServerCert for CertificateResolver {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
+        )
     }
 }
 
 impl CertificateResolver {
     fn replace(&self, key: CertifiedKey) {
-        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(key);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(key);
     }
 }
 
@@ -181,12 +216,25 @@ pub(crate) struct CertificateManager {
 
 impl CertificateManager {
     /// Loads the stored certificate, or issues and stores one, ready to serve.
-    pub async fn start(options: TlsOptions, client: Client, provider: Arc<CryptoProvider>) -> Result<Self> {
+    pub async fn start(
+        options: TlsOptions,
+        client: Client,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self> {
         let secrets = Api::namespaced(client.clone(), &options.secret_namespace);
         let configurations = Api::all(client);
         let served = current_certificate(&secrets, &options).await?;
-        let resolver = Arc::new(CertificateResolver { current: RwLock::new(Arc::new(served.certified_key(&provider)?)) });
-        let manager = CertificateManager { options, secrets, configurations, provider, resolver, served };
+        let resolver = Arc::new(CertificateResolver {
+            current: RwLock::new(Arc::new(served.certified_key(&provider)?)),
+        });
+        let manager = CertificateManager {
+            options,
+            secrets,
+            configurations,
+            provider,
+            resolver,
+            served,
+        };
         // Serving does not depend on it, and every check retries it.
         if let Err(error) = manager.publish_ca_bundle().await {
             tracing::warn!(%error, "could not publish the admission CA bundle yet");
@@ -216,7 +264,10 @@ impl CertificateManager {
         }
         // The apiserver must trust the new CA before the new certificate is served; trusting both
         // meanwhile keeps requests in flight on either side of the swap verifiable.
-        if self.publish_ca_bundle_for(&stored, Some(&self.served.ca_pem)).await? {
+        if self
+            .publish_ca_bundle_for(&stored, Some(&self.served.ca_pem))
+            .await?
+        {
             tokio::time::sleep(self.options.rotation_grace).await;
         }
         self.resolver.replace(stored.certified_key(&self.provider)?);
@@ -226,26 +277,42 @@ impl CertificateManager {
     }
 
     async fn publish_ca_bundle(&self) -> Result<()> {
-        self.publish_ca_bundle_for(&self.served, None).await.map(drop)
+        self.publish_ca_bundle_for(&self.served, None)
+            .await
+            .map(drop)
     }
 
     /// Makes every webhook of the configuration trust `certificate`'s CA (and `previous_ca`, if
     /// given). Whether the configuration changed; a missing configuration (not installed yet) is
     /// not an error.
-    async fn publish_ca_bundle_for(&self, certificate: &ServingCertificate, previous_ca: Option<&str>) -> Result<bool> {
-        let Some(name) = &self.options.webhook_configuration else { return Ok(false) };
+    async fn publish_ca_bundle_for(
+        &self,
+        certificate: &ServingCertificate,
+        previous_ca: Option<&str>,
+    ) -> Result<bool> {
+        let Some(name) = &self.options.webhook_configuration else {
+            return Ok(false);
+        };
         let Some(mut configuration) = self.configurations.get_opt(name).await? else {
             tracing::debug!(configuration = %name, "no webhook configuration to publish the CA to yet");
             return Ok(false);
         };
         let bundle = match previous_ca {
-            Some(previous) if previous != certificate.ca_pem => format!("{}{previous}", certificate.ca_pem),
+            Some(previous) if previous != certificate.ca_pem => {
+                format!("{}{previous}", certificate.ca_pem)
+            }
             _ => certificate.ca_pem.clone(),
         };
         let mut changed = false;
         for webhook in configuration.webhooks.iter_mut().flatten() {
-            let trusted = webhook.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()).unwrap_or_default();
-            let trusts_current = String::from_utf8_lossy(trusted).contains(certificate.ca_pem.trim());
+            let trusted = webhook
+                .client_config
+                .ca_bundle
+                .as_ref()
+                .map(|b| b.0.as_slice())
+                .unwrap_or_default();
+            let trusts_current =
+                String::from_utf8_lossy(trusted).contains(certificate.ca_pem.trim());
             if !trusts_current || previous_ca.is_some_and(|_| trusted != bundle.as_bytes()) {
                 webhook.client_config.ca_bundle = Some(ByteString(bundle.as_bytes().to_vec()));
                 changed = true;
@@ -253,7 +320,9 @@ impl CertificateManager {
         }
         if changed {
             // Replaced at the resourceVersion read: a concurrent writer makes this fail and the next check retry.
-            self.configurations.replace(name, &PostParams::default(), &configuration).await?;
+            self.configurations
+                .replace(name, &PostParams::default(), &configuration)
+                .await?;
             tracing::info!(configuration = %name, "published the admission CA bundle");
         }
         Ok(changed)
@@ -263,7 +332,10 @@ impl CertificateManager {
 /// The certificate in the Secret, issued (or re-issued) first when it is missing, unusable or due
 /// for renewal. Another replica may do the same at the same moment: the write that loses gets a
 /// conflict and reads the winner's.
-async fn current_certificate(secrets: &Api<Secret>, options: &TlsOptions) -> Result<ServingCertificate> {
+async fn current_certificate(
+    secrets: &Api<Secret>,
+    options: &TlsOptions,
+) -> Result<ServingCertificate> {
     for _ in 0..3 {
         let existing = secrets.get_opt(&options.secret_name).await?;
         let stored = existing.as_ref().and_then(ServingCertificate::from_secret);
@@ -273,10 +345,24 @@ async fn current_certificate(secrets: &Api<Secret>, options: &TlsOptions) -> Res
         }
         let issued = ServingCertificate::generate(&options.hosts, options.lifetime)?;
         let written = match existing {
-            None => secrets.create(&PostParams::default(), &issued.to_secret(&options.secret_name, None)).await,
+            None => {
+                secrets
+                    .create(
+                        &PostParams::default(),
+                        &issued.to_secret(&options.secret_name, None),
+                    )
+                    .await
+            }
             Some(secret) => {
-                let secret_with_version = issued.to_secret(&options.secret_name, secret.metadata.resource_version);
-                secrets.replace(&options.secret_name, &PostParams::default(), &secret_with_version).await
+                let secret_with_version =
+                    issued.to_secret(&options.secret_name, secret.metadata.resource_version);
+                secrets
+                    .replace(
+                        &options.secret_name,
+                        &PostParams::default(),
+                        &secret_with_version,
+                    )
+                    .await
             }
         };
         match written {
@@ -308,7 +394,9 @@ mod tests {
         let read = ServingCertificate::from_secret(&issued.to_secret("s", None)).unwrap();
         // Validity is second-granular in X.509, as in `generate`.
         assert_eq!(read, issued);
-        issued.certified_key(&rustls::crypto::ring::default_provider()).unwrap();
+        issued
+            .certified_key(&rustls::crypto::ring::default_provider())
+            .unwrap();
     }
 
     #[test]

@@ -41,7 +41,9 @@ impl PolicyCompiler {
     /// # Safety
     /// This process must be the operator binary: the child's output is loaded as native code.
     pub unsafe fn own_executable() -> Self {
-        PolicyCompiler { executable: Some(PathBuf::from("/proc/self/exe")) }
+        PolicyCompiler {
+            executable: Some(PathBuf::from("/proc/self/exe")),
+        }
     }
 
     /// In a child process running `executable`.
@@ -51,14 +53,20 @@ impl PolicyCompiler {
     /// dependencies as this process (e.g. cargo's `CARGO_BIN_EXE_` beside a test), or fail
     /// without output: its output is loaded as native code.
     pub unsafe fn child(executable: PathBuf) -> Self {
-        PolicyCompiler { executable: Some(executable) }
+        PolicyCompiler {
+            executable: Some(executable),
+        }
     }
 }
 
 /// The engine for `module`, compiled where `compiler` says; a child process that fails is
 /// replaced by compiling here, with a warning: the webhook still works, it just keeps the
 /// compiler's memory.
-pub fn engine(module: &[u8], compiler: &PolicyCompiler, options: EngineOptions) -> Result<PolicyEngine, lumigo_policy_host::Error> {
+pub fn engine(
+    module: &[u8],
+    compiler: &PolicyCompiler,
+    options: EngineOptions,
+) -> Result<PolicyEngine, lumigo_policy_host::Error> {
     engine_within(module, compiler, options, DEADLINE)
 }
 
@@ -77,7 +85,8 @@ fn engine_within(
         // operator binary of this build, whose `precompile-policy` writes what
         // `PolicyEngine::precompile` returned (and wasmtime refuses code from another version
         // or other settings).
-        unsafe { PolicyEngine::from_precompiled(&precompiled, options) }.map_err(|error| error.to_string())
+        unsafe { PolicyEngine::from_precompiled(&precompiled, options) }
+            .map_err(|error| error.to_string())
     });
     match loaded {
         Ok(engine) => {
@@ -91,7 +100,10 @@ fn engine_within(
     }
 }
 
-fn compile_here(module: &[u8], options: EngineOptions) -> Result<PolicyEngine, lumigo_policy_host::Error> {
+fn compile_here(
+    module: &[u8],
+    options: EngineOptions,
+) -> Result<PolicyEngine, lumigo_policy_host::Error> {
     let engine = PolicyEngine::new(module, options);
     // The compiler's working memory is free now; give it back rather than keep it resident.
     crate::memory::release_freed_memory();
@@ -100,7 +112,11 @@ fn compile_here(module: &[u8], options: EngineOptions) -> Result<PolicyEngine, l
 
 /// Runs `executable precompile-policy` with `module` on its stdin and returns its stdout;
 /// killed when it outlives `deadline`.
-fn compile_in_child(executable: &std::path::Path, module: &[u8], deadline: Duration) -> Result<Vec<u8>, String> {
+fn compile_in_child(
+    executable: &std::path::Path,
+    module: &[u8],
+    deadline: Duration,
+) -> Result<Vec<u8>, String> {
     let mut child = Command::new(executable)
         .arg(SUBCOMMAND)
         .env(CHILD_MARKER, "1")
@@ -131,15 +147,26 @@ fn compile_in_child(executable: &std::path::Path, module: &[u8], deadline: Durat
             // its pid still names it.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         }
-        let status = status.join().expect("waiting does not panic").map_err(|error| format!("waiting for the compiler process: {error}"))?;
+        let status = status
+            .join()
+            .expect("waiting does not panic")
+            .map_err(|error| format!("waiting for the compiler process: {error}"))?;
         let output = output.join().expect("reading does not panic");
-        let errors = errors.join().expect("reading does not panic").unwrap_or_default();
+        let errors = errors
+            .join()
+            .expect("reading does not panic")
+            .unwrap_or_default();
         let fed = fed.join().expect("writing does not panic");
         if timed_out {
-            return Err(format!("the compiler process was still running after {deadline:?}"));
+            return Err(format!(
+                "the compiler process was still running after {deadline:?}"
+            ));
         }
         if !status.success() {
-            return Err(format!("the compiler process {status}: {}", String::from_utf8_lossy(&errors).trim()));
+            return Err(format!(
+                "the compiler process {status}: {}",
+                String::from_utf8_lossy(&errors).trim()
+            ));
         }
         fed.map_err(|error| format!("handing the module to the compiler process: {error}"))?;
         output.map_err(|error| format!("reading the compiler process's output: {error}"))
@@ -170,7 +197,8 @@ mod tests {
     use super::*;
 
     fn module() -> Vec<u8> {
-        let path = std::env::var("LUMIGO_POLICY_WASM").expect("LUMIGO_POLICY_WASM names the built module: run through `just`");
+        let path = std::env::var("LUMIGO_POLICY_WASM")
+            .expect("LUMIGO_POLICY_WASM names the built module: run through `just`");
         std::fs::read(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
     }
 
@@ -193,7 +221,19 @@ mod tests {
         // SAFETY: it never writes anything and is killed, so nothing is loaded.
         let hanging = unsafe { PolicyCompiler::child(hanging) };
         let started = Instant::now();
-        answers(&engine_within(&module(), &hanging, EngineOptions::default(), Duration::from_millis(500)).unwrap());
-        assert!(started.elapsed() < Duration::from_secs(20), "waited {:?} for a hanging compiler", started.elapsed());
+        answers(
+            &engine_within(
+                &module(),
+                &hanging,
+                EngineOptions::default(),
+                Duration::from_millis(500),
+            )
+            .unwrap(),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "waited {:?} for a hanging compiler",
+            started.elapsed()
+        );
     }
 }

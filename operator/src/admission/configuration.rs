@@ -2,7 +2,8 @@
 //! for the Helm chart and the tests.
 
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference, WebhookClientConfig,
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::api::ObjectMeta;
@@ -15,7 +16,11 @@ pub const MUTATE_PATH: &str = "/mutate";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebhookTarget {
     /// In the cluster, through a Service.
-    Service { name: String, namespace: String, port: i32 },
+    Service {
+        name: String,
+        namespace: String,
+        port: i32,
+    },
     /// By URL, e.g. `https://127.0.0.1:PORT` for a webhook served outside the cluster.
     Url(String),
 }
@@ -31,7 +36,11 @@ pub fn webhook_configuration(
     ca_bundle: Option<&str>,
 ) -> MutatingWebhookConfiguration {
     let client_config = match target {
-        WebhookTarget::Service { name, namespace, port } => WebhookClientConfig {
+        WebhookTarget::Service {
+            name,
+            namespace,
+            port,
+        } => WebhookClientConfig {
             service: Some(ServiceReference {
                 name: name.clone(),
                 namespace: namespace.clone(),
@@ -40,18 +49,23 @@ pub fn webhook_configuration(
             }),
             ..Default::default()
         },
-        WebhookTarget::Url(base) => {
-            WebhookClientConfig { url: Some(format!("{}{MUTATE_PATH}", base.trim_end_matches('/'))), ..Default::default() }
-        }
+        WebhookTarget::Url(base) => WebhookClientConfig {
+            url: Some(format!("{}{MUTATE_PATH}", base.trim_end_matches('/'))),
+            ..Default::default()
+        },
     };
     // The mutation core's rules: the policy's metadata and the Kubewarden policy use the same.
-    let mut rules: Vec<RuleWithOperations> = serde_json::from_value(WorkloadKind::admission_rules())
-        .expect("the core's admission rules have the shape of RuleWithOperations");
+    let mut rules: Vec<RuleWithOperations> =
+        serde_json::from_value(WorkloadKind::admission_rules())
+            .expect("the core's admission rules have the shape of RuleWithOperations");
     for rule in &mut rules {
         rule.scope = Some("Namespaced".into());
     }
     MutatingWebhookConfiguration {
-        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
         webhooks: Some(vec![MutatingWebhook {
             name: WEBHOOK_NAME.into(),
             admission_review_versions: vec!["v1".into()],
@@ -86,7 +100,11 @@ mod tests {
 
     #[test]
     fn every_workload_kind_is_sent_on_create_and_update_and_never_blocks() {
-        let target = WebhookTarget::Service { name: "webhook".into(), namespace: "ops".into(), port: 443 };
+        let target = WebhookTarget::Service {
+            name: "webhook".into(),
+            namespace: "ops".into(),
+            port: 443,
+        };
         let configuration = webhook_configuration("lumigo", &target, "ops", Some("PEM"));
         let webhook = &configuration.webhooks.as_ref().unwrap()[0];
         let rules = webhook.rules.as_ref().unwrap();
@@ -94,15 +112,48 @@ mod tests {
             let resource = kind.plural().to_owned();
             let rule = rules
                 .iter()
-                .find(|r| r.api_groups.as_deref() == Some(&[kind.group().to_owned()][..]) && r.resources.as_ref().unwrap().contains(&resource))
+                .find(|r| {
+                    r.api_groups.as_deref() == Some(&[kind.group().to_owned()][..])
+                        && r.resources.as_ref().unwrap().contains(&resource)
+                })
                 .unwrap_or_else(|| panic!("no rule for {kind}"));
-            assert_eq!(rule.operations.as_deref(), Some(&["CREATE".to_owned(), "UPDATE".to_owned()][..]));
+            assert_eq!(
+                rule.operations.as_deref(),
+                Some(&["CREATE".to_owned(), "UPDATE".to_owned()][..])
+            );
         }
-        assert_eq!(rules.iter().map(|r| r.resources.as_ref().unwrap().len()).sum::<usize>(), WorkloadKind::ALL.len());
+        assert_eq!(
+            rules
+                .iter()
+                .map(|r| r.resources.as_ref().unwrap().len())
+                .sum::<usize>(),
+            WorkloadKind::ALL.len()
+        );
         assert_eq!(webhook.failure_policy.as_deref(), Some("Ignore"));
-        let excluded = &webhook.namespace_selector.as_ref().unwrap().match_expressions.as_ref().unwrap()[0];
-        assert_eq!((excluded.operator.as_str(), excluded.values.as_deref()), ("NotIn", Some(&["kube-system".to_owned(), "ops".to_owned()][..])));
-        assert_eq!(webhook.client_config.service.as_ref().unwrap().path.as_deref(), Some(MUTATE_PATH));
+        let excluded = &webhook
+            .namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_expressions
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(
+            (excluded.operator.as_str(), excluded.values.as_deref()),
+            (
+                "NotIn",
+                Some(&["kube-system".to_owned(), "ops".to_owned()][..])
+            )
+        );
+        assert_eq!(
+            webhook
+                .client_config
+                .service
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some(MUTATE_PATH)
+        );
         assert_eq!(webhook.client_config.ca_bundle.as_ref().unwrap().0, b"PEM");
     }
 }

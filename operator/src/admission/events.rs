@@ -50,7 +50,10 @@ impl AdmissionEvent {
     }
 
     pub fn cannot_add(object: &AdmittedObject, warnings: String, operation: &str) -> Self {
-        let mut note = format!("{warnings}; trigger: {operation} of this {}", object.kind.kind);
+        let mut note = format!(
+            "{warnings}; trigger: {operation} of this {}",
+            object.kind.kind
+        );
         // The Events API caps the note at 1 kB.
         if note.len() > 1000 {
             let mut end = 1000;
@@ -90,13 +93,18 @@ impl EventSink {
     }
 
     /// The sink and the task that records what it is sent, until every sink is dropped.
-    pub fn start(client: Client, reporter: Reporter) -> (Self, impl std::future::Future<Output = ()>) {
+    pub fn start(
+        client: Client,
+        reporter: Reporter,
+    ) -> (Self, impl std::future::Future<Output = ()>) {
         let (queue, mut received) = mpsc::channel::<AdmissionEvent>(QUEUE);
         let recorder = Recorder::new(client.clone(), reporter);
         let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
         let task = async move {
             while let Some(event) = received.recv().await {
-                let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    return;
+                };
                 let (client, recorder) = (client.clone(), recorder.clone());
                 tokio::spawn(async move {
                     record(client, &recorder, event).await;
@@ -108,7 +116,11 @@ impl EventSink {
     }
 }
 
-async fn record(client: Client, recorder: &Recorder, AdmissionEvent { object, event }: AdmissionEvent) {
+async fn record(
+    client: Client,
+    recorder: &Recorder,
+    AdmissionEvent { object, event }: AdmissionEvent,
+) {
     let api_version = match object.kind.group.as_str() {
         "" => object.kind.version.clone(),
         group => format!("{group}/{}", object.kind.version),
@@ -136,7 +148,11 @@ async fn record(client: Client, recorder: &Recorder, AdmissionEvent { object, ev
     }
 }
 
-async fn uid_once_created(client: Client, object: &AdmittedObject, api_version: &str) -> Option<String> {
+async fn uid_once_created(
+    client: Client,
+    object: &AdmittedObject,
+    api_version: &str,
+) -> Option<String> {
     let resource = ApiResource {
         group: object.kind.group.clone(),
         version: object.kind.version.clone(),

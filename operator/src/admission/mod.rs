@@ -7,8 +7,8 @@
 //! Wiring: run a reflector of `Lumigo` (all namespaces) and pass its `Store`; then
 //! `admission::serve(options, store, operator_settings, client).await`.
 
-pub mod compile;
 mod certificates;
+pub mod compile;
 mod configuration;
 mod events;
 mod review;
@@ -56,7 +56,10 @@ pub enum Error {
     #[error("loading the policy module: {0}")]
     Module(#[from] lumigo_policy_host::Error),
     #[error("listening on {address}: {source}")]
-    Listen { address: SocketAddr, source: std::io::Error },
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the Lumigo resource cache was dropped before its first listing")]
     CacheNotReady,
 }
@@ -100,18 +103,31 @@ pub struct TlsOptions {
 
 impl TlsOptions {
     /// For a webhook reached through the Service `service` in `namespace`.
-    pub fn for_service(service: &str, namespace: &str, secret_name: &str, webhook_configuration: &str) -> Self {
+    pub fn for_service(
+        service: &str,
+        namespace: &str,
+        secret_name: &str,
+        webhook_configuration: &str,
+    ) -> Self {
         let hosts = vec![
             service.to_owned(),
             format!("{service}.{namespace}"),
             format!("{service}.{namespace}.svc"),
             format!("{service}.{namespace}.svc.cluster.local"),
         ];
-        TlsOptions { hosts, webhook_configuration: Some(webhook_configuration.into()), ..Self::defaults(namespace, secret_name) }
+        TlsOptions {
+            hosts,
+            webhook_configuration: Some(webhook_configuration.into()),
+            ..Self::defaults(namespace, secret_name)
+        }
     }
 
     /// For a webhook reached at `https://127.0.0.1:PORT`, as tests and the benchmark serve it.
-    pub fn for_loopback(namespace: &str, secret_name: &str, webhook_configuration: Option<&str>) -> Self {
+    pub fn for_loopback(
+        namespace: &str,
+        secret_name: &str,
+        webhook_configuration: Option<&str>,
+    ) -> Self {
         TlsOptions {
             hosts: vec!["127.0.0.1".into()],
             webhook_configuration: webhook_configuration.map(str::to_owned),
@@ -151,25 +167,32 @@ impl AdmissionServer {
         client: Client,
     ) -> Result<Self> {
         let engine_options = EngineOptions {
-            tick: (options.deadline / 20).clamp(Duration::from_millis(1), Duration::from_millis(10)),
+            tick: (options.deadline / 20)
+                .clamp(Duration::from_millis(1), Duration::from_millis(10)),
             deadline: options.deadline,
         };
         let (module, compiler) = (options.module, options.compiler);
         // Compiling takes seconds of CPU, and waiting for the compiler process blocks: not on a
         // runtime thread.
-        let engine = tokio::task::spawn_blocking(move || compile::engine(&module, &compiler, engine_options))
-            .await
-            .expect("compiling the policy module does not panic")?;
+        let engine = tokio::task::spawn_blocking(move || {
+            compile::engine(&module, &compiler, engine_options)
+        })
+        .await
+        .expect("compiling the policy module does not panic")?;
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certificates = CertificateManager::start(options.tls, client.clone(), provider.clone()).await?;
+        let certificates =
+            CertificateManager::start(options.tls, client.clone(), provider.clone()).await?;
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(certificates.resolver());
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
 
-        lumigos.wait_until_ready().await.map_err(|_| Error::CacheNotReady)?;
+        lumigos
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::CacheNotReady)?;
         let (events, record_events) = EventSink::start(client, options.reporter);
         let reviewer = Reviewer {
             evaluator: Evaluator::new(engine, options.max_concurrent_evaluations, options.deadline),
@@ -179,7 +202,10 @@ impl AdmissionServer {
         };
         let listener = TcpListener::bind(options.listen)
             .await
-            .map_err(|source| Error::Listen { address: options.listen, source })?;
+            .map_err(|source| Error::Listen {
+                address: options.listen,
+                source,
+            })?;
         Ok(AdmissionServer {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(tls)),
@@ -190,12 +216,20 @@ impl AdmissionServer {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until dropped; connections, certificate renewal and event recording stop with it.
     pub async fn run(self) -> Result<()> {
-        let AdmissionServer { listener, acceptor, reviewer, certificates, record_events } = self;
+        let AdmissionServer {
+            listener,
+            acceptor,
+            reviewer,
+            certificates,
+            record_events,
+        } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(certificates.run());
         tasks.spawn(record_events);
@@ -214,14 +248,17 @@ impl AdmissionServer {
             let _ = tcp.set_nodelay(true);
             let (acceptor, reviewer) = (acceptor.clone(), reviewer.clone());
             tasks.spawn(async move {
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(error)) => return tracing::debug!(%error, %peer, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
-                let service = hyper::service::service_fn(move |request| answer(reviewer.clone(), request));
-                if let Err(error) =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await
+                let service =
+                    hyper::service::service_fn(move |request| answer(reviewer.clone(), request));
+                if let Err(error) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await
                 {
                     tracing::debug!(%error, %peer, "admission connection ended with an error");
                 }
@@ -237,20 +274,35 @@ pub async fn serve(
     operator: OperatorSettings,
     client: Client,
 ) -> Result<()> {
-    AdmissionServer::bind(options, lumigos, operator, client).await?.run().await
+    AdmissionServer::bind(options, lumigos, operator, client)
+        .await?
+        .run()
+        .await
 }
 
-async fn answer(reviewer: Arc<Reviewer>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    reviewer: Arc<Reviewer>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.method() != Method::POST || request.uri().path() != MUTATE_PATH {
-        return Ok(plain(StatusCode::NOT_FOUND, format!("only POST {MUTATE_PATH} is served")));
+        return Ok(plain(
+            StatusCode::NOT_FOUND,
+            format!("only POST {MUTATE_PATH} is served"),
+        ));
     }
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
-        Err(error) => return Ok(plain(StatusCode::BAD_REQUEST, format!("cannot read the request body: {error}"))),
+        Err(error) => {
+            return Ok(plain(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {error}"),
+            ))
+        }
     };
     Ok(match reviewer.review(&body).await {
         Ok(response) => {
-            let json = serde_json::to_vec(&response.into_review()).expect("an AdmissionReview serializes");
+            let json =
+                serde_json::to_vec(&response.into_review()).expect("an AdmissionReview serializes");
             Response::builder()
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(json)))

@@ -86,7 +86,11 @@ pub(crate) struct AdmissionResponse {
 
 impl AdmissionResponse {
     fn allowed(uid: String) -> Self {
-        AdmissionResponse { uid, allowed: true, ..Default::default() }
+        AdmissionResponse {
+            uid,
+            allowed: true,
+            ..Default::default()
+        }
     }
 
     pub fn into_review(self) -> Value {
@@ -105,7 +109,11 @@ pub(crate) struct Evaluator {
 impl Evaluator {
     pub fn new(engine: PolicyEngine, max_concurrent: usize, queue_timeout: Duration) -> Self {
         let permits = max_concurrent.clamp(1, PolicyEngine::MAX_CONCURRENT_CALLS);
-        Evaluator { engine: Arc::new(engine), permits: Arc::new(Semaphore::new(permits)), queue_timeout }
+        Evaluator {
+            engine: Arc::new(engine),
+            permits: Arc::new(Semaphore::new(permits)),
+            queue_timeout,
+        }
     }
 
     async fn validate(&self, payload: Vec<u8>) -> Result<Vec<u8>, String> {
@@ -138,13 +146,18 @@ pub(crate) struct Unanswerable(pub String);
 
 impl Reviewer {
     pub async fn review(&self, body: &[u8]) -> Result<AdmissionResponse, Unanswerable> {
-        let mut review: Value =
-            serde_json::from_slice(body).map_err(|e| Unanswerable(format!("the body is not JSON: {e}")))?;
-        let request = review.get_mut("request").map(Value::take).unwrap_or_default();
+        let mut review: Value = serde_json::from_slice(body)
+            .map_err(|e| Unanswerable(format!("the body is not JSON: {e}")))?;
+        let request = review
+            .get_mut("request")
+            .map(Value::take)
+            .unwrap_or_default();
         let uid = request
             .get("uid")
             .and_then(Value::as_str)
-            .ok_or_else(|| Unanswerable("the body is not an AdmissionReview with a request uid".into()))?
+            .ok_or_else(|| {
+                Unanswerable("the body is not an AdmissionReview with a request uid".into())
+            })?
             .to_owned();
         let head: RequestHead = match RequestHead::deserialize(&request) {
             Ok(head) => head,
@@ -152,9 +165,14 @@ impl Reviewer {
                 return Ok(warn(uid, format!("{WARNING_PREFIX}: cannot read the admission request, admitted unchanged: {error}")))
             }
         };
-        let Some(settings) = self.settings_for(&head.namespace) else { return Ok(AdmissionResponse::allowed(uid)) };
-        let payload = serde_json::to_vec(&ValidationRequest { settings: &settings, request: &request })
-            .expect("JSON values and strings always serialize");
+        let Some(settings) = self.settings_for(&head.namespace) else {
+            return Ok(AdmissionResponse::allowed(uid));
+        };
+        let payload = serde_json::to_vec(&ValidationRequest {
+            settings: &settings,
+            request: &request,
+        })
+        .expect("JSON values and strings always serialize");
         let answer = self.evaluator.validate(payload).await.and_then(|bytes| {
             serde_json::from_slice::<ValidationResponse>(&bytes)
                 .map_err(|e| format!("the policy's answer is not a ValidationResponse: {e}"))
@@ -169,12 +187,22 @@ impl Reviewer {
         Ok(self.respond(uid, head, answer))
     }
 
-    fn respond(&self, uid: String, head: RequestHead, answer: ValidationResponse) -> AdmissionResponse {
-        let mut response = AdmissionResponse { warnings: answer.warnings.unwrap_or_default(), ..AdmissionResponse::allowed(uid) };
+    fn respond(
+        &self,
+        uid: String,
+        head: RequestHead,
+        answer: ValidationResponse,
+    ) -> AdmissionResponse {
+        let mut response = AdmissionResponse {
+            warnings: answer.warnings.unwrap_or_default(),
+            ..AdmissionResponse::allowed(uid)
+        };
         if !answer.accepted {
             // This host only mutates; a rejection is reported, not enforced.
             let message = answer.message.unwrap_or_default();
-            response.warnings.push(format!("{WARNING_PREFIX}: the policy rejected the request, admitted anyway: {message}"));
+            response.warnings.push(format!(
+                "{WARNING_PREFIX}: the policy rejected the request, admitted anyway: {message}"
+            ));
         }
         let kind = WorkloadKind::from_group_kind(&head.kind.group, &head.kind.kind);
         if let (Some(mutated), Some(kind)) = (answer.mutated_object, kind) {
@@ -182,16 +210,26 @@ impl Reviewer {
             if !patch.0.is_empty() {
                 let reason = change_reason(&head.object, &mutated, kind);
                 response.patch_type = Some("JSONPatch");
-                response.patch = Some(STANDARD.encode(serde_json::to_vec(&patch).expect("a JSON Patch serializes")));
+                response.patch = Some(
+                    STANDARD.encode(serde_json::to_vec(&patch).expect("a JSON Patch serializes")),
+                );
                 if !head.dry_run {
-                    self.events.send(AdmissionEvent::changed(&head_reference(&head, &mutated), reason, &head.operation));
+                    self.events.send(AdmissionEvent::changed(
+                        &head_reference(&head, &mutated),
+                        reason,
+                        &head.operation,
+                    ));
                 }
             }
         }
         // Events are the webhook's only side effect, and a dry run must have none.
         if !response.warnings.is_empty() && kind.is_some() && !head.dry_run {
             let note = response.warnings.join("; ");
-            self.events.send(AdmissionEvent::cannot_add(&head_reference(&head, &head.object), note, &head.operation));
+            self.events.send(AdmissionEvent::cannot_add(
+                &head_reference(&head, &head.object),
+                note,
+                &head.operation,
+            ));
         }
         response
     }
@@ -202,19 +240,27 @@ impl Reviewer {
         if namespace.is_empty() {
             return None;
         }
-        let in_namespace = self.lumigos.state_filter(|lumigo| lumigo.metadata.namespace.as_deref() == Some(namespace));
+        let in_namespace = self
+            .lumigos
+            .state_filter(|lumigo| lumigo.metadata.namespace.as_deref() == Some(namespace));
         let winner = instrumenting(in_namespace.iter().map(|lumigo| lumigo.as_ref()))?;
         injection_config(winner, &self.operator)
     }
 }
 
 fn warn(uid: String, warning: String) -> AdmissionResponse {
-    AdmissionResponse { warnings: vec![warning], ..AdmissionResponse::allowed(uid) }
+    AdmissionResponse {
+        warnings: vec![warning],
+        ..AdmissionResponse::allowed(uid)
+    }
 }
 
 /// What the change did, told by the injection record before and after; the module does not say.
 fn change_reason(before: &Value, after: &Value, kind: WorkloadKind) -> &'static str {
-    match (inspect(before, kind).injected, inspect(after, kind).injected) {
+    match (
+        inspect(before, kind).injected,
+        inspect(after, kind).injected,
+    ) {
         (false, _) => "LumigoAddedInstrumentation",
         (true, true) => "LumigoUpdatedInstrumentation",
         (true, false) => "LumigoRemovedInstrumentation",
@@ -222,13 +268,19 @@ fn change_reason(before: &Value, after: &Value, kind: WorkloadKind) -> &'static 
 }
 
 fn head_reference(head: &RequestHead, object: &Value) -> super::events::AdmittedObject {
-    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(&head.name);
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or(&head.name);
     super::events::AdmittedObject {
         kind: head.kind.clone(),
         resource: head.resource.clone(),
         namespace: head.namespace.clone(),
         name: name.to_owned(),
-        uid: object.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_owned),
+        uid: object
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     }
 }
 

@@ -45,7 +45,10 @@ pub fn operator_settings() -> OperatorSettings {
 }
 
 pub fn reporter() -> Reporter {
-    Reporter { controller: "lumigo-operator".into(), instance: None }
+    Reporter {
+        controller: "lumigo-operator".into(),
+        instance: None,
+    }
 }
 
 pub fn options(tls: TlsOptions, module: Vec<u8>, deadline: Duration) -> AdmissionOptions {
@@ -81,7 +84,11 @@ pub async fn apply_crd(client: &Client) -> Result<()> {
     let started = std::time::Instant::now();
     loop {
         let crd = crds.get(Lumigo::crd_name()).await?;
-        let established = crd.status.iter().flat_map(|s| s.conditions.iter().flatten()).any(|c| c.type_ == "Established" && c.status == "True");
+        let established = crd
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .any(|c| c.type_ == "Established" && c.status == "True");
         if established {
             return Ok(());
         }
@@ -97,7 +104,10 @@ pub async fn apply_crd(client: &Client) -> Result<()> {
 pub fn watched_lumigos(client: Client) -> Store<Lumigo> {
     use futures::StreamExt;
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(Api::<Lumigo>::all(client), watcher::Config::default()));
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<Lumigo>::all(client), watcher::Config::default()),
+    );
     tokio::spawn(stream.for_each(|_| async {}));
     store
 }
@@ -127,7 +137,11 @@ pub async fn start_loopback_host(
     let mut active = lumigo("lumigo", true);
     active.metadata.namespace = Some(active_namespace.into());
     let server = lumigo_operator::admission::AdmissionServer::bind(
-        options(TlsOptions::for_loopback(&namespace, "webhook-certificate", None), module, deadline),
+        options(
+            TlsOptions::for_loopback(&namespace, "webhook-certificate", None),
+            module,
+            deadline,
+        ),
         fixed_lumigos(vec![active]),
         operator_settings(),
         client.clone(),
@@ -140,8 +154,13 @@ pub async fn start_loopback_host(
 }
 
 pub async fn serving_ca(client: &Client, namespace: &str, secret: &str) -> Result<String> {
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get(secret).await?;
-    let ca = secret.data.and_then(|d| d.get("ca.crt").cloned()).context("the Secret has no ca.crt")?;
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get(secret)
+        .await?;
+    let ca = secret
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .context("the Secret has no ca.crt")?;
     Ok(String::from_utf8(ca.0)?)
 }
 
@@ -158,15 +177,20 @@ impl ReviewClient {
         for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
             roots.add(cert?)?;
         }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let tcp = TcpStream::connect(address).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::IpAddress(address.ip().into());
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
         tokio::spawn(connection);
         Ok(ReviewClient { sender })
     }
@@ -180,7 +204,8 @@ impl ReviewClient {
         let response = self.sender.send_request(request).await?;
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await?.to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         Ok((status, body))
     }
 
@@ -200,7 +225,10 @@ pub fn admission_review(uid: &str, namespace: &str, operation: &str, object: Val
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let kind = object["kind"].as_str().unwrap_or_default();
     let resource = format!("{}s", kind.to_lowercase());
-    let name = object.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+    let name = object
+        .pointer("/metadata/name")
+        .cloned()
+        .unwrap_or(Value::Null);
     json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 pub fn chart_dir() -> PathBuf {
@@ -20,13 +23,21 @@ pub fn chart_dir() -> PathBuf {
 
 /// The helm binary of tools/helm (built on first use, cached by version).
 pub fn helm() -> PathBuf {
-    let output = Command::new(repo().join("tools/helm/build.sh")).output().expect("running tools/helm/build.sh");
-    assert!(output.status.success(), "tools/helm/build.sh failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(repo().join("tools/helm/build.sh"))
+        .output()
+        .expect("running tools/helm/build.sh");
+    assert!(
+        output.status.success(),
+        "tools/helm/build.sh failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
 
 pub fn run(command: &mut Command) -> Output {
-    command.output().unwrap_or_else(|e| panic!("running {command:?}: {e}"))
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"))
 }
 
 pub fn run_with_stdin(command: &mut Command, stdin: &str) -> Output {
@@ -36,12 +47,21 @@ pub fn run_with_stdin(command: &mut Command, stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
 pub fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// `helm template lumigo charts/lumigo-operator -n <namespace> <args>`, as YAML text.
@@ -51,7 +71,11 @@ pub fn render(namespace: &str, args: &[&str]) -> String {
         .arg(chart_dir())
         .args(["--namespace", namespace])
         .args(args));
-    assert!(output.status.success(), "helm template {args:?} failed:\n{}", text(&output));
+    assert!(
+        output.status.success(),
+        "helm template {args:?} failed:\n{}",
+        text(&output)
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -70,9 +94,13 @@ pub fn find<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
 }
 
 pub fn to_yaml(documents: &[&Value]) -> String {
-    documents.iter().map(|d| format!("---\n{}", serde_norway::to_string(d).unwrap())).collect()
+    documents
+        .iter()
+        .map(|d| format!("---\n{}", serde_norway::to_string(d).unwrap()))
+        .collect()
 }
 
 pub fn yaml_file(path: &Path) -> Value {
-    serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_norway::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

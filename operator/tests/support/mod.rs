@@ -7,8 +7,8 @@ use std::future::Future;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt};
 use lumigo_e2e::{ControlPlane, Process};
@@ -22,12 +22,26 @@ pub const TOKEN: &str = "t_0123456789abcdef01234";
 pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply("lumigo-operator-tests").force();
-    crds.patch("lumigoes.operator.lumigo.io", &params, &Patch::Apply(Lumigo::crd())).await.unwrap();
-    eventually("the Lumigo CRD to be established", Duration::from_secs(30), || async {
-        let crd = crds.get("lumigoes.operator.lumigo.io").await.ok()?;
-        let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
-        established.then_some(())
-    })
+    crds.patch(
+        "lumigoes.operator.lumigo.io",
+        &params,
+        &Patch::Apply(Lumigo::crd()),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the Lumigo CRD to be established",
+        Duration::from_secs(30),
+        || async {
+            let crd = crds.get("lumigoes.operator.lumigo.io").await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        },
+    )
     .await;
 }
 
@@ -37,7 +51,12 @@ pub fn start_operator(cp: &ControlPlane, version: &str, extra_env: &[(&str, &str
 }
 
 /// The same, with /metrics on `probe_address`.
-pub fn start_operator_probed(cp: &ControlPlane, version: &str, extra_env: &[(&str, &str)], probe_address: &str) -> Process {
+pub fn start_operator_probed(
+    cp: &ControlPlane,
+    version: &str,
+    extra_env: &[(&str, &str)],
+    probe_address: &str,
+) -> Process {
     start_operator_with_webhook(cp, version, extra_env, probe_address).0
 }
 
@@ -51,38 +70,62 @@ pub fn start_operator_with_webhook(
     let webhook_port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_lumigo-operator"));
     command
-        .args(["run", "--leader-election=false", &format!("--probe-address={probe_address}")])
+        .args([
+            "run",
+            "--leader-election=false",
+            &format!("--probe-address={probe_address}"),
+        ])
         .env("KUBECONFIG", cp.kubeconfig())
         .env("POD_NAMESPACE", "default")
         .env("LUMIGO_POLICY_MODULE", policy_module())
         .env("LUMIGO_WEBHOOK_LOOPBACK", "true")
-        .env("LUMIGO_WEBHOOK_ADDRESS", format!("127.0.0.1:{webhook_port}"))
+        .env(
+            "LUMIGO_WEBHOOK_ADDRESS",
+            format!("127.0.0.1:{webhook_port}"),
+        )
         .env("LUMIGO_OPERATOR_VERSION", version)
         .env("LUMIGO_INJECTOR_IMAGE", "ghcr.io/lumigo-rs/autotrace:0.1.0")
         .env("RUST_LOG", "info,lumigo_operator=debug,kube=warn");
     for (key, value) in extra_env {
         command.env(key, value);
     }
-    let log = cp.dir().join(format!("operator-{version}-{webhook_port}.log"));
-    (Process::spawn_command("lumigo-operator", command, log).unwrap(), webhook_port)
+    let log = cp
+        .dir()
+        .join(format!("operator-{version}-{webhook_port}.log"));
+    (
+        Process::spawn_command("lumigo-operator", command, log).unwrap(),
+        webhook_port,
+    )
 }
 
 /// The built policy module (`just policy::build`), which the built-in webhook evaluates.
 pub fn policy_module() -> String {
-    std::env::var("LUMIGO_POLICY_WASM")
-        .expect("LUMIGO_POLICY_WASM must name the built policy module: run the tests through `just`")
+    std::env::var("LUMIGO_POLICY_WASM").expect(
+        "LUMIGO_POLICY_WASM must name the built policy module: run the tests through `just`",
+    )
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub async fn create_secret(client: &Client, namespace: &str, name: &str, data: &[(&str, &str)]) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let string_data: serde_json::Map<String, Value> =
-        data.iter().map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned()))).collect();
-    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": name}, "stringData": string_data})).unwrap();
-    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let string_data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+        .collect();
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": string_data}))
+            .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
 }
 
 pub async fn create_lumigo(client: &Client, namespace: &str, name: &str, spec: Value) -> Lumigo {
@@ -92,7 +135,10 @@ pub async fn create_lumigo(client: &Client, namespace: &str, name: &str, spec: V
         "metadata": {"name": name}, "spec": spec
     }))
     .unwrap();
-    lumigos.create(&PostParams::default(), &lumigo).await.unwrap()
+    lumigos
+        .create(&PostParams::default(), &lumigo)
+        .await
+        .unwrap()
 }
 
 pub fn default_spec(secret: &str) -> Value {
@@ -116,13 +162,20 @@ pub fn manifest(kind: WorkloadKind, name: &str, replicas: u32) -> Value {
         WorkloadKind::Deployment | WorkloadKind::StatefulSet | WorkloadKind::ReplicaSet => json!({
             "replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": template
         }),
-        WorkloadKind::DaemonSet => json!({"selector": {"matchLabels": {"app": name}}, "template": template}),
-        WorkloadKind::ReplicationController => json!({"replicas": replicas, "selector": {"app": name}, "template": template}),
+        WorkloadKind::DaemonSet => {
+            json!({"selector": {"matchLabels": {"app": name}}, "template": template})
+        }
+        WorkloadKind::ReplicationController => {
+            json!({"replicas": replicas, "selector": {"app": name}, "template": template})
+        }
         WorkloadKind::Job => json!({"template": template, "backoffLimit": 0}),
-        WorkloadKind::CronJob => json!({"schedule": "0 0 1 1 *", "jobTemplate": {"spec": {"template": template}}}),
+        WorkloadKind::CronJob => {
+            json!({"schedule": "0 0 1 1 *", "jobTemplate": {"spec": {"template": template}}})
+        }
         WorkloadKind::Pod => unreachable!("the rollout does not create bare pods"),
     };
-    let mut object = json!({"apiVersion": api_version, "kind": kind.name(), "metadata": metadata, "spec": spec});
+    let mut object =
+        json!({"apiVersion": api_version, "kind": kind.name(), "metadata": metadata, "spec": spec});
     if kind == WorkloadKind::StatefulSet {
         object["spec"]["serviceName"] = json!(name);
     }
@@ -148,22 +201,34 @@ pub async fn create(client: &Client, namespace: &str, kind: WorkloadKind, object
 }
 
 pub async fn get(client: &Client, namespace: &str, kind: WorkloadKind, name: &str) -> Value {
-    WorkloadApi::new(client.clone()).get(kind, namespace, name).await.unwrap()
+    WorkloadApi::new(client.clone())
+        .get(kind, namespace, name)
+        .await
+        .unwrap()
 }
 
 /// The spec as the API server serializes it: what "byte for byte" compares.
-pub async fn spec_bytes(client: &Client, namespace: &str, kind: WorkloadKind, name: &str) -> String {
+pub async fn spec_bytes(
+    client: &Client,
+    namespace: &str,
+    kind: WorkloadKind,
+    name: &str,
+) -> String {
     serde_json::to_string(&get(client, namespace, kind, name).await["spec"]).unwrap()
 }
 
 pub fn injected_label(object: &Value, kind: WorkloadKind) -> Option<String> {
     let template = object.pointer(kind.template_pointer())?;
-    template.pointer("/metadata/labels/lumigo.auto-trace")?.as_str().map(str::to_owned)
+    template
+        .pointer("/metadata/labels/lumigo.auto-trace")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Reasons of the events recorded on the object named `name` in `namespace`.
 pub async fn event_reasons(client: &Client, namespace: &str, name: &str) -> Vec<String> {
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), namespace);
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
     let params = kube::api::ListParams::default().fields(&format!("regarding.name={name}"));
     events
         .list(&params)
@@ -186,7 +251,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -194,16 +262,25 @@ where
 pub async fn lumigo_status(client: &Client, namespace: &str, name: &str) -> Option<Value> {
     let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), namespace);
     let lumigo = lumigos.get_opt(name).await.unwrap()?;
-    lumigo.status.map(|status| serde_json::to_value(status).unwrap())
+    lumigo
+        .status
+        .map(|status| serde_json::to_value(status).unwrap())
 }
 
 pub fn condition<'a>(status: &'a Value, kind: &str) -> Option<&'a Value> {
-    status["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
 }
 
 /// Workload writes the operator has made, from its /metrics.
 pub fn workload_writes(metrics_url: &str) -> u64 {
-    let body = Command::new("curl").args(["-sf", metrics_url]).output().unwrap().stdout;
+    let body = Command::new("curl")
+        .args(["-sf", metrics_url])
+        .output()
+        .unwrap()
+        .stdout;
     String::from_utf8_lossy(&body)
         .lines()
         .filter(|line| line.starts_with("lumigo_operator_workload_writes_total{"))

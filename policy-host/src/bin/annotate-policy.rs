@@ -23,14 +23,26 @@ fn main() -> ExitCode {
 }
 
 fn run(metadata_path: &str, module_path: &str, output_path: &str) -> Result<(), Error> {
-    let read = |path: &str| std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source });
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })
+    };
     let yaml = String::from_utf8_lossy(&read(metadata_path)?).into_owned();
     let module = read(module_path)?;
     let mut metadata = metadata_from_yaml(&yaml)?;
     let engine = PolicyEngine::new(&module, EngineOptions::default())?;
     let version: serde_json::Value = serde_json::from_slice(&engine.call("protocol_version", &[])?)
-        .map_err(|e| Error::Metadata(format!("the module's protocol_version answer is not JSON: {e}")))?;
+        .map_err(|e| {
+            Error::Metadata(format!(
+                "the module's protocol_version answer is not JSON: {e}"
+            ))
+        })?;
     metadata["protocolVersion"] = version;
     let annotated = annotate(&module, &metadata)?;
-    std::fs::write(output_path, annotated).map_err(|source| Error::Io { path: output_path.into(), source })
+    std::fs::write(output_path, annotated).map_err(|source| Error::Io {
+        path: output_path.into(),
+        source,
+    })
 }

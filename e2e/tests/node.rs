@@ -1,0 +1,161 @@
+//! The node's acceptance tests: pods are scheduled and run in real containers from images built
+//! here; an init container shares an emptyDir with the app; a pod reaches a Service through
+//! kube-proxy, resolves cluster names through CoreDNS, and calls the apiserver through the
+//! `kubernetes` Service with its ServiceAccount token; `kubectl logs` reaches the kubelet.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use lumigo_e2e::{images, Cluster};
+
+const PROBE: &str = r#"
+import json, os, socket, ssl, urllib.request
+print("init wrote:", open("/shared/greeting").read().strip())
+print("kubernetes resolves to", socket.gethostbyname("kubernetes.default.svc.cluster.local"))
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+token = open(f"{sa}/token").read()
+context = ssl.create_default_context(cafile=f"{sa}/ca.crt")
+request = urllib.request.Request("https://kubernetes.default.svc/api", headers={"Authorization": f"Bearer {token}"})
+with urllib.request.urlopen(request, context=context, timeout=10) as response:
+    print("apiserver says", response.status, json.load(response)["kind"])
+web = f"http://web.{os.environ['NAMESPACE']}.svc.cluster.local:8080/ping"
+with urllib.request.urlopen(web, timeout=10) as response:
+    print("web says", response.status, response.read().decode().strip())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_runs_and_reaches_services_dns_and_the_apiserver() {
+    let cluster = Cluster::shared().await.expect("a cluster with a node");
+    let cp = cluster.control_plane();
+    let images_dir = tempfile::tempdir().unwrap();
+    let cache = std::env::var("LUMIGO_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/lumigo-operator", std::env::var("HOME").unwrap()));
+    let python = images_dir.path().join("python.tar");
+    let web = images_dir.path().join("static.tar");
+    images::python_app(&python, cache.as_ref()).unwrap();
+    images::static_app(&web).unwrap();
+    cluster.import_image(&python).unwrap();
+    cluster.import_image(&web).unwrap();
+
+    let namespace = cp.create_namespace("node", &[]).await.unwrap();
+    let manifest = format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers: [{{name: httpd, image: "{web}", imagePullPolicy: Never}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: probe}}
+spec:
+  restartPolicy: Never
+  volumes: [{{name: shared, emptyDir: {{}}}}]
+  initContainers:
+    - name: init
+      image: "{web}"
+      imagePullPolicy: Never
+      command: [/bin/busybox, sh, -c, "echo hello from init > /shared/greeting"]
+      volumeMounts: [{{name: shared, mountPath: /shared}}]
+  containers:
+    - name: probe
+      image: "{python}"
+      imagePullPolicy: Never
+      command: [/usr/bin/python3.11, -c, {probe}]
+      env: [{{name: NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}]
+      volumeMounts: [{{name: shared, mountPath: /shared}}]
+"#,
+        web = images::STATIC_APP,
+        python = images::PYTHON_APP,
+        probe = serde_json::to_string(PROBE).unwrap(),
+    );
+    let mut apply = cp.kubectl();
+    apply.args(["apply", "-n", &namespace, "-f", "-"]);
+    run_with_stdin(apply, &manifest);
+    let rollout = cp
+        .kubectl()
+        .args([
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            &namespace,
+            "--timeout=120s",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        rollout.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rollout.stderr)
+    );
+
+    let pods: Api<Pod> = Api::namespaced(cp.client().unwrap(), &namespace);
+    let started = Instant::now();
+    let phase = loop {
+        let pod = pods.get("probe").await.unwrap();
+        let phase = pod
+            .status
+            .and_then(|status| status.phase)
+            .unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" || started.elapsed() > Duration::from_secs(120)
+        {
+            break phase;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let logs = cp
+        .kubectl()
+        .args(["logs", "-n", &namespace, "probe"])
+        .output()
+        .unwrap();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    assert_eq!(phase, "Succeeded", "the probe pod:\n{logs}");
+    println!(
+        "probe pod ran in {:.1} s:\n{logs}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(logs.contains("init wrote: hello from init"), "{logs}");
+    assert!(logs.contains("kubernetes resolves to 10.0.0.1"), "{logs}");
+    assert!(logs.contains("apiserver says 200 APIVersions"), "{logs}");
+    assert!(logs.contains("web says 200 pong"), "{logs}");
+}
+
+fn run_with_stdin(mut command: std::process::Command, stdin: &str) {
+    use std::io::Write;
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,396 @@
+//! The whole product on a real node, installed as a user installs it: `helm install` of the chart
+//! (the operator in its pod with the chart's RBAC, its built-in webhook behind its Service, the
+//! collector in its pod), then a Secret and a `Lumigo` resource in a namespace where Node.js, Python
+//! and Java services already run. The pods are replaced, the init container copies the payload,
+//! and spans from each runtime reach an OTLP sink through the proxy with the Kubernetes attributes
+//! it adds and the tracer's token header. Then the removal: `kubectl delete lumigo`, `helm uninstall`.
+//!
+//! Needs root and the image inputs of `e2e/image-inputs.sh` (`just operator::test-cluster`).
+
+mod chart_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::Client;
+use lumigo_e2e::{images, Cluster, OtlpSink, ReceivedSpan};
+use serde_json::Value;
+
+use support::{eventually, TOKEN};
+
+const RELEASE_NAMESPACE: &str = "lumigo-system";
+/// The shop's traced services and the runtime each one runs.
+const TRACED: [(&str, &str); 3] = [
+    ("currencyservice", "nodejs"),
+    ("emailservice", "python"),
+    ("adservice", "java"),
+];
+/// First spans come after a pod restart and a tracer's start-up (the JVM's agent is the slowest).
+const SPANS_TIMEOUT: Duration = Duration::from_secs(240);
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(240);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_trace() {
+    let shared = Cluster::shared().await.expect("a cluster with a node");
+    let cluster = shared.as_ref();
+    let cp = cluster.control_plane();
+    let client = cp.client().unwrap();
+    let sink = OtlpSink::start(cluster.node_ip().into()).unwrap();
+    let kubectl = |args: &[&str]| kubectl(cluster, args);
+
+    let images_dir = tempfile::tempdir().unwrap();
+    let artifacts = images::Artifacts::from_env().unwrap();
+    for archive in images::build_all(&artifacts, images_dir.path()).unwrap() {
+        cluster.import_image(&archive).unwrap();
+    }
+
+    // Services already running, uninstrumented; one namespace enforces Pod Security `restricted`.
+    kubectl(&["create", "namespace", "shop"]);
+    kubectl(&["apply", "-n", "shop", "-f", &repo_file("demo/shop.yaml")]);
+    kubectl(&["create", "namespace", "secure"]);
+    kubectl(&[
+        "label",
+        "namespace",
+        "secure",
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    kubectl_apply(cluster, "secure", RESTRICTED_SERVICE);
+    for namespace in ["shop", "secure"] {
+        wait_available(cluster, namespace).await;
+    }
+    let before: BTreeMap<String, Value> = templates(&client, "shop")
+        .await
+        .into_iter()
+        .chain(templates(&client, "secure").await)
+        .collect();
+
+    // The chart as a user installs it, pointed at the images loaded into the node and at the sink.
+    let helm = chart_support::helm();
+    let install = Command::new(&helm)
+        .args(["install", "lumigo"])
+        .arg(chart_support::chart_dir())
+        .args([
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(["--set", "operator.image.pullPolicy=Never"])
+        .args([
+            "--set",
+            &format!(
+                "telemetryProxy.image.repository={}",
+                images::COLLECTOR_REPOSITORY
+            ),
+        ])
+        .args(["--set", "telemetryProxy.image.pullPolicy=Never"])
+        .args([
+            "--set",
+            &format!("telemetryProxy.exporter.endpoint={}", sink.endpoint()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        install.status.success(),
+        "helm install failed:\n{}",
+        chart_support::text(&install)
+    );
+
+    let applied = SystemTime::now();
+    for namespace in ["shop", "secure"] {
+        kubectl_apply(cluster, namespace, &lumigo_manifest());
+    }
+
+    // Every traced service: a span with the proxy's Kubernetes attributes and the tracer's header.
+    for (deployment, runtime) in TRACED {
+        let span = first_span(&sink, "shop", deployment).await;
+        let pod = span
+            .attribute("k8s.pod.name")
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            pod.starts_with(&format!("{deployment}-")),
+            "{runtime}: k8s.pod.name {pod}"
+        );
+        assert_eq!(
+            span.attribute("k8s.namespace.name"),
+            Some("shop"),
+            "{runtime}: {span:?}"
+        );
+        assert_eq!(
+            span.authorization.as_deref(),
+            Some(format!("LumigoToken {TOKEN}").as_str()),
+            "{runtime}: the tracer's token header, forwarded by the proxy"
+        );
+        let waited = span.received_at.duration_since(applied).unwrap_or_default();
+        println!(
+            "{runtime}: first span {:.1} s after the Lumigo resource was applied",
+            waited.as_secs_f64()
+        );
+    }
+    first_span(&sink, "secure", "inventoryservice").await;
+
+    // The injected pods really ran the init container, under the pod's own restrictions.
+    for (namespace, deployment) in [("shop", "currencyservice"), ("secure", "inventoryservice")] {
+        let pod = running_pod(&client, namespace, deployment).await;
+        let init = &pod["status"]["initContainerStatuses"][0];
+        assert_eq!(
+            init["name"], "lumigo-injector",
+            "{namespace}/{deployment}: {pod:#}"
+        );
+        assert_eq!(
+            init["state"]["terminated"]["exitCode"], 0,
+            "{namespace}/{deployment}: {init:#}"
+        );
+    }
+    let email = kubectl(&["logs", "-n", "shop", "deploy/emailservice"]);
+    assert!(
+        email.contains("user preload ran: yes"),
+        "the container's own LD_PRELOAD still runs:\n{email}"
+    );
+    assert!(
+        email
+            .contains("LD_PRELOAD=/opt/lumigo/injector/lumigo_injector.so:/app/libuser_preload.so"),
+        "ours first, the user's kept:\n{email}"
+    );
+    // The static binary was injected like every other container and runs unharmed.
+    let frontend = running_pod(&client, "shop", "frontend").await;
+    assert_eq!(
+        frontend["spec"]["initContainers"][0]["name"],
+        "lumigo-injector"
+    );
+    assert_eq!(
+        frontend["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{frontend:#}"
+    );
+    // The opted-out service was never touched and sent nothing.
+    let payment = running_pod(&client, "shop", "paymentservice").await;
+    assert!(payment["spec"]["initContainers"].is_null(), "{payment:#}");
+    assert!(spans_of(&sink, "shop", "paymentservice").is_empty());
+
+    // Removal from one namespace: pods replaced without the injection, and no more spans.
+    kubectl(&["delete", "lumigo", "lumigo", "-n", "shop", "--wait=true"]);
+    for (name, template) in templates(&client, "shop").await {
+        assert_eq!(
+            Some(&template),
+            before.get(&name),
+            "{name} restored byte for byte"
+        );
+    }
+    wait_available(cluster, "shop").await;
+    let quiet_from = SystemTime::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let late: Vec<ReceivedSpan> = sink
+        .spans()
+        .into_iter()
+        .filter(|span| span.attribute("k8s.namespace.name") == Some("shop"))
+        .filter(|span| span.received_at > quiet_from)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "spans after the removal: {:?}",
+        &late[..late.len().min(3)]
+    );
+
+    // helm uninstall: the hook removes the remaining injection, and the operator is gone.
+    let uninstall = Command::new(&helm)
+        .args([
+            "uninstall",
+            "lumigo",
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(
+        uninstall.status.success(),
+        "helm uninstall failed:\n{}",
+        chart_support::text(&uninstall)
+    );
+    for (name, template) in templates(&client, "secure").await {
+        assert_eq!(
+            Some(&template),
+            before.get(&name),
+            "{name} restored byte for byte"
+        );
+    }
+    let operators: Api<Deployment> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
+    assert!(
+        operators
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "the operator is gone"
+    );
+    wait_available(cluster, "secure").await;
+}
+
+/// A service in the `restricted` namespace: non-root, no privilege escalation, no capabilities,
+/// RuntimeDefault seccomp. The injection must keep it admissible.
+const RESTRICTED_SERVICE: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: inventoryservice}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: inventoryservice}}
+  template:
+    metadata: {labels: {app: inventoryservice}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      securityContext: {runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: server
+          image: lumigo-e2e.local/shop-node:1
+          imagePullPolicy: Never
+          env: [{name: PEER_URL, value: "http://localhost:8080/ping"}]
+          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}, readOnlyRootFilesystem: true}
+          readinessProbe: {httpGet: {path: /ping, port: 8080}, periodSeconds: 2}
+"#;
+
+fn lumigo_manifest() -> String {
+    format!(
+        "apiVersion: v1
+kind: Secret
+metadata: {{name: lumigo-credentials}}
+stringData: {{token: {TOKEN}}}
+---
+apiVersion: operator.lumigo.io/v1alpha1
+kind: Lumigo
+metadata: {{name: lumigo}}
+spec: {{lumigoToken: {{secretRef: {{name: lumigo-credentials, key: token}}}}}}
+"
+    )
+}
+
+fn spans_of(sink: &OtlpSink, namespace: &str, deployment: &str) -> Vec<ReceivedSpan> {
+    sink.spans()
+        .into_iter()
+        .filter(|span| {
+            span.attribute("k8s.namespace.name") == Some(namespace)
+                && span.attribute("k8s.deployment.name") == Some(deployment)
+        })
+        .collect()
+}
+
+async fn first_span(sink: &OtlpSink, namespace: &str, deployment: &str) -> ReceivedSpan {
+    eventually(
+        &format!("a span from {namespace}/{deployment}"),
+        SPANS_TIMEOUT,
+        || async { spans_of(sink, namespace, deployment).into_iter().next() },
+    )
+    .await
+}
+
+/// Each Deployment's pod template, by name.
+async fn templates(client: &Client, namespace: &str) -> Vec<(String, Value)> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|deployment| {
+            let name = format!(
+                "{namespace}/{}",
+                deployment.metadata.name.clone().unwrap_or_default()
+            );
+            let spec = serde_json::to_value(deployment.spec).unwrap();
+            (name, spec["template"].clone())
+        })
+        .collect()
+}
+
+/// The one Running pod of a Deployment whose containers are all ready (a rollout's old pods gone).
+async fn running_pod(client: &Client, namespace: &str, deployment: &str) -> Value {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    eventually(
+        &format!("one ready pod of {namespace}/{deployment}"),
+        ROLLOUT_TIMEOUT,
+        || async {
+            let listed = pods
+                .list(&ListParams::default().labels(&format!("app={deployment}")))
+                .await
+                .ok()?;
+            let pods: Vec<Value> = listed
+                .items
+                .into_iter()
+                .map(|pod| serde_json::to_value(pod).unwrap())
+                .collect();
+            match pods.as_slice() {
+                [pod] if pod["status"]["containerStatuses"][0]["ready"] == true => {
+                    Some(pod.clone())
+                }
+                _ => None,
+            }
+        },
+    )
+    .await
+}
+
+async fn wait_available(cluster: &Cluster, namespace: &str) {
+    let started = Instant::now();
+    let timeout = format!("--timeout={}s", ROLLOUT_TIMEOUT.as_secs());
+    let output = kubectl_output(
+        cluster,
+        &["rollout", "status", "deployment", "-n", namespace, &timeout],
+    );
+    assert!(
+        output.status.success(),
+        "{namespace}: deployments not rolled out after {:?}:\n{}\n{}",
+        started.elapsed(),
+        chart_support::text(&output),
+        chart_support::text(&kubectl_output(
+            cluster,
+            &["get", "pods", "-n", namespace, "-o", "wide"]
+        ))
+    );
+}
+
+fn repo_file(path: &str) -> String {
+    chart_support::repo().join(path).display().to_string()
+}
+
+/// `kubectl` against the cluster; panics with its output unless it succeeds.
+fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
+    let output = kubectl_output(cluster, args);
+    assert!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        chart_support::text(&output)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn kubectl_output(cluster: &Cluster, args: &[&str]) -> std::process::Output {
+    chart_support::run(cluster.control_plane().kubectl().args(args))
+}
+
+/// `kubectl apply -n NAMESPACE -f -` with `manifest` on stdin.
+fn kubectl_apply(cluster: &Cluster, namespace: &str, manifest: &str) {
+    let mut command = cluster.control_plane().kubectl();
+    command.args(["apply", "-n", namespace, "-f", "-"]);
+    let output = chart_support::run_with_stdin(&mut command, manifest);
+    assert!(
+        output.status.success(),
+        "kubectl apply: {}",
+        chart_support::text(&output)
+    );
+}
