@@ -66,7 +66,8 @@ build_start=$SECONDS
 bin="$("$repo/e2e/build-binaries.sh" 2>>"$work/build.log")"
 "$repo/e2e/build-node-binaries.sh" >/dev/null 2>>"$work/build.log"
 helm="$("$repo/tools/helm/build.sh" 2>>"$work/build.log")"
-eval "$("$repo/e2e/image-inputs.sh" 2>>"$work/build.log")"
+inputs="$("$repo/e2e/image-inputs.sh" 2>>"$work/build.log")"
+eval "$inputs"
 (cd "$repo" && cargo build -q -p lumigo-e2e --bin control-plane 2>>"$work/build.log")
 kubectl="$bin/kubectl"
 explain "built (or found in the cache) in $((SECONDS - build_start)) s: $("$kubectl" version --client 2>/dev/null | head -1)," \
@@ -80,7 +81,8 @@ cluster_start=$SECONDS
 "$CARGO_TARGET_DIR/debug/control-plane" --node --kubeconfig "$work/admin.kubeconfig" --traces "$work/traces.json" \
     >"$work/cluster.env" 2>"$work/cluster.log" &
 cluster_pid=$!
-wait_for 600 "the cluster and its images" grep -q '^export KUBECONFIG=' "$work/cluster.env"
+wait_for 600 "the cluster and its images" bash -c "grep -q '^export KUBECONFIG=' '$work/cluster.env' || ! kill -0 $cluster_pid"
+kill -0 "$cluster_pid" 2>/dev/null || { echo "!! the cluster did not start" >&2; exit 1; }
 # shellcheck disable=SC1091
 source "$work/cluster.env"
 explain "ready in $((SECONDS - cluster_start)) s ($(grep -o '[0-9]* images built.*' "$work/cluster.log"))"
@@ -101,7 +103,8 @@ explain "The chart's own images (operator, autotrace) under their release names;
         "the proxy forwarding to the demo's receiver instead of Lumigo ($LUMIGO_SINK)."
 show "$helm" install lumigo "$repo/charts/lumigo-operator" -n "$release_ns" --create-namespace --wait --timeout 180s \
     --set operator.image.pullPolicy=Never \
-    --set telemetryProxy.image.repository=lumigo-e2e.local/otelcol --set telemetryProxy.image.pullPolicy=Never \
+    --set telemetryProxy.image.repository=lumigo-e2e.local/otelcol --set telemetryProxy.image.tag="$LUMIGO_COLLECTOR_TAG" \
+    --set telemetryProxy.image.pullPolicy=Never \
     --set telemetryProxy.exporter.endpoint="$LUMIGO_SINK"
 show "$kubectl" get pods -n "$release_ns" -o wide
 
@@ -140,12 +143,13 @@ explain "emailservice's own LD_PRELOAD library is kept after ours, and still run
 
 say "The traces that arrived at the receiver, through the telemetry proxy"
 explain "Each service's spans carry the Kubernetes attributes the proxy added and the tracer's own token header."
-wait_for 240 "spans from the Node.js, Python and Java services" python3 - "$work/traces.json" <<'PY'
+cat >"$work/all-runtimes.py" <<'PY'
 import json, sys
 services = json.load(open(sys.argv[1]))["services"]
 deployments = {s["attributes"].get("k8s.deployment.name") for s in services.values()}
 sys.exit(0 if {"currencyservice", "emailservice", "adservice"} <= deployments else 1)
 PY
+wait_for 240 "spans from the Node.js, Python and Java services" python3 "$work/all-runtimes.py" "$work/traces.json"
 sleep 3
 python3 - "$work/traces.json" "$applied_at" <<'PY'
 import json, sys
@@ -184,6 +188,9 @@ show "$kubectl" get events -n "$app_ns" --field-selector reason=LumigoAddedInstr
 say "Turn Lumigo off: delete the Lumigo resource"
 show "$kubectl" delete lumigo lumigo -n "$app_ns" --wait=true --timeout=120s
 "$kubectl" rollout status deployment -n "$app_ns" --timeout=180s >/dev/null
+# The injected pods flush their spans as they stop: count from when the last one is gone.
+wait_for 120 "the injected pods to be gone" bash -c "[[ -z \$('$kubectl' get pods -n $app_ns -o jsonpath='{.items[?(@.metadata.deletionTimestamp)].metadata.name}') ]]"
+sleep 3
 after="$("$kubectl" get deployment currencyservice -n "$app_ns" -o jsonpath='{.spec}' | sha256sum)"
 show "$kubectl" get pods -n "$app_ns" -o custom-columns='POD:.metadata.name,INIT:.spec.initContainers[*].name,READY:.status.containerStatuses[*].ready'
 if [[ "$before" == "$after" ]]; then
@@ -197,7 +204,8 @@ sleep 10
 spans_after="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["spans"])' "$work/traces.json")"
 explain "spans received in the 10 s after the pods were replaced: $((spans_after - spans_before))"
 
-if "$kubectl" logs -n "$release_ns" deploy/lumigo-operator 2>/dev/null | grep -qi forbidden; then
+operator_log="$("$kubectl" logs -n "$release_ns" deploy/lumigo-operator)"
+if grep -qi forbidden <<<"$operator_log"; then
     echo "!! the operator was refused a request under the chart's RBAC" >&2
     exit 1
 fi

@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # Builds the node's container runtime (containerd, containerd-shim-runc-v2, ctr from e2e/containerd/go.mod),
 # its DNS (coredns from e2e/coredns/go.mod) and its pod sandbox program (node/pause.c) into
-# $LUMIGO_CACHE/node-bin/<containerd>-<coredns>-<pause.c hash>/, and prints that directory. The rest of the node (kubelet, kube-proxy, kube-scheduler) comes from
-# build-binaries.sh with the control plane; runc, the CNI plugins and iptables are Debian packages
+# $LUMIGO_CACHE/node-bin/<containerd>-<coredns>-<pause.c hash>/, and prints that directory. The rest of
+# the node (kubelet, kube-proxy, kube-scheduler) comes from build-binaries.sh with the control plane; runc, the CNI plugins and iptables are Debian packages
 # (scripts/setup.sh). Like build-binaries.sh: a directory that exists is complete, a warm run returns at once.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${LUMIGO_CACHE:-$HOME/.cache/lumigo-operator}"
 
-# Must agree with the version lookup in e2e/src/node.rs.
 version_of() { awk -v m="$1" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$2"; }
 containerd_version="$(version_of github.com/containerd/containerd/v2 "$here/containerd/go.mod")"
 coredns_version="$(version_of github.com/coredns/coredns "$here/coredns/go.mod")"

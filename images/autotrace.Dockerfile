@@ -36,4 +36,6 @@ COPY --from=payload --chown=0:0 /out/opt/lumigo /opt/lumigo
 # The operator sets TARGET_DIRECTORY=/target (the lumigo-injector emptyDir) on the init container.
 ENV TARGET_DIRECTORY=/target
 USER 65532:65532
-ENTRYPOINT ["/bin/busybox", "sh", "-c", "/bin/busybox cp -R /opt/lumigo/. \"$TARGET_DIRECTORY\"/ && echo \"lumigo: payload copied to $TARGET_DIRECTORY\""]
+# Idempotent: a restarted init container (a failed first attempt, a recreated pod sandbox) finds the
+# previous copy, which `cp` alone would refuse to overwrite.
+ENTRYPOINT ["/bin/busybox", "sh", "-c", "/bin/busybox rm -rf \"$TARGET_DIRECTORY\"/* && /bin/busybox cp -R /opt/lumigo/. \"$TARGET_DIRECTORY\"/ && echo \"lumigo: payload copied to $TARGET_DIRECTORY\""]

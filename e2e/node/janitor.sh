@@ -1,46 +1,68 @@
 #!/usr/bin/env bash
 # The node's janitor: the one place that knows how to take a test node off this machine again.
-#   janitor.sh RUN_DIR BIN_DIR
+#   janitor.sh RUN_DIR BIN_DIR POD_CIDR SERVICE_CIDR
 # Started by e2e/src/node.rs before anything of the node exists, in a session of its own (so it is
 # not killed with the test). It takes the machine-wide node lock (a node's ports, bridge, iptables
 # chains and cgroups are per machine), sweeps what a run that died without its janitor left behind,
-# says "ready" on stdout, then waits for its stdin to close: the test closes it when the node
-# stops, and the kernel closes it when the test dies however it dies. Then it removes everything
-# the node made and releases the lock. A second run waits on the lock until that is done.
+# saves the kernel settings the node's components change, fences the cluster's networks in so that
+# nothing addressed to them ever leaves the machine, says "ready", then waits for its stdin to
+# close: the test closes it when the node stops, and the kernel closes it when the test dies
+# however it dies. Then it removes everything the node made, restores the settings and releases
+# the lock. A second run waits on the lock until that is done.
 set -uo pipefail
 
-run_dir=${1:?usage: janitor.sh RUN_DIR BIN_DIR}
-bin_dir=${2:?usage: janitor.sh RUN_DIR BIN_DIR}
+run_dir=${1:?usage: janitor.sh RUN_DIR BIN_DIR POD_CIDR SERVICE_CIDR}
+bin_dir=${2:?usage: janitor.sh RUN_DIR BIN_DIR POD_CIDR SERVICE_CIDR}
+pod_cidr=${3:?usage: janitor.sh RUN_DIR BIN_DIR POD_CIDR SERVICE_CIDR}
+service_cidr=${4:?usage: janitor.sh RUN_DIR BIN_DIR POD_CIDR SERVICE_CIDR}
 lock=/run/lumigo-e2e-node.lock
+lock_wait=1800
 # Every run directory lives under this root, so a sweep finds those of dead runs.
 runs_root=$(dirname "$run_dir")
+# The test reads one line from our stdout; after that nobody reads it, and writing to a closed pipe
+# must not kill the janitor halfway through its work.
+trap '' PIPE
+exec 3>&1 1>&2
+
+# Kernel settings the kubelet (setupKernelTunables) and kube-proxy change on a node, and the
+# node's own (forwarding, bridged traffic through iptables): saved before, restored after.
+sysctls=(net/ipv4/ip_forward net/bridge/bridge-nf-call-iptables net/bridge/bridge-nf-call-ip6tables
+    net/ipv4/conf/all/route_localnet net/netfilter/nf_conntrack_tcp_timeout_established
+    net/netfilter/nf_conntrack_tcp_timeout_close_wait kernel/panic kernel/panic_on_oops
+    vm/overcommit_memory vm/panic_on_oom kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
+# The chain that keeps pod traffic on the machine (see fence_in).
+egress_chain=LUMIGO-E2E-EGRESS
 
 exec 9>"$lock"
 if ! flock -n 9; then
-    echo "waiting for another test run's node to stop (lock $lock)" >&2
-    flock 9
+    echo "waiting for another test run's node to stop (lock $lock, at most $lock_wait s)"
+    flock -w "$lock_wait" 9 || { echo "janitor: another run held $lock for $lock_wait s"; exit 1; }
 fi
 
-log() { echo "janitor: $*" >&2; }
+log() { echo "janitor: $*"; }
 
 kill_node_processes() {
-    # Containers first (every pod lives under the kubepods cgroups), then the runc shims that
-    # outlive containerd by design, then any component of ours still running.
+    # Containers first (every pod lives under the kubepods cgroups), then the runc shims, which
+    # outlive containerd by design (containerd starts them by their path in BIN_DIR).
     local procs pids
     for procs in $(find /sys/fs/cgroup/*/kubepods* -name cgroup.procs 2>/dev/null); do
         pids=$(cat "$procs" 2>/dev/null) && [[ -n $pids ]] && kill -KILL $pids 2>/dev/null
     done
     pkill -KILL -f "^$bin_dir/" 2>/dev/null
-    pkill -KILL -x containerd-shim-runc-v2 2>/dev/null
-    sleep 0.2
 }
 
 remove_cgroups() {
-    # Deepest first: a cgroup directory can only go once its children are gone.
-    local dir
-    for dir in $(find /sys/fs/cgroup/*/kubepods* -depth -type d 2>/dev/null); do
-        rmdir "$dir" 2>/dev/null
+    # A cgroup can only go once its processes have been reaped and its children are gone: deepest
+    # first, a few rounds while killed processes finish exiting.
+    local dir round
+    for round in 1 2 3 4 5 6 7 8 9 10; do
+        for dir in $(find /sys/fs/cgroup/*/kubepods* -depth -type d 2>/dev/null); do
+            rmdir "$dir" 2>/dev/null
+        done
+        compgen -G '/sys/fs/cgroup/*/kubepods*' >/dev/null || return 0
+        sleep 0.2
     done
+    log "cgroups left behind: $(compgen -G '/sys/fs/cgroup/*/kubepods*' | tr '\n' ' ')"
 }
 
 unmount_under() { # unmount_under DIR: every mount point below DIR, deepest first
@@ -50,34 +72,60 @@ unmount_under() { # unmount_under DIR: every mount point below DIR, deepest firs
     done
 }
 
+remove_chains() { # remove_chains TOOL: our jumps, then our chains, in every table TOOL knows
+    local tool=$1 table chain rule
+    for table in filter nat mangle; do
+        "$tool" -t "$table" -S 2>/dev/null | grep -E -- "-j (KUBE-|CNI-|$egress_chain)" | sed 's/^-A/-D/' |
+            while read -r rule; do eval "$tool" -t "$table" "$rule" 2>/dev/null; done
+        for chain in $("$tool" -t "$table" -S 2>/dev/null | awk -v e="$egress_chain" '/^-N / && ($2 ~ /^(KUBE-|CNI-)/ || $2 == e) { print $2 }'); do
+            "$tool" -t "$table" -F "$chain" 2>/dev/null
+        done
+        for chain in $("$tool" -t "$table" -S 2>/dev/null | awk -v e="$egress_chain" '/^-N / && ($2 ~ /^(KUBE-|CNI-)/ || $2 == e) { print $2 }'); do
+            "$tool" -t "$table" -X "$chain" 2>/dev/null
+        done
+    done
+}
+
 remove_network() {
-    local link chain table
+    local link
     # Pod veths are peers of the bridge; deleting the bridge does not delete them.
     for link in $(ip -o link show master cni0 2>/dev/null | awk -F': ' '{ print $2 }' | cut -d@ -f1); do
         ip link del "$link" 2>/dev/null
     done
     ip link del cni0 2>/dev/null
-    for table in filter nat mangle; do
-        # Jumps into our chains go first, then the chains themselves.
-        iptables -t "$table" -S 2>/dev/null | grep -E -- '-j (KUBE-|CNI-)' | sed 's/^-A/-D/' |
-            while read -r rule; do eval iptables -t "$table" "$rule" 2>/dev/null; done
-        for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ { print $2 }'); do
-            iptables -t "$table" -F "$chain" 2>/dev/null
-        done
-        for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ { print $2 }'); do
-            iptables -t "$table" -X "$chain" 2>/dev/null
-        done
+    remove_chains iptables
+    remove_chains ip6tables
+    rm -rf /var/lib/cni/networks/lumigo-e2e /var/lib/cni/results/lumigo-e2e-*
+}
+
+# Nothing addressed to the cluster's networks may leave the machine: a Service IP that kube-proxy
+# has not (or no longer) translated, or a pod address of no pod, would otherwise follow the default
+# route. And pods reach this machine and each other only: what they send elsewhere is dropped.
+# (Filter rules, not blackhole routes: the host's own connections to Service IPs must get as far as
+# kube-proxy's DNAT in nat/OUTPUT, which a route lookup failing at connect() would prevent.)
+fence_in() {
+    iptables -N "$egress_chain"
+    iptables -A "$egress_chain" -d "$service_cidr" -j DROP
+    iptables -A "$egress_chain" -d "$pod_cidr" ! -o cni0 -j DROP
+    iptables -A "$egress_chain" -s "$pod_cidr" ! -o cni0 -j DROP
+    iptables -I OUTPUT -j "$egress_chain"
+    iptables -I FORWARD -j "$egress_chain"
+}
+
+save_sysctls() { # save_sysctls DIR
+    local key
+    mkdir -p "$1/sysctl.orig"
+    for key in "${sysctls[@]}"; do
+        [[ -f /proc/sys/$key ]] && cat "/proc/sys/$key" >"$1/sysctl.orig/${key//\//.}"
     done
-    # kube-proxy also writes nftables tables of its own in nftables mode; it runs in iptables mode
-    # here, but a probe at start-up creates them.
-    for table in kube-proxy; do
-        nft delete table ip "$table" 2>/dev/null
-        nft delete table ip6 "$table" 2>/dev/null
+}
+
+restore_sysctls() { # restore_sysctls DIR
+    local key saved
+    for key in "${sysctls[@]}"; do
+        saved="$1/sysctl.orig/${key//\//.}"
+        [[ -f $saved ]] && cat "$saved" >"/proc/sys/$key" 2>/dev/null
     done
-    # Network namespaces of pods (containerd mounts them under /var/run/netns, /run/netns).
-    unmount_under /run/netns
-    unmount_under /var/run/netns
-    rm -f /run/netns/cni-* 2>/dev/null
 }
 
 clean_run() { # clean_run DIR: everything one run made
@@ -85,19 +133,16 @@ clean_run() { # clean_run DIR: everything one run made
     kill_node_processes
     unmount_under "$dir"
     unmount_under /var/lib/kubelet
-    unmount_under /run/containerd
     remove_cgroups
     remove_network
-    local key
-    for key in net/ipv4/ip_forward net/bridge/bridge-nf-call-iptables; do
-        [[ -f $dir/sysctl.orig/${key//\//.} ]] && cat "$dir/sysctl.orig/${key//\//.}" >"/proc/sys/$key"
-    done
-    rm -rf "$dir" /var/lib/kubelet/device-plugins /var/lib/kubelet/pod-resources /var/lib/cni/networks/lumigo-e2e
+    restore_sysctls "$dir"
+    # --one-file-system: a mount that would not go must not be followed into.
+    rm -rf --one-file-system "$dir" /var/lib/kubelet/device-plugins /var/lib/kubelet/pod-resources
     rmdir /var/lib/kubelet "$runs_root" 2>/dev/null
+    rm -rf /var/log/containers /var/log/pods
     # runc's state and the shims' sockets and fifos go to /run/containerd whatever containerd's own
     # state directory is; the whole directory is ours unless a system containerd lives there.
-    [[ -S /run/containerd/containerd.sock ]] || rm -rf /run/containerd
-    rm -rf /var/log/containers /var/log/pods
+    [[ -S /run/containerd/containerd.sock ]] || rm -rf --one-file-system /run/containerd
 }
 
 # Leftovers of runs whose janitor itself was killed (e.g. the machine stopped mid-run).
@@ -107,12 +152,13 @@ for stale in "$runs_root"/run-*; do
     clean_run "$stale"
 done
 clean_run "$run_dir" 2>/dev/null
-# What the node changes of the machine's settings (e2e/src/node.rs), to give back as it was.
-mkdir -p "$run_dir/sysctl.orig"
-for key in net/ipv4/ip_forward net/bridge/bridge-nf-call-iptables; do
-    [[ -f /proc/sys/$key ]] && cat "/proc/sys/$key" >"$run_dir/sysctl.orig/${key//\//.}"
-done
-echo ready
+mkdir -p "$run_dir"
+# Keys and kubeconfigs of cluster-admin users will live here.
+chmod 700 "$run_dir"
+save_sysctls "$run_dir"
+fence_in
+echo ready >&3
+exec 3>&-
 
 # Blocks until the test closes its end or dies.
 while read -r _; do :; done

@@ -17,14 +17,15 @@ use tempfile::TempDir;
 
 use crate::binaries::Binaries;
 use crate::certs::{CertificateAuthority, ServiceAccountKey};
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::kubeconfig;
 use crate::process::Process;
+use crate::shared::Shared;
 
 /// Generous enough for a cold page cache on a busy two-core machine.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(100);
-const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
+pub(crate) const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
 /// The pod network; the node's share of it is the first /24 (see `crate::node`).
 pub(crate) const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The first address of the service range: the in-cluster `kubernetes` Service.
@@ -114,7 +115,7 @@ impl ControlPlane {
             path("etcd.log"),
         )?;
         let etcd_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, etcd_port));
-        wait_for(&mut etcd, || async {
+        wait_for(&mut etcd, STARTUP_TIMEOUT, || async {
             TcpStream::connect(etcd_addr).is_ok()
         })
         .await?;
@@ -193,7 +194,7 @@ impl ControlPlane {
         )
         .await?;
         let client = Client::try_from(config.clone())?;
-        wait_for(&mut apiserver, || async {
+        wait_for(&mut apiserver, STARTUP_TIMEOUT, || async {
             let request = http::Request::get("/readyz").body(Vec::new());
             match request {
                 Ok(request) => client.request_text(request).await.is_ok(),
@@ -232,7 +233,7 @@ impl ControlPlane {
             &kcm_args,
             path("kube-controller-manager.log"),
         )?;
-        wait_for(&mut controller_manager, || {
+        wait_for(&mut controller_manager, STARTUP_TIMEOUT, || {
             default_service_account_exists(&client, "default")
         })
         .await?;
@@ -255,27 +256,11 @@ impl ControlPlane {
     /// One control plane for every test of the calling test binary, started by the first caller and
     /// stopped when the process exits. Give each test its own namespace ([`Self::create_namespace`]).
     pub async fn shared() -> Result<Arc<Self>> {
-        static SHARED: tokio::sync::Mutex<Option<Arc<ControlPlane>>> =
-            tokio::sync::Mutex::const_new(None);
-
-        // Statics are never dropped; this is how the shared control plane gets stopped cleanly
-        // (the test harness leaves through `exit`). If the process is killed instead, the
-        // parent-death signal still stops the processes.
+        static SHARED: Shared<ControlPlane> = Shared::new();
         extern "C" fn stop_shared() {
-            if let Ok(mut shared) = SHARED.try_lock() {
-                drop(shared.take());
-            }
+            SHARED.stop();
         }
-
-        let mut shared = SHARED.lock().await;
-        if let Some(control_plane) = shared.as_ref() {
-            return Ok(control_plane.clone());
-        }
-        let control_plane = Arc::new(Self::start().await?);
-        // SAFETY: registers a plain function; a failure to register only loses the clean stop.
-        unsafe { libc::atexit(stop_shared) };
-        *shared = Some(control_plane.clone());
-        Ok(control_plane)
+        SHARED.get_or_start(Self::start(), stop_shared).await
     }
 
     /// A client with cluster-admin rights. A new one per call, bound to the caller's Tokio runtime
@@ -304,6 +289,41 @@ impl ControlPlane {
         let mut command = std::process::Command::new(&self.kubectl);
         command.arg("--kubeconfig").arg(&self.kubeconfig);
         command
+    }
+
+    /// Runs kubectl with `args` (and `stdin` on its standard input) and returns what it printed on
+    /// stdout; an error carries its stderr.
+    pub fn run_kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = self
+            .kubectl()
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context(|| format!("starting kubectl {args:?}"))?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes())
+                .context(|| format!("writing to kubectl {args:?}"))?;
+        }
+        let output = child
+            .wait_with_output()
+            .context(|| format!("running kubectl {args:?}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(Error::Kubectl {
+                args: args.join(" "),
+                status: output.status.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            })
+        }
     }
 
     /// The apiserver's URL, `https://127.0.0.1:<port>`.
@@ -359,8 +379,13 @@ async fn default_service_account_exists(client: &Client, namespace: &str) -> boo
     matches!(api.get_opt("default").await, Ok(Some(_)))
 }
 
-/// Polls `ready` until it holds, failing early with the log if `process` exits meanwhile.
-async fn wait_for<F, Fut>(process: &mut Process, mut ready: F) -> Result<()>
+/// Polls `ready` until it holds, failing early with the log if `process` exits meanwhile, and with
+/// the end of its log after `timeout`.
+pub(crate) async fn wait_for<F, Fut>(
+    process: &mut Process,
+    timeout: Duration,
+    mut ready: F,
+) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -371,7 +396,7 @@ where
         if ready().await {
             return Ok(());
         }
-        if started.elapsed() > STARTUP_TIMEOUT {
+        if started.elapsed() > timeout {
             return Err(process.not_ready(started.elapsed()));
         }
         tokio::time::sleep(POLL).await;

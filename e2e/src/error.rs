@@ -40,6 +40,13 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 
+    #[error("kubectl {args} failed ({status}): {stderr}")]
+    Kubectl {
+        args: String,
+        status: String,
+        stderr: String,
+    },
+
     /// The node could not be set up on this machine; the message says what and how to fix it.
     #[error("the e2e node: {0}")]
     Node(String),

@@ -236,12 +236,21 @@ pub fn python_app(out: &Path, cache: &Path) -> Result<ImageInfo> {
             .arg(dir)
             .arg("requests==2.32.3"))
     })?;
-    let preload = cached(cache, "e2e-apps/user-preload", |dir| {
-        run(Command::new("gcc")
-            .args(["-shared", "-fPIC", "-O2", "-o"])
-            .arg(dir.join("libuser_preload.so"))
-            .arg(apps_dir().join("user_preload.c")))
-    })?;
+    let preload_source = apps_dir().join("user_preload.c");
+    let preload_key = short_hash(
+        &std::fs::read_to_string(&preload_source)
+            .context(|| format!("reading {}", preload_source.display()))?,
+    );
+    let preload = cached(
+        cache,
+        &format!("e2e-apps/user-preload-{preload_key}"),
+        |dir| {
+            run(Command::new("gcc")
+                .args(["-shared", "-fPIC", "-O2", "-o"])
+                .arg(dir.join("libuser_preload.so"))
+                .arg(&preload_source))
+        },
+    )?;
     let mut image = ImageBuilder::new(PYTHON_APP, arch());
     image
         .entrypoint(["/usr/bin/python3.11", "/app/server.py"])
@@ -252,7 +261,7 @@ pub fn python_app(out: &Path, cache: &Path) -> Result<ImageInfo> {
         .context(|| "listing Python's lib-dynload".into())?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .collect();
-    for library in libraries_of(&extensions)? {
+    for library in libraries_of(&extensions, &[])? {
         let path = library.display().to_string();
         layer.file(&library, &path, 0o755, 0, 0);
     }
@@ -311,7 +320,7 @@ pub fn java_app(out: &Path, cache: &Path) -> Result<ImageInfo> {
     let layer = image.layer();
     let mut natives = vec![runtime.join("bin/java")];
     natives.extend(files_named(&runtime.join("lib"), ".so")?);
-    for library in libraries_of(&natives)? {
+    for library in libraries_of(&natives, &[runtime.join("lib"), runtime.join("lib/server")])? {
         if !library.starts_with(&runtime) {
             let path = library.display().to_string();
             layer.file(&library, &path, 0o755, 0, 0);
@@ -348,7 +357,7 @@ pub fn static_app(out: &Path) -> Result<ImageInfo> {
 /// `program` at `path` in the image, plus its dynamic loader and libraries at their own paths.
 fn program_with_libraries(layer: &mut LayerBuilder, program: &Path, path: &str) -> Result<()> {
     layer.file(program, path, 0o755, 0, 0);
-    for library in libraries_of(&[program.to_owned()])? {
+    for library in libraries_of(&[program.to_owned()], &[])? {
         let path = library.display().to_string();
         layer.file(&library, &path, 0o755, 0, 0);
     }
@@ -356,14 +365,31 @@ fn program_with_libraries(layer: &mut LayerBuilder, program: &Path, path: &str) 
 }
 
 /// The libraries (and the loader) `ldd` resolves for each of `objects`, by the paths it prints.
-fn libraries_of(objects: &[PathBuf]) -> Result<BTreeSet<PathBuf>> {
+/// `search` adds directories a program finds its own libraries in at run time (the JVM's
+/// `lib/server` for `libjvm.so`, say).
+fn libraries_of(objects: &[PathBuf], search: &[PathBuf]) -> Result<BTreeSet<PathBuf>> {
     let mut libraries = BTreeSet::new();
+    let library_path = std::env::join_paths(search)
+        .map_err(|error| Error::Image(format!("a library directory: {error}")))?;
     for object in objects {
         let output = Command::new("ldd")
             .arg(object)
+            .env("LD_LIBRARY_PATH", &library_path)
             .output()
             .context(|| format!("running ldd {}", object.display()))?;
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let listed = String::from_utf8_lossy(&output.stdout);
+        // A library missing here would be missing in the image, where the container would fail
+        // with far less of a clue.
+        if !output.status.success() || listed.contains("not found") {
+            return Err(Error::Image(format!(
+                "ldd {} ({}): {}{}",
+                object.display(),
+                output.status,
+                listed.trim(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        for line in listed.lines() {
             // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
             let path = match line.split_once("=>") {
                 Some((_, resolved)) => resolved.split_whitespace().next(),
@@ -449,6 +475,17 @@ fn short_hash(text: &str) -> String {
         .collect()
 }
 
+/// `$LUMIGO_CACHE`, by default `~/.cache/lumigo-operator`: where the application images' inputs
+/// (a jlink'd runtime, `requests`, compiled classes) are kept between runs.
+pub fn cache_dir() -> Result<PathBuf> {
+    std::env::var_os("LUMIGO_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/lumigo-operator"))
+        })
+        .ok_or_else(|| Error::Image("neither LUMIGO_CACHE nor HOME is set".into()))
+}
+
 /// The product's images carry the workspace's version, which the chart's appVersion must equal
 /// (`images/build.sh` refuses to build otherwise).
 pub fn autotrace_name() -> String {
@@ -464,12 +501,7 @@ pub fn operator_name() -> String {
 
 /// Every image a cluster test or the demo runs, written into `dir`; returns the archives.
 pub fn build_all(artifacts: &Artifacts, dir: &Path) -> Result<Vec<PathBuf>> {
-    let cache = std::env::var_os("LUMIGO_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/lumigo-operator"))
-        })
-        .ok_or_else(|| Error::Image("neither LUMIGO_CACHE nor HOME is set".into()))?;
+    let cache = cache_dir()?;
     let archive = |name: &str| dir.join(format!("{name}.tar"));
     autotrace(&autotrace_name(), &artifacts.payload, &archive("autotrace"))?;
     operator(

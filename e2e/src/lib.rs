@@ -1,7 +1,11 @@
-//! A real Kubernetes control plane for end-to-end tests and the demo: etcd, kube-apiserver and
-//! kube-controller-manager built from the Go modules pinned in `e2e/k8s/go.mod`, started on free
-//! loopback ports with freshly generated certificates, RBAC and the admission plugins the project
-//! relies on (MutatingAdmissionWebhook, PodSecurity).
+//! A real Kubernetes cluster for end-to-end tests and the demo, built from pinned Go modules:
+//! - [`ControlPlane`]: etcd, kube-apiserver and kube-controller-manager on free loopback ports with
+//!   freshly generated certificates, RBAC and the admission plugins the project relies on
+//!   (MutatingAdmissionWebhook, PodSecurity); no node, for the fast suites;
+//! - [`Cluster`]: the control plane reachable from pods plus a real node (kube-scheduler, containerd
+//!   with runc and the CNI plugins, kubelet, kube-proxy, CoreDNS), one per machine;
+//! - [`images`]: the images the node runs, assembled here as OCI archives ([`oci`], [`dockerfile`]);
+//! - [`OtlpSink`]: an OTLP/HTTP receiver standing in for Lumigo's endpoint.
 //!
 //! ```no_run
 //! # async fn demo() -> lumigo_e2e::Result<()> {
@@ -22,6 +26,7 @@ mod node;
 pub mod oci;
 mod otlp_sink;
 mod process;
+mod shared;
 
 pub use certs::{CertificateAuthority, CertifiedKey};
 pub use control_plane::ControlPlane;

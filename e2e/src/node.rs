@@ -8,12 +8,12 @@
 //! and takes the node off the machine when the test stops or dies (it waits for its stdin to close,
 //! which the kernel does when the test process goes, however it goes).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node as NodeObject, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -21,10 +21,11 @@ use kube::api::PostParams;
 use kube::Api;
 
 use crate::binaries::NodeBinaries;
-use crate::control_plane::{ControlPlane, CLUSTER_CIDR};
+use crate::control_plane::{wait_for, ControlPlane, CLUSTER_CIDR, SERVICE_CLUSTER_IP_RANGE};
 use crate::error::{Error, IoContext, Result};
 use crate::kubeconfig;
 use crate::process::Process;
+use crate::shared::Shared;
 
 /// Where run directories live: on the root filesystem (overlayfs snapshots need a real one).
 const RUNS_ROOT: &str = "/var/lib/lumigo-e2e";
@@ -36,6 +37,7 @@ const COREDNS_PORT: u16 = 1053;
 /// The image containerd runs pod sandboxes from; imported at start, never pulled.
 const PAUSE_IMAGE: &str = "lumigo-e2e.local/pause:1";
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the janitor waits for another run's node (its `lock_wait`).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Ports the kubelet and kube-proxy bind on every node, so a second node on this machine (or a
 /// leftover process) would collide on them.
@@ -107,25 +109,11 @@ impl Cluster {
     /// One cluster for every test of the calling test binary (see [`ControlPlane::shared`]):
     /// started by the first caller, stopped when the process exits.
     pub async fn shared() -> Result<Arc<Self>> {
-        static SHARED: tokio::sync::Mutex<Option<Arc<Cluster>>> =
-            tokio::sync::Mutex::const_new(None);
-
+        static SHARED: Shared<Cluster> = Shared::new();
         extern "C" fn stop_shared() {
-            if let Ok(mut shared) = SHARED.try_lock() {
-                drop(shared.take());
-            }
+            SHARED.stop();
         }
-
-        let mut shared = SHARED.lock().await;
-        if let Some(cluster) = shared.as_ref() {
-            return Ok(cluster.clone());
-        }
-        let cluster = Arc::new(Self::start().await?);
-        // SAFETY: registers a plain function; a failure to register only loses the clean stop
-        // (the janitor still removes the node when the process goes).
-        unsafe { libc::atexit(stop_shared) };
-        *shared = Some(cluster.clone());
-        Ok(cluster)
+        SHARED.get_or_start(Self::start(), stop_shared).await
     }
 
     pub fn control_plane(&self) -> &ControlPlane {
@@ -206,14 +194,14 @@ impl Node {
             &containerd_config(&containerd_dir, &path("cni")),
         )?;
         std::fs::create_dir_all(path("cni")).context(|| "creating the CNI config dir".into())?;
-        write("cni/10-lumigo-e2e.conflist", CNI_CONFIG)?;
+        write("cni/10-lumigo-e2e.conflist", &cni_config())?;
         let mut command = Command::new(&node_bin.containerd);
         command.arg(format!("--config={}", containerd_config.display()));
         // containerd finds its runc shim on PATH.
         let path_var = std::env::var("PATH").unwrap_or_default();
         command.env("PATH", format!("{}:{path_var}", node_bin.dir.display()));
         let mut containerd = Process::spawn_command("containerd", command, path("containerd.log"))?;
-        wait_until(&mut containerd, NODE_READY_TIMEOUT, || async {
+        wait_for(&mut containerd, NODE_READY_TIMEOUT, || async {
             std::os::unix::net::UnixStream::connect(&containerd_socket).is_ok()
         })
         .await?;
@@ -244,7 +232,7 @@ impl Node {
         )?;
         let client = control_plane.client()?;
         let nodes = Api::<NodeObject>::all(client.clone());
-        wait_until(&mut kubelet, NODE_READY_TIMEOUT, || async {
+        wait_for(&mut kubelet, NODE_READY_TIMEOUT, || async {
             matches!(nodes.get_opt(&name).await, Ok(Some(node)) if is_ready(&node))
         })
         .await?;
@@ -254,8 +242,13 @@ impl Node {
             format!("--hostname-override={name}"),
             format!("--cluster-cidr={CLUSTER_CIDR}"),
             "--proxy-mode=iptables".into(),
-            // The VM does not let it raise nf_conntrack_max; the default table is plenty.
+            // The machine's conntrack settings stay as they are: the VM does not let it raise
+            // nf_conntrack_max, and the default timeouts are fine for a test.
             "--conntrack-max-per-core=0".into(),
+            "--conntrack-tcp-timeout-established=0".into(),
+            "--conntrack-tcp-timeout-close-wait=0".into(),
+            // NodePorts on 127.0.0.1 would need route_localnet, a machine-wide setting.
+            "--iptables-localhost-nodeports=false".into(),
             "--healthz-bind-address=127.0.0.1:10256".into(),
             "--metrics-bind-address=127.0.0.1:10249".into(),
             "--v=1".into(),
@@ -296,15 +289,22 @@ impl Node {
             path("coredns.log"),
         )?;
         publish_cluster_dns(&client, ip).await?;
-        wait_until(&mut coredns, NODE_READY_TIMEOUT, || async {
+        wait_for(&mut coredns, NODE_READY_TIMEOUT, || async {
             TcpStream::connect((ip, COREDNS_PORT)).is_ok()
         })
         .await?;
-        // kube-proxy has programmed the Services once its healthz answers.
-        wait_until(&mut kube_proxy, NODE_READY_TIMEOUT, || async {
-            TcpStream::connect((Ipv4Addr::LOCALHOST, 10256)).is_ok()
+        // Services work once kube-proxy has written their rules (its healthz answers before that).
+        wait_for(&mut kube_proxy, NODE_READY_TIMEOUT, || async {
+            Command::new("iptables")
+                .args(["-t", "nat", "-S", "KUBE-SERVICES"])
+                .output()
+                .is_ok_and(|output| {
+                    String::from_utf8_lossy(&output.stdout).contains(CLUSTER_DNS_IP)
+                })
         })
         .await?;
+        let mut scheduler = scheduler;
+        scheduler.ensure_running()?;
 
         Ok(Self {
             _coredns: coredns,
@@ -326,38 +326,26 @@ impl Node {
     }
 }
 
-/// `ctr images import`, then the CRI plugin's pin label on every image the archive named.
+/// `ctr images import`, with the CRI plugin's pin label on every image the archive names.
 fn import(ctr: &Path, socket: &Path, archive: &Path) -> Result<()> {
-    let ctr_command = |args: &[&str]| {
-        let output = Command::new(ctr)
-            .arg("--address")
-            .arg(socket)
-            .args(["--namespace", "k8s.io"])
-            .args(args)
-            .output()
-            .context(|| format!("running {}", ctr.display()))?;
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-        } else {
-            Err(Error::Node(format!(
-                "ctr {} failed ({}): {}",
-                args.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            )))
-        }
-    };
-    let archive_text = archive.display().to_string();
-    let imported = ctr_command(&["images", "import", &archive_text])?;
-    // ctr prints "unpacking NAME (sha256:...)...done" per image.
-    for name in imported
-        .lines()
-        .filter_map(|line| line.strip_prefix("unpacking "))
-        .filter_map(|rest| rest.split_whitespace().next())
-    {
-        ctr_command(&["images", "label", name, "io.cri-containerd.pinned=pinned"])?;
+    let output = Command::new(ctr)
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", "k8s.io", "images", "import"])
+        .args(["--label", "io.cri-containerd.pinned=pinned"])
+        .arg(archive)
+        .output()
+        .context(|| format!("running {}", ctr.display()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Node(format!(
+            "ctr images import {} failed ({}): {}",
+            archive.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
     }
-    Ok(())
 }
 
 /// The janitor process (see the module docs): holds the machine's node lock while it lives.
@@ -373,6 +361,8 @@ impl Janitor {
         command
             .arg(run_dir)
             .arg(bin_dir)
+            .arg(CLUSTER_CIDR)
+            .arg(SERVICE_CLUSTER_IP_RANGE)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -398,25 +388,26 @@ impl Janitor {
         });
         let stdin = child.stdin.take();
         let mut janitor = Self { child, stdin };
-        match ready_rx.recv_timeout(LOCK_TIMEOUT) {
+        // The janitor bounds its own wait for the lock; this one only guards against a janitor
+        // that hangs.
+        match ready_rx.recv_timeout(LOCK_TIMEOUT + Duration::from_secs(60)) {
             Ok(line) if line.trim() == "ready" => Ok(janitor),
             Ok(_) => Err(Error::Node(format!(
                 "{} exited before the node could start ({}); its output above says why",
                 script.display(),
                 janitor.stop_status()
             ))),
-            Err(_) => Err(Error::Node(format!(
-                "another test run held the node lock /run/lumigo-e2e-node.lock for {} minutes",
-                LOCK_TIMEOUT.as_secs() / 60
-            ))),
+            Err(_) => {
+                // It owns nothing yet: nothing is lost by killing it.
+                let _ = janitor.child.kill();
+                Err(Error::Node(format!("{} did not answer", script.display())))
+            }
         }
     }
 
     /// Closes the janitor's stdin, which is its signal to remove the node, and waits for it.
     fn stop_status(&mut self) -> String {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.flush();
-        }
+        drop(self.stdin.take());
         match self.child.wait() {
             Ok(status) => status.to_string(),
             Err(error) => error.to_string(),
@@ -562,25 +553,6 @@ async fn publish_cluster_dns(client: &kube::Client, ip: Ipv4Addr) -> Result<()> 
     Ok(())
 }
 
-/// Polls `ready` until it holds, failing early with the log if `process` exits meanwhile.
-async fn wait_until<F, Fut>(process: &mut Process, timeout: Duration, mut ready: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        process.ensure_running()?;
-        if ready().await {
-            return Ok(());
-        }
-        if started.elapsed() > timeout {
-            return Err(process.not_ready(started.elapsed()));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn containerd_config(dir: &Path, cni_dir: &Path) -> String {
     let dir = dir.display();
     format!(
@@ -603,6 +575,8 @@ state = "{dir}/state"
   # This VM's bounding set lacks CAP_SYS_RESOURCE: a negative oom_score_adj makes runc fail
   # ("can't get final child's PID from pipe: EOF").
   restrict_oom_score_adj = true
+  # Pods' network namespaces under containerd's state directory, not the machine's /run/netns.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["/usr/lib/cni"]
     conf_dir = "{cni}"
@@ -625,22 +599,26 @@ state = "{dir}/state"
     )
 }
 
-const CNI_CONFIG: &str = r#"{
+fn cni_config() -> String {
+    format!(
+        r#"{{
   "cniVersion": "1.0.0",
   "name": "lumigo-e2e",
   "plugins": [
-    {
+    {{
       "type": "bridge",
       "bridge": "cni0",
       "isGateway": true,
       "ipMasq": false,
       "hairpinMode": true,
-      "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}
-    },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
+      "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{POD_CIDR}"}}]], "routes": [{{"dst": "0.0.0.0/0"}}]}}
+    }},
+    {{"type": "portmap", "capabilities": {{"portMappings": true}}}}
   ]
+}}
+"#
+    )
 }
-"#;
 
 fn kubelet_config(ca_crt: &Path, containerd_socket: &Path, resolv_conf: &Path) -> String {
     format!(

@@ -402,14 +402,5 @@ async fn go_built_kubectl_works_with_the_kubeconfig() -> Result<()> {
 
 /// Runs the control plane's kubectl and returns its stdout, failing with its stderr.
 async fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<String> {
-    let output = tokio::process::Command::from(cp.kubectl())
-        .args(args)
-        .output()
-        .await?;
-    ensure!(
-        output.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
+    Ok(cp.run_kubectl(args, None)?)
 }

@@ -29,11 +29,10 @@ async fn a_pod_runs_and_reaches_services_dns_and_the_apiserver() {
     let cluster = Cluster::shared().await.expect("a cluster with a node");
     let cp = cluster.control_plane();
     let images_dir = tempfile::tempdir().unwrap();
-    let cache = std::env::var("LUMIGO_CACHE")
-        .unwrap_or_else(|_| format!("{}/.cache/lumigo-operator", std::env::var("HOME").unwrap()));
+    let cache = images::cache_dir().unwrap();
     let python = images_dir.path().join("python.tar");
     let web = images_dir.path().join("static.tar");
-    images::python_app(&python, cache.as_ref()).unwrap();
+    images::python_app(&python, &cache).unwrap();
     images::static_app(&web).unwrap();
     cluster.import_image(&python).unwrap();
     cluster.import_image(&web).unwrap();
@@ -82,26 +81,20 @@ spec:
         python = images::PYTHON_APP,
         probe = serde_json::to_string(PROBE).unwrap(),
     );
-    let mut apply = cp.kubectl();
-    apply.args(["apply", "-n", &namespace, "-f", "-"]);
-    run_with_stdin(apply, &manifest);
-    let rollout = cp
-        .kubectl()
-        .args([
+    cp.run_kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&manifest))
+        .unwrap();
+    cp.run_kubectl(
+        &[
             "rollout",
             "status",
             "deployment/web",
             "-n",
             &namespace,
             "--timeout=120s",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        rollout.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rollout.stderr)
-    );
+        ],
+        None,
+    )
+    .unwrap();
 
     let pods: Api<Pod> = Api::namespaced(cp.client().unwrap(), &namespace);
     let started = Instant::now();
@@ -117,16 +110,10 @@ spec:
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
+    // `kubectl logs` goes through the apiserver to the kubelet.
     let logs = cp
-        .kubectl()
-        .args(["logs", "-n", &namespace, "probe"])
-        .output()
-        .unwrap();
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&logs.stdout),
-        String::from_utf8_lossy(&logs.stderr)
-    );
+        .run_kubectl(&["logs", "-n", &namespace, "probe", "-c", "probe"], None)
+        .unwrap_or_else(|error| error.to_string());
     assert_eq!(phase, "Succeeded", "the probe pod:\n{logs}");
     println!(
         "probe pod ran in {:.1} s:\n{logs}",
@@ -136,26 +123,4 @@ spec:
     assert!(logs.contains("kubernetes resolves to 10.0.0.1"), "{logs}");
     assert!(logs.contains("apiserver says 200 APIVersions"), "{logs}");
     assert!(logs.contains("web says 200 pong"), "{logs}");
-}
-
-fn run_with_stdin(mut command: std::process::Command, stdin: &str) {
-    use std::io::Write;
-    let mut child = command
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }

@@ -136,4 +136,7 @@ if [[ -n $java_ok ]]; then
   mkdir -p "$dest/java"
   cp "$java_out/javaagent.jar" "$dest/java/javaagent.jar"
 fi
+# Readable by every user: the init container copies as the pod's uid, and the app containers read
+# the copy as theirs. (The cache entries come from mktemp -d, which makes them 0700.)
+chmod -R a+rX "$dest"
 echo "payload: assembled $dest ($arch, python $py_tag${java_ok:+, java agent $JAVA_AGENT_VERSION + lumigo extension $java_hash})"

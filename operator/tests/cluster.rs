@@ -12,7 +12,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -41,7 +41,11 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
     let cp = cluster.control_plane();
     let client = cp.client().unwrap();
     let sink = OtlpSink::start(cluster.node_ip().into()).unwrap();
-    let kubectl = |args: &[&str]| kubectl(cluster, args);
+    let kubectl = |args: &[&str]| cp.run_kubectl(args, None).unwrap();
+    let kubectl_apply = |namespace: &str, manifest: &str| {
+        cp.run_kubectl(&["apply", "-n", namespace, "-f", "-"], Some(manifest))
+            .unwrap();
+    };
 
     let images_dir = tempfile::tempdir().unwrap();
     let artifacts = images::Artifacts::from_env().unwrap();
@@ -59,7 +63,7 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
         "secure",
         "pod-security.kubernetes.io/enforce=restricted",
     ]);
-    kubectl_apply(cluster, "secure", RESTRICTED_SERVICE);
+    kubectl_apply("secure", RESTRICTED_SERVICE);
     for namespace in ["shop", "secure"] {
         wait_available(cluster, namespace).await;
     }
@@ -92,6 +96,10 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
                 images::COLLECTOR_REPOSITORY
             ),
         ])
+        .args([
+            "--set",
+            &format!("telemetryProxy.image.tag={}", artifacts.collector_tag),
+        ])
         .args(["--set", "telemetryProxy.image.pullPolicy=Never"])
         .args([
             "--set",
@@ -107,12 +115,12 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
 
     let applied = SystemTime::now();
     for namespace in ["shop", "secure"] {
-        kubectl_apply(cluster, namespace, &lumigo_manifest());
+        kubectl_apply(namespace, &lumigo_manifest());
     }
 
     // Every traced service: a span with the proxy's Kubernetes attributes and the tracer's header.
     for (deployment, runtime) in TRACED {
-        let span = first_span(&sink, "shop", deployment).await;
+        let span = first_span(cluster, &sink, "shop", deployment).await;
         let pod = span
             .attribute("k8s.pod.name")
             .unwrap_or_default()
@@ -137,7 +145,7 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
             waited.as_secs_f64()
         );
     }
-    first_span(&sink, "secure", "inventoryservice").await;
+    first_span(cluster, &sink, "secure", "inventoryservice").await;
 
     // The injected pods really ran the init container, under the pod's own restrictions.
     for (namespace, deployment) in [("shop", "currencyservice"), ("secure", "inventoryservice")] {
@@ -152,14 +160,23 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
             "{namespace}/{deployment}: {init:#}"
         );
     }
-    let email = kubectl(&["logs", "-n", "shop", "deploy/emailservice"]);
+    // Read from the injected pod (kubectl's deploy/… would pick the oldest ready one).
+    let email = running_pod(&client, "shop", "emailservice").await;
+    let email = kubectl(&[
+        "logs",
+        "-n",
+        "shop",
+        email["metadata"]["name"].as_str().unwrap(),
+    ]);
     assert!(
         email.contains("user preload ran: yes"),
         "the container's own LD_PRELOAD still runs:\n{email}"
     );
     assert!(
-        email
-            .contains("LD_PRELOAD=/opt/lumigo/injector/lumigo_injector.so:/app/libuser_preload.so"),
+        email.contains(&format!(
+            "LD_PRELOAD={};",
+            lumigo_mutation::env::prepend_injector(images::USER_PRELOAD_LIBRARY)
+        )),
         "ours first, the user's kept:\n{email}"
     );
     // The static binary was injected like every other container and runs unharmed.
@@ -178,7 +195,15 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
     assert!(spans_of(&sink, "shop", "paymentservice").is_empty());
 
     // Removal from one namespace: pods replaced without the injection, and no more spans.
-    kubectl(&["delete", "lumigo", "lumigo", "-n", "shop", "--wait=true"]);
+    kubectl(&[
+        "delete",
+        "lumigo",
+        "lumigo",
+        "-n",
+        "shop",
+        "--wait=true",
+        "--timeout=120s",
+    ]);
     for (name, template) in templates(&client, "shop").await {
         assert_eq!(
             Some(&template),
@@ -187,6 +212,18 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
         );
     }
     wait_available(cluster, "shop").await;
+    // The injected pods flush their spans as they stop: quiet starts once the last one is gone.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    eventually("the injected pods to be gone", ROLLOUT_TIMEOUT, || async {
+        let listed = pods.list(&ListParams::default()).await.ok()?;
+        let stopping = listed
+            .items
+            .iter()
+            .any(|pod| pod.metadata.deletion_timestamp.is_some());
+        (!stopping).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let quiet_from = SystemTime::now();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let late: Vec<ReceivedSpan> = sink
@@ -289,13 +326,44 @@ fn spans_of(sink: &OtlpSink, namespace: &str, deployment: &str) -> Vec<ReceivedS
         .collect()
 }
 
-async fn first_span(sink: &OtlpSink, namespace: &str, deployment: &str) -> ReceivedSpan {
-    eventually(
-        &format!("a span from {namespace}/{deployment}"),
-        SPANS_TIMEOUT,
-        || async { spans_of(sink, namespace, deployment).into_iter().next() },
-    )
-    .await
+/// The first span from a Deployment; if none comes, the failure shows the namespace's pods and
+/// the injected init containers' logs, which say why.
+async fn first_span(
+    cluster: &Cluster,
+    sink: &OtlpSink,
+    namespace: &str,
+    deployment: &str,
+) -> ReceivedSpan {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(span) = spans_of(sink, namespace, deployment).into_iter().next() {
+            return span;
+        }
+        if started.elapsed() > SPANS_TIMEOUT {
+            let cp = cluster.control_plane();
+            let pods = cp.run_kubectl(&["get", "pods", "-n", namespace, "-o", "wide"], None);
+            let selector = format!("app={deployment}");
+            let logs = cp.run_kubectl(
+                &[
+                    "logs",
+                    "-n",
+                    namespace,
+                    "-l",
+                    &selector,
+                    "--all-containers",
+                    "--prefix",
+                    "--tail=20",
+                ],
+                None,
+            );
+            panic!(
+                "no span from {namespace}/{deployment} after {SPANS_TIMEOUT:?}\n{}\n{}",
+                pods.unwrap_or_else(|e| e.to_string()),
+                logs.unwrap_or_else(|e| e.to_string())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Each Deployment's pod template, by name.
@@ -346,51 +414,15 @@ async fn running_pod(client: &Client, namespace: &str, deployment: &str) -> Valu
 }
 
 async fn wait_available(cluster: &Cluster, namespace: &str) {
-    let started = Instant::now();
+    let cp = cluster.control_plane();
     let timeout = format!("--timeout={}s", ROLLOUT_TIMEOUT.as_secs());
-    let output = kubectl_output(
-        cluster,
-        &["rollout", "status", "deployment", "-n", namespace, &timeout],
-    );
-    assert!(
-        output.status.success(),
-        "{namespace}: deployments not rolled out after {:?}:\n{}\n{}",
-        started.elapsed(),
-        chart_support::text(&output),
-        chart_support::text(&kubectl_output(
-            cluster,
-            &["get", "pods", "-n", namespace, "-o", "wide"]
-        ))
-    );
+    let rollout = ["rollout", "status", "deployment", "-n", namespace, &timeout];
+    if let Err(error) = cp.run_kubectl(&rollout, None) {
+        let pods = cp.run_kubectl(&["get", "pods", "-n", namespace, "-o", "wide"], None);
+        panic!("{namespace}: deployments not rolled out: {error}\n{pods:?}");
+    }
 }
 
 fn repo_file(path: &str) -> String {
     chart_support::repo().join(path).display().to_string()
-}
-
-/// `kubectl` against the cluster; panics with its output unless it succeeds.
-fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
-    let output = kubectl_output(cluster, args);
-    assert!(
-        output.status.success(),
-        "kubectl {args:?}: {}",
-        chart_support::text(&output)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn kubectl_output(cluster: &Cluster, args: &[&str]) -> std::process::Output {
-    chart_support::run(cluster.control_plane().kubectl().args(args))
-}
-
-/// `kubectl apply -n NAMESPACE -f -` with `manifest` on stdin.
-fn kubectl_apply(cluster: &Cluster, namespace: &str, manifest: &str) {
-    let mut command = cluster.control_plane().kubectl();
-    command.args(["apply", "-n", namespace, "-f", "-"]);
-    let output = chart_support::run_with_stdin(&mut command, manifest);
-    assert!(
-        output.status.success(),
-        "kubectl apply: {}",
-        chart_support::text(&output)
-    );
 }

@@ -59,8 +59,33 @@ fn parse(mut args: impl Iterator<Item = String>) -> Option<Options> {
 }
 
 async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
+    // Installed first: a signal during the minutes of start-up must still stop what has started
+    // (dropping it), not kill the process with the control plane's directory left behind.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let _kubeconfig_copy = RemoveOnDrop(options.kubeconfig.clone());
+    tokio::select! {
+        result = serve(&options) => result,
+        _ = interrupt.recv() => Ok(()),
+        _ = terminate.recv() => Ok(()),
+    }
+}
+
+/// Removes the kubeconfig copy, so nobody points at a cluster that is gone.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Starts the cluster (or the control plane) and keeps it, and the trace summary, until the
+/// future is dropped.
+async fn serve(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
-    // The node (and with it the sink) or the bare control plane, kept alive until a signal.
     let (cluster, control_plane) = if options.node {
         let cluster = Cluster::start().await?;
         (Some(cluster), None)
@@ -105,30 +130,16 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     println!("export KUBECONFIG={}", kubeconfig.display());
     println!("export PATH={}:$PATH", kubectl_dir.display());
 
-    let mut terminate = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
-            _ = tick.tick() => {
-                if let (Some(sink), Some(path)) = (&sink, &options.traces) {
-                    let summary = summarize(&sink.spans());
-                    let tmp = path.with_extension("tmp");
-                    std::fs::write(&tmp, serde_json::to_vec_pretty(&summary)?)?;
-                    std::fs::rename(&tmp, path)?;
-                }
-            }
+        tick.tick().await;
+        if let (Some(sink), Some(path)) = (&sink, &options.traces) {
+            let summary = summarize(&sink.spans());
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&summary)?)?;
+            std::fs::rename(&tmp, path)?;
         }
     }
-    eprintln!("stopping the cluster");
-    if let Some(path) = options.kubeconfig {
-        let _ = std::fs::remove_file(path);
-    }
-    drop(sink);
-    drop(cluster);
-    drop(control_plane);
-    Ok(())
 }
 
 fn load_images(cluster: &Cluster) -> Result<(), Box<dyn std::error::Error>> {
