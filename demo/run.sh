@@ -156,7 +156,7 @@ import json, sys
 summary, applied = json.load(open(sys.argv[1])), float(sys.argv[2])
 for name, service in sorted(summary["services"].items()):
     a = service["attributes"]
-    print(f"  service {name}: {service['spans']} spans, runtime {a.get('process.runtime.name', '?')}")
+    print(f"  {name}: {service['spans']} spans, runtime {a.get('process.runtime.name', '?')}, service.name {a.get('service.name')}")
     print(f"    span names: {', '.join(service['names'][:4])}")
     print(f"    k8s: namespace={a.get('k8s.namespace.name')} deployment={a.get('k8s.deployment.name')} pod={a.get('k8s.pod.name')} node={a.get('k8s.node.name')}")
     print(f"    Authorization header forwarded: {service['authorization']}")

@@ -101,15 +101,15 @@ remove_network() {
 # Nothing addressed to the cluster's networks may leave the machine: a Service IP that kube-proxy
 # has not (or no longer) translated, or a pod address of no pod, would otherwise follow the default
 # route. And pods reach this machine and each other only: what they send elsewhere is dropped.
-# (Filter rules, not blackhole routes: the host's own connections to Service IPs must get as far as
-# kube-proxy's DNAT in nat/OUTPUT, which a route lookup failing at connect() would prevent.)
+# In mangle/POSTROUTING, where every packet, forwarded or the host's own, has its final address and
+# interface: a blackhole route would stop the host's own connections to Service IPs before
+# kube-proxy's DNAT, and in filter/OUTPUT a DNATed packet still shows its first route's interface.
 fence_in() {
-    iptables -N "$egress_chain"
-    iptables -A "$egress_chain" -d "$service_cidr" -j DROP
-    iptables -A "$egress_chain" -d "$pod_cidr" ! -o cni0 -j DROP
-    iptables -A "$egress_chain" -s "$pod_cidr" ! -o cni0 -j DROP
-    iptables -I OUTPUT -j "$egress_chain"
-    iptables -I FORWARD -j "$egress_chain"
+    iptables -t mangle -N "$egress_chain"
+    iptables -t mangle -A "$egress_chain" -d "$service_cidr" -j DROP
+    iptables -t mangle -A "$egress_chain" -d "$pod_cidr" ! -o cni0 -j DROP
+    iptables -t mangle -A "$egress_chain" -s "$pod_cidr" ! -o cni0 -j DROP
+    iptables -t mangle -I POSTROUTING -j "$egress_chain"
 }
 
 save_sysctls() { # save_sysctls DIR

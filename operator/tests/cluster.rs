@@ -189,6 +189,31 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
         frontend["status"]["containerStatuses"][0]["restartCount"], 0,
         "{frontend:#}"
     );
+    // A Deployment created now is injected at admission by the webhook behind its Service: the
+    // apiserver reaches the operator's pod through the cluster's network.
+    kubectl(&[
+        "create",
+        "deployment",
+        "checkoutservice",
+        "--image",
+        images::NODE_APP,
+        "-n",
+        "shop",
+    ]);
+    let created = kubectl(&[
+        "get",
+        "deployment",
+        "checkoutservice",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.metadata.generation} {.spec.template.spec.initContainers[*].name}",
+    ]);
+    assert_eq!(
+        created, "1 lumigo-injector",
+        "injected by its very creation"
+    );
+    kubectl(&["delete", "deployment", "checkoutservice", "-n", "shop"]);
     // The opted-out service was never touched and sent nothing.
     let payment = running_pod(&client, "shop", "paymentservice").await;
     assert!(payment["spec"]["initContainers"].is_null(), "{payment:#}");

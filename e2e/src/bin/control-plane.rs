@@ -160,16 +160,23 @@ fn load_images(cluster: &Cluster) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Per service: how many spans, their names, the Kubernetes attributes the proxy added, the
+/// Per workload (`namespace/deployment` as the proxy's k8sattributes name it, else the service
+/// name): how many spans, their names, the Kubernetes attributes the proxy added, the service and
 /// runtime, the token header (its scheme and prefix only), and when the first and last arrived.
 fn summarize(spans: &[ReceivedSpan]) -> Value {
     let mut services: BTreeMap<String, Vec<&ReceivedSpan>> = BTreeMap::new();
     for span in spans {
-        let service = span
-            .attribute("service.name")
-            .unwrap_or("<unnamed>")
-            .to_owned();
-        services.entry(service).or_default().push(span);
+        let workload = match (
+            span.attribute("k8s.namespace.name"),
+            span.attribute("k8s.deployment.name"),
+        ) {
+            (Some(namespace), Some(deployment)) => format!("{namespace}/{deployment}"),
+            _ => span
+                .attribute("service.name")
+                .unwrap_or("<unnamed>")
+                .to_owned(),
+        };
+        services.entry(workload).or_default().push(span);
     }
     let seconds = |span: &ReceivedSpan| {
         span.received_at
@@ -187,7 +194,11 @@ fn summarize(spans: &[ReceivedSpan]) -> Value {
             let attributes: serde_json::Map<String, Value> = last
                 .resource
                 .iter()
-                .filter(|(key, _)| key.starts_with("k8s.") || key.starts_with("process.runtime."))
+                .filter(|(key, _)| {
+                    key.starts_with("k8s.")
+                        || key.starts_with("process.runtime.")
+                        || *key == "service.name"
+                })
                 .map(|(key, value)| (key.clone(), json!(value)))
                 .collect();
             // The scheme and the token's prefix: enough to see it is the tracer's, not the token.
