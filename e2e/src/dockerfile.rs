@@ -880,7 +880,7 @@ mod tests {
                 "/bin/busybox",
                 "sh",
                 "-c",
-                "/bin/busybox cp -R /opt/lumigo/. \"$TARGET_DIRECTORY\"/ && echo \"lumigo: payload copied to $TARGET_DIRECTORY\"",
+                "/bin/busybox rm -rf \"$TARGET_DIRECTORY\"/* && /bin/busybox cp -R /opt/lumigo/. \"$TARGET_DIRECTORY\"/ && echo \"lumigo: payload copied to $TARGET_DIRECTORY\"",
             ]))
         );
         assert_eq!(stage.cmd, None);
