@@ -137,8 +137,8 @@ show --as "kubectl logs -n $app_ns deploy/currencyservice -c lumigo-injector" \
     "$kubectl" logs -n "$app_ns" deploy/currencyservice -c lumigo-injector
 show --as "kubectl get deployment currencyservice -n $app_ns -o jsonpath='<env of the server container>'" \
     "$kubectl" get deployment currencyservice -n "$app_ns" -o jsonpath='{range .spec.template.spec.containers[0].env[*]}{.name}={.value}{.valueFrom.secretKeyRef.name}{"\n"}{end}'
-show --as "kubectl logs -n $app_ns deploy/emailservice | head -1" \
-    bash -c "'$kubectl' logs -n $app_ns deploy/emailservice | head -1"
+show --as "kubectl logs -n $app_ns deploy/emailservice -c server | grep 'listening on'" \
+    bash -c "'$kubectl' logs -n $app_ns deploy/emailservice -c server | grep 'listening on'"
 explain "emailservice's own LD_PRELOAD library is kept after ours, and still runs."
 
 say "The traces that arrived at the receiver, through the telemetry proxy"

@@ -74,43 +74,31 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
         .collect();
 
     // The chart as a user installs it, pointed at the images loaded into the node and at the sink.
-    let helm = chart_support::helm();
-    let install = Command::new(&helm)
-        .args(["install", "lumigo"])
-        .arg(chart_support::chart_dir())
-        .args([
-            "--namespace",
-            RELEASE_NAMESPACE,
+    let collector_repository = format!(
+        "telemetryProxy.image.repository={}",
+        images::COLLECTOR_REPOSITORY
+    );
+    let collector_tag = format!("telemetryProxy.image.tag={}", artifacts.collector_tag);
+    let endpoint = format!("telemetryProxy.exporter.endpoint={}", sink.endpoint());
+    let chart = chart_support::chart_dir().display().to_string();
+    helm(
+        cluster,
+        &[
+            "install",
+            "lumigo",
+            &chart,
             "--create-namespace",
-            "--wait",
-            "--timeout",
-            "180s",
-        ])
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig())
-        .args(["--set", "operator.image.pullPolicy=Never"])
-        .args([
             "--set",
-            &format!(
-                "telemetryProxy.image.repository={}",
-                images::COLLECTOR_REPOSITORY
-            ),
-        ])
-        .args([
+            "operator.image.pullPolicy=Never",
             "--set",
-            &format!("telemetryProxy.image.tag={}", artifacts.collector_tag),
-        ])
-        .args(["--set", "telemetryProxy.image.pullPolicy=Never"])
-        .args([
+            &collector_repository,
             "--set",
-            &format!("telemetryProxy.exporter.endpoint={}", sink.endpoint()),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        install.status.success(),
-        "helm install failed:\n{}",
-        chart_support::text(&install)
+            &collector_tag,
+            "--set",
+            "telemetryProxy.image.pullPolicy=Never",
+            "--set",
+            &endpoint,
+        ],
     );
 
     let applied = SystemTime::now();
@@ -264,25 +252,7 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
     );
 
     // helm uninstall: the hook removes the remaining injection, and the operator is gone.
-    let uninstall = Command::new(&helm)
-        .args([
-            "uninstall",
-            "lumigo",
-            "--namespace",
-            RELEASE_NAMESPACE,
-            "--wait",
-            "--timeout",
-            "180s",
-        ])
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig())
-        .output()
-        .unwrap();
-    assert!(
-        uninstall.status.success(),
-        "helm uninstall failed:\n{}",
-        chart_support::text(&uninstall)
-    );
+    helm(cluster, &["uninstall", "lumigo"]);
     for (name, template) in templates(&client, "secure").await {
         assert_eq!(
             Some(&template),
@@ -446,6 +416,28 @@ async fn wait_available(cluster: &Cluster, namespace: &str) {
         let pods = cp.run_kubectl(&["get", "pods", "-n", namespace, "-o", "wide"], None);
         panic!("{namespace}: deployments not rolled out: {error}\n{pods:?}");
     }
+}
+
+/// `helm ARGS` in the release namespace, waiting for the release's resources; panics with its output.
+fn helm(cluster: &Cluster, args: &[&str]) {
+    let output = Command::new(chart_support::helm())
+        .args(args)
+        .args([
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--wait",
+            "--timeout",
+            "180s",
+            "--kubeconfig",
+        ])
+        .arg(cluster.control_plane().kubeconfig())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "helm {args:?} failed:\n{}",
+        chart_support::text(&output)
+    );
 }
 
 fn repo_file(path: &str) -> String {
