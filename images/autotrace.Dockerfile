@@ -7,13 +7,15 @@
 #   docker buildx build -f images/autotrace.Dockerfile --platform linux/amd64,linux/arm64 \
 #     -t ghcr.io/lumigo-rs/autotrace:0.1.0 --push .
 # The payload stage runs on the build platform: the .so is built for both architectures from one
-# host (rust-lld, no C toolchain), and payload.sh fetches the tracers for TARGETARCH.
+# host (rust-lld, no C toolchain), and payload.sh fetches the tracers for TARGETARCH (javac compiles the
+# Java agent's Lumigo extension, which is architecture-free).
 
 ARG RUST_VERSION=1.95
 FROM --platform=$BUILDPLATFORM rust:${RUST_VERSION}-bookworm AS payload
 ARG TARGETARCH
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         binutils binutils-aarch64-linux-gnu binutils-x86-64-linux-gnu python3 python3-pip nodejs npm curl \
+        default-jdk-headless \
     && rm -rf /var/lib/apt/lists/* \
     && rustup target add x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
 WORKDIR /src
