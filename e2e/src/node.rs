@@ -48,7 +48,7 @@ const FIXED_PORTS: [(u16, &str); 4] = [
     (10256, "kube-proxy healthz"),
 ];
 /// Host programs the node runs, and the Debian package each comes from.
-const HOST_TOOLS: [(&str, &str); 8] = [
+const HOST_TOOLS: [(&str, &str); 11] = [
     ("/usr/sbin/runc", "runc"),
     ("/usr/lib/cni/bridge", "containernetworking-plugins"),
     ("/usr/lib/cni/host-local", "containernetworking-plugins"),
@@ -56,7 +56,10 @@ const HOST_TOOLS: [(&str, &str); 8] = [
     ("/usr/lib/cni/portmap", "containernetworking-plugins"),
     ("/usr/sbin/iptables", "iptables"),
     ("/usr/sbin/conntrack", "conntrack"),
+    ("/usr/sbin/ip6tables", "iptables"),
     ("/usr/bin/flock", "util-linux"),
+    ("/bin/ip", "iproute2"),
+    ("/usr/bin/pkill", "procps"),
 ];
 
 /// A control plane with one real node. Dropping it stops the node, then the control plane.
