@@ -40,9 +40,7 @@ pub struct ControlPlane {
     _etcd: Process,
     config: Config,
     server_url: String,
-    ca_pem: String,
     kubeconfig: PathBuf,
-    kubectl: PathBuf,
     pub(crate) ca: CertificateAuthority,
     pub(crate) bin: Binaries,
     dir: TempDir,
@@ -72,9 +70,7 @@ impl ControlPlane {
         let arg = |flag: &str, value: &Path| format!("--{flag}={}", value.display());
 
         let ca = CertificateAuthority::new("lumigo-e2e-ca")?;
-        let node_ip_text = node_ip.map(|ip| ip.to_string());
-        let serving = ca.issue_server_cert(&[
-            node_ip_text.as_deref().unwrap_or("127.0.0.1"),
+        let mut hosts = vec![
             "127.0.0.1",
             "localhost",
             KUBERNETES_SERVICE_IP,
@@ -82,7 +78,11 @@ impl ControlPlane {
             "kubernetes.default",
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
-        ])?;
+        ];
+        // With a node, pods reach the apiserver at the node's address.
+        let node_ip_text = node_ip.map(|ip| ip.to_string());
+        hosts.extend(node_ip_text.as_deref());
+        let serving = ca.issue_server_cert(&hosts)?;
         let admin = ca.issue_client_cert("lumigo-e2e-admin", &["system:masters"])?;
         // The user the bootstrap RBAC policy grants the controller-manager's own permissions to.
         let kcm = ca.issue_client_cert("system:kube-controller-manager", &[])?;
@@ -244,9 +244,7 @@ impl ControlPlane {
             _etcd: etcd,
             config,
             server_url,
-            ca_pem: ca.cert_pem().to_owned(),
             kubeconfig,
-            kubectl: bin.kubectl.clone(),
             ca,
             bin,
             dir,
@@ -281,12 +279,12 @@ impl ControlPlane {
 
     /// The Go-built kubectl matching the control plane's version.
     pub fn kubectl_path(&self) -> &Path {
-        &self.kubectl
+        &self.bin.kubectl
     }
 
     /// `kubectl --kubeconfig <this control plane's kubeconfig>`, ready for more arguments.
     pub fn kubectl(&self) -> std::process::Command {
-        let mut command = std::process::Command::new(&self.kubectl);
+        let mut command = std::process::Command::new(&self.bin.kubectl);
         command.arg("--kubeconfig").arg(&self.kubeconfig);
         command
     }
@@ -333,7 +331,7 @@ impl ControlPlane {
 
     /// The CA that signed the apiserver's serving certificate and every client certificate.
     pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
+        self.ca.cert_pem()
     }
 
     /// Where the components' logs (`etcd.log`, `kube-apiserver.log`, `kube-controller-manager.log`)

@@ -265,7 +265,7 @@ impl Node {
             &proxy_args,
             path("kube-proxy.log"),
         )?;
-        let scheduler = Process::spawn(
+        let mut scheduler = Process::spawn(
             "kube-scheduler",
             &bin.kube_scheduler,
             &[
@@ -306,7 +306,6 @@ impl Node {
                 })
         })
         .await?;
-        let mut scheduler = scheduler;
         scheduler.ensure_running()?;
 
         Ok(Self {
