@@ -10,7 +10,7 @@ use kube::api::Api;
 use lumigo_e2e::{images, Cluster};
 
 const PROBE: &str = r#"
-import json, os, socket, ssl, urllib.request
+import json, os, socket, ssl, time, urllib.error, urllib.request
 print("init wrote:", open("/shared/greeting").read().strip())
 print("kubernetes resolves to", socket.gethostbyname("kubernetes.default.svc.cluster.local"))
 sa = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -20,8 +20,15 @@ request = urllib.request.Request("https://kubernetes.default.svc/api", headers={
 with urllib.request.urlopen(request, context=context, timeout=10) as response:
     print("apiserver says", response.status, json.load(response)["kind"])
 web = f"http://web.{os.environ['NAMESPACE']}.svc.cluster.local:8080/ping"
-with urllib.request.urlopen(web, timeout=10) as response:
-    print("web says", response.status, response.read().decode().strip())
+# kube-proxy programs a Service's endpoint a moment after the pod turns ready; until then the
+# Service refuses connections.
+for attempt in range(40):
+    try:
+        with urllib.request.urlopen(web, timeout=10) as response:
+            print("web says", response.status, response.read().decode().strip())
+        break
+    except urllib.error.URLError:
+        time.sleep(0.5)
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,7 +55,11 @@ spec:
   template:
     metadata: {{labels: {{app: web}}}}
     spec:
-      containers: [{{name: httpd, image: "{web}", imagePullPolicy: Never}}]
+      containers:
+        - name: httpd
+          image: "{web}"
+          imagePullPolicy: Never
+          readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
 ---
 apiVersion: v1
 kind: Service
