@@ -136,7 +136,7 @@ impl Cluster {
     /// Loads an OCI image archive into the node's containerd, pinned so that the kubelet's image
     /// garbage collection never removes it (nothing could pull it back).
     pub fn import_image(&self, archive: &Path) -> Result<()> {
-        self.node.import_image(archive)
+        import(&self.node.ctr, &self.node.containerd_socket, archive)
     }
 
     /// Where the node's component logs (`containerd.log`, `kubelet.log`, ...) live while it runs.
@@ -321,10 +321,6 @@ impl Node {
             containerd_socket,
             run_dir,
         })
-    }
-
-    fn import_image(&self, archive: &Path) -> Result<()> {
-        import(&self.ctr, &self.containerd_socket, archive)
     }
 }
 
