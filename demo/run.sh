@@ -105,8 +105,11 @@ show "$helm" install lumigo "$repo/charts/lumigo-operator" -n "$release_ns" --cr
     --set operator.image.pullPolicy=Never \
     --set telemetryProxy.image.repository=lumigo-e2e.local/otelcol --set telemetryProxy.image.tag="$LUMIGO_COLLECTOR_TAG" \
     --set telemetryProxy.image.pullPolicy=Never \
-    --set telemetryProxy.exporter.endpoint="$LUMIGO_SINK"
+    --set telemetryProxy.exporter.endpoint="$LUMIGO_SINK" \
+    --set tracingVerification.interval=5s --set tracingVerification.silenceWindow=45s
 show "$kubectl" get pods -n "$release_ns" -o wide
+explain "tracingVerification.silenceWindow is 45 s here (10 minutes by default), so that the demo sees a silent" \
+        "workload reported."
 
 say "Turn Lumigo on for the shop: one Secret with the token, one Lumigo resource"
 cat >"$work/lumigo.yaml" <<'YAML'
@@ -164,6 +167,21 @@ for name, service in sorted(summary["services"].items()):
 print(f"  {summary['spans']} spans in all; none from paymentservice (opted out):",
       "yes" if all(s["attributes"].get("k8s.deployment.name") != "paymentservice" for s in summary["services"].values()) else "NO")
 PY
+
+say "Which workloads are really traced: the operator checks, it does not assume"
+explain "The proxy counts the spans of each workload, container and runtime; the operator reads the counts and" \
+        "writes, only when something changes, whether each instrumented workload is Receiving, Silent or Unknown."
+wait_for 180 "the verdict on every workload" bash -c "[[ \$('$kubectl' get lumigo lumigo -n $app_ns -o jsonpath='{.status.tracing}') == 3/4 ]] && '$kubectl' get events -n $app_ns --field-selector reason=LumigoNoTraces -o name | grep -q ."
+show "$kubectl" get lumigoes -n "$app_ns"
+show --as "kubectl get lumigo lumigo -n $app_ns -o jsonpath='<each workload: tracing state, containers, reason>'" \
+    "$kubectl" get lumigo lumigo -n "$app_ns" -o jsonpath='{range .status.instrumentedResources[*]}{.name}: {.tracing.state}{range .tracing.containers[*]}  container {.name} ({.runtime}){end}{"  "}{.tracing.reason}{"\n"}{end}'
+show --as "kubectl get lumigo lumigo -n $app_ns -o jsonpath='<the Tracing condition>'" \
+    "$kubectl" get lumigo lumigo -n "$app_ns" -o jsonpath='{range .status.conditions[?(@.type=="Tracing")]}Tracing={.status} ({.reason}): {.message}{"\n"}{end}'
+show "$kubectl" get events -n "$app_ns" --field-selector reason=LumigoTracesReceived \
+    -o custom-columns=WORKLOAD:.involvedObject.name,REASON:.reason,MESSAGE:.message
+show "$kubectl" get events -n "$app_ns" --field-selector reason=LumigoNoTraces \
+    -o custom-columns=WORKLOAD:.involvedObject.name,REASON:.reason,MESSAGE:.message
+explain "frontend is injected but runs no Node.js, Python or Java: the operator says so instead of listing it as traced."
 
 say "Figures: the injected pods and the cluster's footprint"
 for pod in $("$kubectl" get pods -n "$app_ns" -o jsonpath='{range .items[?(@.spec.initContainers)]}{.metadata.name}{"\n"}{end}'); do

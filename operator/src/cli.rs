@@ -77,10 +77,36 @@ impl InjectionArgs {
     }
 }
 
+/// How the operator tells which instrumented workloads really send traces.
+#[derive(Args, Debug, Clone)]
+pub struct TracingArgs {
+    /// Label selector of the telemetry proxy's pods in the operator's namespace, whose span counts
+    /// it reads; without one, every workload's tracing is `Unknown`.
+    #[arg(long, env = "LUMIGO_TELEMETRY_PROXY_SELECTOR")]
+    pub telemetry_proxy_selector: Option<String>,
+    /// The proxy pods' port that shows the span counts.
+    #[arg(
+        long,
+        env = "LUMIGO_TELEMETRY_PROXY_METRICS_PORT",
+        default_value_t = 8889
+    )]
+    pub telemetry_proxy_metrics_port: u16,
+    /// How often the span counts are read (and so the shortest time between two status writes
+    /// caused by tracing).
+    #[arg(long, env = "LUMIGO_TRACES_CHECK_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub traces_check_interval: Duration,
+    /// How long an instrumented workload with Ready pods may send no span before it is `Silent`
+    /// and reported with a LumigoNoTraces warning.
+    #[arg(long, env = "LUMIGO_NO_TRACES_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub no_traces_window: Duration,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     #[command(flatten)]
     pub injection: InjectionArgs,
+    #[command(flatten)]
+    pub tracing: TracingArgs,
     /// The operator's own namespace (leader lease, webhook certificate).
     #[arg(long, env = "POD_NAMESPACE", default_value = "lumigo-system")]
     pub namespace: String,

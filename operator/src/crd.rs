@@ -1,7 +1,7 @@
 //! The `Lumigo` custom resource, compatible with the original operator's
 //! `operator.lumigo.io/v1alpha1`.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,7 @@ pub const FINALIZER: &str = "operator.lumigo.io/lumigo-finalizer";
     status = "LumigoStatus",
     printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.conditions[?(@.type==\"Active\")].status"}"#,
     printcolumn = r#"{"name":"Instrumented","type":"integer","jsonPath":".status.instrumentedCount"}"#,
+    printcolumn = r#"{"name":"Tracing","type":"string","jsonPath":".status.tracing"}"#,
     printcolumn = r#"{"name":"Error","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Error\")].message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -108,14 +109,21 @@ fn enabled() -> bool {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LumigoStatus {
-    /// `Active` and `Error`, each with a reason and a message a person can act on.
+    /// `Active`, `Error` and `Tracing`, each with a reason and a message a person can act on.
     #[serde(default)]
     pub conditions: Vec<Condition>,
-    /// The workloads of this namespace whose pod template carries the injection.
+    /// The workloads of this namespace whose pod template carries the injection, each with
+    /// whether its traces really arrive.
     #[serde(default)]
     pub instrumented_resources: Vec<InstrumentedResource>,
     #[serde(default)]
     pub instrumented_count: i64,
+    /// Instrumented workloads whose spans reach the telemetry proxy.
+    #[serde(default)]
+    pub receiving_count: i64,
+    /// `receiving/instrumented` (e.g. `5/6`), or `unknown` when the proxy cannot be read.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tracing: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
@@ -127,6 +135,47 @@ pub struct InstrumentedResource {
     pub namespace: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uid: String,
+    /// Whether this workload's spans reach the telemetry proxy (absent until the operator knows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<WorkloadTracing>,
+}
+
+/// What the telemetry proxy saw of one workload since it was (re-)injected.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadTracing {
+    pub state: TracingState,
+    /// The first span after the latest injection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_span_seen: Option<Time>,
+    /// The latest span, as of the last status write (exact whenever the state changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_span_seen: Option<Time>,
+    /// The containers that sent spans, with the runtime their tracer reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<TracedContainer>,
+    /// Why a silent workload most likely sends nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum TracingState {
+    /// Spans arrived within the silence window.
+    Receiving,
+    /// No span within the silence window (or none yet since the injection).
+    Silent,
+    /// The telemetry proxy is disabled or cannot be read.
+    Unknown,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+pub struct TracedContainer {
+    pub name: String,
+    /// `process.runtime.name` of the tracer: `nodejs`, `cpython`, `OpenJDK Runtime Environment`...
+    pub runtime: String,
 }
 
 /// The CRD as YAML, the form `crdgen` prints and the chart ships.
@@ -192,7 +241,10 @@ mod tests {
             .iter()
             .map(|c| c["name"].clone())
             .collect();
-        assert_eq!(columns, ["Active", "Instrumented", "Error", "Age"]);
+        assert_eq!(
+            columns,
+            ["Active", "Instrumented", "Tracing", "Error", "Age"]
+        );
         assert_eq!(crd["spec"]["names"]["plural"], "lumigoes");
         assert!(version["subresources"]["status"].is_object());
     }

@@ -8,11 +8,13 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
 use lumigo_mutation::{Change, Reason};
 
-use crate::crd::InstrumentedResource;
+use crate::crd::{InstrumentedResource, TracedContainer};
 
 pub const CONTROLLER_NAME: &str = "lumigo-operator";
 pub const CANNOT_ADD: &str = "LumigoCannotAddInstrumentation";
 pub const CANNOT_REMOVE: &str = "LumigoCannotRemoveInstrumentation";
+pub const TRACES_RECEIVED: &str = "LumigoTracesReceived";
+pub const NO_TRACES: &str = "LumigoNoTraces";
 
 pub struct Events {
     recorder: Recorder,
@@ -66,6 +68,48 @@ impl Events {
             reason: event_reason.into(),
             note: Some(format!("{reason}; trigger: {trigger}")),
             action: action_for(event_reason).into(),
+            secondary: None,
+        };
+        self.publish(&event, workload).await;
+    }
+
+    /// The first spans of a workload since its (re-)injection reached the telemetry proxy.
+    pub async fn traces_received(
+        &self,
+        workload: &InstrumentedResource,
+        containers: &[TracedContainer],
+    ) {
+        let senders: Vec<String> = containers
+            .iter()
+            .map(|c| match (c.name.as_str(), c.runtime.as_str()) {
+                ("", "") => "a container".to_owned(),
+                (name, "") => format!("container {name}"),
+                ("", runtime) => format!("a {runtime} container"),
+                (name, runtime) => format!("container {name} ({runtime})"),
+            })
+            .collect();
+        let event = Event {
+            type_: EventType::Normal,
+            reason: TRACES_RECEIVED.into(),
+            note: Some(format!(
+                "the telemetry proxy received the first spans since the injection, from {}",
+                senders.join(", ")
+            )),
+            action: "VerifyTracing".into(),
+            secondary: None,
+        };
+        self.publish(&event, workload).await;
+    }
+
+    /// A workload with Ready pods sent no span for the whole silence window.
+    pub async fn no_traces(&self, workload: &InstrumentedResource, reason: &str) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: NO_TRACES.into(),
+            note: Some(format!(
+                "instrumented, but no span reached the telemetry proxy within the silence window: {reason}"
+            )),
+            action: "VerifyTracing".into(),
             secondary: None,
         };
         self.publish(&event, workload).await;

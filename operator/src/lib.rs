@@ -17,7 +17,10 @@ pub mod rollout;
 pub mod run;
 pub mod settings;
 pub mod status;
+pub mod telemetry_proxy;
 pub mod token;
+pub mod tracing_state;
+pub mod tracing_watch;
 pub mod uninstall;
 pub mod workloads;
 

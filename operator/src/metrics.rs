@@ -1,4 +1,5 @@
-//! Prometheus metrics: reconciles, their errors, and workloads written and instrumented.
+//! Prometheus metrics: reconciles, their errors, status writes, and workloads written,
+//! instrumented and receiving (their spans reach the telemetry proxy).
 
 use std::sync::atomic::AtomicI64;
 
@@ -32,6 +33,8 @@ pub struct Metrics {
     writes: Family<KindChange, Counter>,
     write_failures: Family<KindLabel, Counter>,
     instrumented: Family<NamespaceLabel, Gauge<i64, AtomicI64>>,
+    receiving: Family<NamespaceLabel, Gauge<i64, AtomicI64>>,
+    status_writes: Counter,
 }
 
 impl Default for Metrics {
@@ -42,6 +45,8 @@ impl Default for Metrics {
         let writes = Family::default();
         let write_failures = Family::default();
         let instrumented = Family::default();
+        let receiving = Family::default();
+        let status_writes = Counter::default();
         registry.register(
             "reconciles",
             "Reconciliations of Lumigo resources",
@@ -67,6 +72,16 @@ impl Default for Metrics {
             "Workloads instrumented, by namespace",
             instrumented.clone(),
         );
+        registry.register(
+            "workloads_receiving",
+            "Instrumented workloads whose spans reach the telemetry proxy, by namespace",
+            receiving.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status writes of Lumigo resources",
+            status_writes.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -74,6 +89,8 @@ impl Default for Metrics {
             writes,
             write_failures,
             instrumented,
+            receiving,
+            status_writes,
         }
     }
 }
@@ -110,10 +127,23 @@ impl Metrics {
         gauge.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
-    pub fn forget_namespace(&self, namespace: &str) {
-        self.instrumented.remove(&NamespaceLabel {
+    pub fn set_receiving(&self, namespace: &str, count: usize) {
+        let gauge = self.receiving.get_or_create(&NamespaceLabel {
             namespace: namespace.into(),
         });
+        gauge.set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn status_written(&self) {
+        self.status_writes.inc();
+    }
+
+    pub fn forget_namespace(&self, namespace: &str) {
+        let label = NamespaceLabel {
+            namespace: namespace.into(),
+        };
+        self.instrumented.remove(&label);
+        self.receiving.remove(&label);
     }
 
     pub fn encode(&self) -> String {

@@ -25,6 +25,7 @@ use crate::rollout::{Desired, Sweeper};
 use crate::settings::{injection_config, instrumenting, OperatorSettings};
 use crate::status::{next_status, Health};
 use crate::token::check_secret_data;
+use crate::tracing_watch::{self, TracingWatch};
 use crate::workloads::WorkloadApi;
 
 /// How soon a resource whose Secret is missing or wrong is looked at again: the operator does
@@ -44,6 +45,8 @@ pub struct Context {
     pub max_concurrent_writes: usize,
     /// The module of the namespaces' Kubewarden AdmissionPolicies, when that engine admits.
     pub kubewarden_module: Option<String>,
+    /// Whether the instrumented workloads' traces arrive.
+    pub tracing: TracingWatch,
 }
 
 impl Context {
@@ -66,10 +69,20 @@ pub fn controller(client: Client) -> (Controller<Lumigo>, Store<Lumigo>) {
     (controller, store)
 }
 
-/// Runs the controller until the stream ends (on shutdown).
+/// Runs the controller until the stream ends (on shutdown), with the watch of what is really
+/// traced beside it: the watch asks for a reconcile when a status must show a change.
 pub async fn run(ctx: Arc<Context>, controller: Controller<Lumigo>, store: Store<Lumigo>) {
+    let (tracing_changes, tracing_requests) = futures::channel::mpsc::unbounded();
+    let watch = tokio::spawn(tracing_watch::run(
+        ctx.clone(),
+        store.clone(),
+        tracing_changes,
+    ));
     controller
-        .reconcile_on(workload_changes(ctx.client.clone(), store))
+        .reconcile_on(stream::select(
+            workload_changes(ctx.client.clone(), store).boxed(),
+            tracing_requests.boxed(),
+        ))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -78,6 +91,7 @@ pub async fn run(ctx: Arc<Context>, controller: Controller<Lumigo>, store: Store
             }
         })
         .await;
+    watch.abort();
 }
 
 /// A workload created, changed or labelled (e.g. opted out) in a namespace with a `Lumigo`
@@ -156,7 +170,7 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
             reason: "DuplicateResource",
             message: format!("namespace {namespace} is already instrumented by the Lumigo resource {first}; only one is used per namespace, delete this one"),
         };
-        write_status(lumigo, api, &health, None).await?;
+        write_status(lumigo, ctx, api, &health, None).await?;
         return Ok(Action::await_change());
     }
     let config = match check_secret(lumigo, ctx, &namespace).await? {
@@ -167,7 +181,7 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
                 reason: "InvalidToken",
                 message,
             };
-            write_status(lumigo, api, &health, None).await?;
+            write_status(lumigo, ctx, api, &health, None).await?;
             return Ok(Action::requeue(SECRET_RECHECK));
         }
     };
@@ -178,7 +192,7 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
             message: "the token is valid; injection is disabled by spec.tracing.injection.enabled"
                 .into(),
         };
-        write_status(lumigo, api, &health, None).await?;
+        write_status(lumigo, ctx, api, &health, None).await?;
         return Ok(Action::await_change());
     };
     if let Some(module) = &ctx.kubewarden_module {
@@ -205,6 +219,22 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
     ctx.metrics
         .set_instrumented(&namespace, report.instrumented.len());
     let count = report.instrumented.len();
+    let shown = lumigo
+        .status
+        .as_ref()
+        .map_or(&[][..], |status| &status.instrumented_resources[..]);
+    let listed = ctx
+        .tracing
+        .tracker
+        .lock()
+        .expect("the tracker is never poisoned: nothing panics while holding it")
+        .track(
+            &namespace,
+            report.instrumented,
+            &report.reinjected,
+            shown,
+            k8s_openapi::jiff::Timestamp::now(),
+        );
     let health = Health::Active {
         reason: "Instrumenting",
         message: format!(
@@ -212,7 +242,7 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
             if count == 1 { "" } else { "s" }
         ),
     };
-    write_status(lumigo, api, &health, Some(report.instrumented)).await?;
+    write_status(lumigo, ctx, api, &health, Some(listed)).await?;
     if report.failed > 0 {
         tracing::info!(
             namespace,
@@ -260,6 +290,11 @@ async fn cleanup(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Ac
         }
     }
     ctx.metrics.forget_namespace(&namespace);
+    ctx.tracing
+        .tracker
+        .lock()
+        .expect("the tracker is never poisoned: nothing panics while holding it")
+        .forget(&namespace);
     Ok(Action::await_change())
 }
 
@@ -300,6 +335,7 @@ async fn check_secret(
 
 async fn write_status(
     lumigo: &Lumigo,
+    ctx: &Context,
     api: &Api<Lumigo>,
     health: &Health,
     instrumented: Option<Vec<crate::crd::InstrumentedResource>>,
@@ -319,5 +355,6 @@ async fn write_status(
         &Patch::Merge(json!({"status": status})),
     )
     .await?;
+    ctx.metrics.status_written();
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! A sweep over the workloads of a namespace (or of the cluster) that brings each to the
 //! desired injection state with at most one write, retried on fresh state after a conflict.
 
+use std::collections::HashSet;
+
 use futures::{stream, StreamExt, TryStreamExt};
 use lumigo_mutation::{
     inspect, reconcile, remove, InjectionConfig, Operation, Outcome, Reason, WorkloadKind,
@@ -39,6 +41,8 @@ pub struct SweepReport {
     /// Workloads whose pod template carries the injection after the sweep, sorted.
     pub instrumented: Vec<InstrumentedResource>,
     pub writes: usize,
+    /// Uids of the workloads this sweep (re-)injected: their tracing starts over.
+    pub reinjected: HashSet<String>,
     /// Workloads that could not be written this time (a later sweep retries them).
     pub failed: usize,
 }
@@ -72,6 +76,12 @@ impl Sweeper<'_> {
                     .try_collect()
                     .await?;
                 for (workload, handled) in results {
+                    if let Handled::Written { instrumented } = handled {
+                        report.writes += 1;
+                        if instrumented {
+                            report.reinjected.insert(workload.uid.clone());
+                        }
+                    }
                     match handled {
                         Handled::Unchanged { instrumented } | Handled::Written { instrumented }
                             if instrumented =>
@@ -80,9 +90,6 @@ impl Sweeper<'_> {
                         }
                         Handled::Failed => report.failed += 1,
                         _ => {}
-                    }
-                    if matches!(handled, Handled::Written { .. }) {
-                        report.writes += 1;
                     }
                 }
                 match next {

@@ -2,7 +2,7 @@
 //! leadership is lost, so a standby replica takes over from a clean start.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kube::Client;
 
@@ -18,6 +18,9 @@ use crate::health::{self, Probes};
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
 use crate::reconciler::{self, Context};
+use crate::telemetry_proxy::{ProxyLocation, ProxyReader};
+use crate::tracing_state::{TracingSettings, Tracker};
+use crate::tracing_watch::TracingWatch;
 use crate::workloads::WorkloadApi;
 
 pub fn context(
@@ -25,8 +28,10 @@ pub fn context(
     injection: &crate::cli::InjectionArgs,
     instance: Option<String>,
     kubewarden_module: Option<String>,
+    tracing: TracingWatch,
 ) -> Context {
     Context {
+        tracing,
         client: client.clone(),
         operator: injection.operator_settings(),
         workloads: WorkloadApi::new(client.clone()),
@@ -47,6 +52,7 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
         &args.injection,
         Some(args.identity.clone()),
         kubewarden_module,
+        tracing_watch(&args),
     ));
     let ready = Arc::new(AtomicBool::new(false));
     let probes = Probes {
@@ -97,6 +103,28 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
     }
 }
 
+fn tracing_watch(args: &RunArgs) -> TracingWatch {
+    let reader = args
+        .tracing
+        .telemetry_proxy_selector
+        .as_ref()
+        .map(|selector| {
+            ProxyReader::new(ProxyLocation {
+                namespace: args.namespace.clone(),
+                selector: selector.clone(),
+                port: args.tracing.telemetry_proxy_metrics_port,
+            })
+        });
+    let settings = TracingSettings {
+        silence_window: args.tracing.no_traces_window,
+    };
+    TracingWatch {
+        tracker: Arc::new(Mutex::new(Tracker::new(settings, reader.is_some()))),
+        reader,
+        interval: args.tracing.traces_check_interval,
+    }
+}
+
 fn admission_options(args: &RunArgs, compiler: PolicyCompiler) -> Result<AdmissionOptions> {
     let module = std::fs::read(&args.policy_module).map_err(|source| {
         crate::Error::Serve(std::io::Error::new(
@@ -137,7 +165,13 @@ fn admission_options(args: &RunArgs, compiler: PolicyCompiler) -> Result<Admissi
 
 pub async fn uninstall(args: crate::cli::UninstallArgs) -> Result<()> {
     let client = Client::try_default().await?;
-    let ctx = context(client, &args.injection, None, None);
+    let ctx = context(
+        client,
+        &args.injection,
+        None,
+        None,
+        TracingWatch::disabled(),
+    );
     let report = crate::uninstall::uninstall(&ctx, args.wait_for_operator).await?;
     tracing::info!(
         resources_deleted = report.resources_deleted,

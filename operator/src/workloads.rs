@@ -52,6 +52,7 @@ pub fn reference(kind: WorkloadKind, object: &Value) -> InstrumentedResource {
         name: field("name").to_owned(),
         namespace: field("namespace").to_owned(),
         uid: field("uid").to_owned(),
+        tracing: None,
     }
 }
 

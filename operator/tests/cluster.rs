@@ -16,9 +16,11 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use kube::Client;
 use lumigo_e2e::{images, Cluster, OtlpSink, ReceivedSpan};
+use lumigo_operator::crd::{Lumigo, LumigoStatus, TracingState};
 use serde_json::Value;
 
 use support::{eventually, TOKEN};
@@ -33,6 +35,9 @@ const TRACED: [(&str, &str); 3] = [
 /// First spans come after a pod restart and a tracer's start-up (the JVM's agent is the slowest).
 const SPANS_TIMEOUT: Duration = Duration::from_secs(240);
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(240);
+/// The operator's tracing settings in this test (the chart's defaults are 15 s and 10 minutes).
+const CHECK_INTERVAL: Duration = Duration::from_secs(3);
+const SILENCE_WINDOW: Duration = Duration::from_secs(40);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_trace() {
@@ -98,10 +103,22 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
             "telemetryProxy.image.pullPolicy=Never",
             "--set",
             &endpoint,
+            // Two proxy replicas: the counts of both make one picture. A short silence window and
+            // check interval, so that the test sees a silent workload reported.
+            "--set",
+            "telemetryProxy.replicas=2",
+            "--set",
+            &format!("tracingVerification.interval={}s", CHECK_INTERVAL.as_secs()),
+            "--set",
+            &format!(
+                "tracingVerification.silenceWindow={}s",
+                SILENCE_WINDOW.as_secs()
+            ),
         ],
     );
 
     let applied = SystemTime::now();
+    let status_writes = count_writes(Api::<Lumigo>::namespaced(client.clone(), "shop"));
     for namespace in ["shop", "secure"] {
         kubectl_apply(namespace, &lumigo_manifest());
     }
@@ -207,6 +224,8 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
     assert!(payment["spec"]["initContainers"].is_null(), "{payment:#}");
     assert!(spans_of(&sink, "shop", "paymentservice").is_empty());
 
+    verified_tracing(cluster, &client, &status_writes).await;
+
     // Removal from one namespace: pods replaced without the injection, and no more spans.
     kubectl(&[
         "delete",
@@ -271,6 +290,219 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
         "the operator is gone"
     );
     wait_available(cluster, "secure").await;
+}
+
+/// Verified tracing, read from the `Lumigo` resource as a user reads it: the three runtimes are
+/// `Receiving` with their container and runtime, the static binary is `Silent` and reported with
+/// the reason, the opted-out service is not listed, and a restart of the proxy changes nothing.
+async fn verified_tracing(cluster: &Cluster, client: &Client, status_writes: &WriteCounter) {
+    let kubectl = |args: &[&str]| cluster.control_plane().run_kubectl(args, None).unwrap();
+    let lumigoes: Api<Lumigo> = Api::namespaced(client.clone(), "shop");
+    let tracing_of = |status: &LumigoStatus, name: &str| {
+        status
+            .instrumented_resources
+            .iter()
+            .find(|w| w.name == name)
+            .and_then(|w| w.tracing.clone())
+    };
+    let status = eventually(
+        "the three runtimes Receiving and frontend reported silent",
+        SPANS_TIMEOUT,
+        || async {
+            let status = lumigoes.get_status("lumigo").await.ok()?.status?;
+            let receiving = TRACED.iter().all(|(deployment, _)| {
+                tracing_of(&status, deployment).is_some_and(|t| t.state == TracingState::Receiving)
+            });
+            let frontend = tracing_of(&status, "frontend")?;
+            let reported = frontend.state == TracingState::Silent
+                && frontend
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("no container's image or command"));
+            (receiving && reported).then_some(status)
+        },
+    )
+    .await;
+    for (deployment, runtime) in TRACED {
+        let tracing = tracing_of(&status, deployment).unwrap();
+        let expected_runtime = match runtime {
+            "nodejs" => "nodejs",
+            "python" => "cpython",
+            _ => "OpenJDK",
+        };
+        assert!(
+            tracing
+                .containers
+                .iter()
+                .any(|c| c.name == "server" && c.runtime.contains(expected_runtime)),
+            "{deployment}: {tracing:?}"
+        );
+        assert!(
+            tracing.first_span_seen.is_some(),
+            "{deployment}: {tracing:?}"
+        );
+        println!("{deployment}: Receiving from {:?}", tracing.containers);
+    }
+    assert!(
+        tracing_of(&status, "paymentservice").is_none()
+            && !status
+                .instrumented_resources
+                .iter()
+                .any(|w| w.name == "paymentservice"),
+        "the opted-out service is not listed: {status:?}"
+    );
+    assert_eq!(status.tracing, "3/4", "{status:?}");
+    assert_eq!(status.receiving_count, 3);
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Tracing")
+        .unwrap();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", "NoTraces"),
+        "{condition:?}"
+    );
+    assert!(
+        condition
+            .message
+            .contains("Deployment frontend (no container's image"),
+        "{condition:?}"
+    );
+    let printed = kubectl(&["get", "lumigoes", "-n", "shop"]);
+    println!("{printed}");
+    assert!(
+        printed
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("TRACING")
+            && printed.contains("3/4"),
+        "{printed}"
+    );
+
+    // Events: first spans once per traced workload, the silence of the static binary with its reason.
+    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
+    let events = events.list(&ListParams::default()).await.unwrap().items;
+    let regarding = |reason: &str| {
+        let mut names: Vec<String> = events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.regarding.as_ref()?.name.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    let received = regarding("LumigoTracesReceived");
+    for (deployment, _) in TRACED {
+        let announced = received.iter().filter(|name| *name == deployment).count();
+        assert_eq!(
+            announced, 1,
+            "LumigoTracesReceived of {deployment}: {received:?}"
+        );
+    }
+    assert!(
+        !received
+            .iter()
+            .any(|name| name == "frontend" || name == "paymentservice"),
+        "{received:?}"
+    );
+    assert_eq!(regarding("LumigoNoTraces"), ["frontend"]);
+
+    // A restart of the proxy (both replicas replaced) changes nothing the status shows, and the
+    // status is not written meanwhile.
+    let before = status_writes.count();
+    let proxy = kubectl(&[
+        "get",
+        "deployment",
+        "-n",
+        RELEASE_NAMESPACE,
+        "-l",
+        "app.kubernetes.io/component=telemetry-proxy",
+        "-o",
+        "name",
+    ]);
+    kubectl(&["rollout", "restart", "-n", RELEASE_NAMESPACE, proxy.trim()]);
+    kubectl(&[
+        "rollout",
+        "status",
+        "-n",
+        RELEASE_NAMESPACE,
+        proxy.trim(),
+        "--timeout=120s",
+    ]);
+    tokio::time::sleep(CHECK_INTERVAL * 5).await;
+    let after = lumigoes.get_status("lumigo").await.unwrap().status.unwrap();
+    let significant = |status: &LumigoStatus| {
+        status
+            .instrumented_resources
+            .iter()
+            .map(|w| {
+                let t = w.tracing.clone().unwrap();
+                (
+                    w.name.clone(),
+                    t.state,
+                    t.first_span_seen,
+                    t.containers,
+                    t.reason,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        significant(&after),
+        significant(&status),
+        "across the proxy restart"
+    );
+    assert_eq!(
+        status_writes.count(),
+        before,
+        "no status write while only the proxy restarted"
+    );
+    println!(
+        "status writes of shop/lumigo from its creation: {}",
+        status_writes.count()
+    );
+    assert!(
+        status_writes.count() <= 20,
+        "{} status writes",
+        status_writes.count()
+    );
+}
+
+/// Counts the writes of the `lumigo` resource the watch sees (creation, finalizer, status).
+struct WriteCounter {
+    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _watch: tokio::task::JoinHandle<()>,
+}
+
+impl WriteCounter {
+    fn count(&self) -> usize {
+        self.writes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn count_writes(api: Api<Lumigo>) -> WriteCounter {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = writes.clone();
+    let watch = tokio::spawn(async move {
+        let config = watcher::Config::default().fields("metadata.name=lumigo");
+        let mut versions = std::collections::HashSet::new();
+        let mut events = watcher(api, config).boxed();
+        while let Some(event) = events.next().await {
+            if let Ok(watcher::Event::Apply(lumigo) | watcher::Event::InitApply(lumigo)) = event {
+                if versions.insert(lumigo.metadata.resource_version.clone()) {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    WriteCounter {
+        writes,
+        _watch: watch,
+    }
 }
 
 /// A service in the `restricted` namespace: non-root, no privilege escalation, no capabilities,

@@ -39,6 +39,20 @@ fn the_demo_traces_a_real_shop_and_removes_every_trace_of_it() {
         "kubectl get lumigoes: Active, 4 instrumented\n{stdout}"
     );
     assert!(
+        has("Which workloads are really traced") && row(&["lumigo", "True", "4", "3/4"]),
+        "kubectl get lumigoes: 3 of 4 receiving\n{stdout}"
+    );
+    assert!(
+        has("frontend: Silent") && has("Tracing=False (NoTraces)"),
+        "the silent static binary named\n{stdout}"
+    );
+    for service in ["currencyservice", "emailservice", "adservice"] {
+        assert!(
+            has(&format!("{service}: Receiving  container server")),
+            "{service} receiving, with its container\n{stdout}"
+        );
+    }
+    assert!(
         lines.iter().any(|l| l.contains("currencyservice-")
             && l.contains("lumigo-injector")
             && l.contains("Completed")),

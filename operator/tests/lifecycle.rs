@@ -87,6 +87,23 @@ async fn lumigo_lifecycle() {
     let mut expected: Vec<String> = workloads.iter().map(|(k, n)| format!("{k}/{n}")).collect();
     expected.sort();
     assert_eq!(listed, expected);
+    // No telemetry proxy to read here: the operator does not pretend to know what is traced.
+    let tracing = condition(&status, "Tracing").unwrap();
+    assert_eq!(
+        (tracing["status"].as_str(), tracing["reason"].as_str()),
+        (Some("Unknown"), Some("TracesUnknown")),
+        "{tracing}"
+    );
+    assert_eq!(status["tracing"], "unknown");
+    for listed in status["instrumentedResources"].as_array().unwrap() {
+        assert_eq!(listed["tracing"]["state"], "Unknown", "{listed}");
+        assert!(
+            listed["tracing"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("does not count spans")),
+            "{listed}"
+        );
+    }
     for (kind, name) in workloads {
         let object = get(&client, &ns, kind, name).await;
         assert_eq!(

@@ -94,3 +94,10 @@ fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* Whether the proxy counts spans per workload for the operator: it needs the proxy and k8sattributes. */}}
+{{- define "lumigo.verifyTracing" -}}
+{{- if and .Values.telemetryProxy.enabled .Values.telemetryProxy.k8sattributes .Values.tracingVerification.enabled -}}
+true
+{{- end }}
+{{- end }}

@@ -77,10 +77,21 @@ public final class LumigoConfiguration implements AutoConfigurationCustomizerPro
     putAbsent(out, config, "otel.metrics.exporter", "none");
 
     String container = env.get("LUMIGO_CONTAINER_NAME");
+    Map<String, String> resource = config.getMap("otel.resource.attributes");
     if (present(container)
         && !configured(config, "otel.service.name")
-        && !config.getMap("otel.resource.attributes").containsKey("service.name")) {
+        && !resource.containsKey("service.name")) {
       out.put("otel.service.name", container.trim());
+    }
+    // The telemetry proxy counts spans per container (the operator's tracing status), as the
+    // Node.js and Python distros name it from the same variable.
+    if (present(container) && !resource.containsKey("k8s.container.name")) {
+      StringBuilder attributes = new StringBuilder();
+      for (Map.Entry<String, String> entry : resource.entrySet()) {
+        attributes.append(entry.getKey()).append('=').append(entry.getValue()).append(',');
+      }
+      attributes.append("k8s.container.name=").append(container.trim());
+      out.put("otel.resource.attributes", attributes.toString());
     }
     return out;
   }
