@@ -122,6 +122,11 @@ impl WorkloadKind {
             .find(|k| k.name() == kind && k.group() == group)
     }
 
+    /// The kind an `apiVersion` (`apps/v1`, `v1`) and a `kind` name.
+    pub fn from_api_version_kind(api_version: &str, kind: &str) -> Option<Self> {
+        Self::from_group_kind(group_of(api_version), kind)
+    }
+
     /// The kind named by an object's own `apiVersion` and `kind`.
     pub fn of_object(object: &Value) -> Result<Self, Reason> {
         let kind = object
@@ -132,7 +137,7 @@ impl WorkloadKind {
             .get("apiVersion")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        Self::from_group_kind(group_of(api_version), kind)
+        Self::from_api_version_kind(api_version, kind)
             .ok_or_else(|| Reason::UnsupportedKind(kind.to_owned()))
     }
 

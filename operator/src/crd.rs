@@ -140,6 +140,12 @@ pub struct InstrumentedResource {
     pub tracing: Option<WorkloadTracing>,
 }
 
+impl InstrumentedResource {
+    pub fn workload_kind(&self) -> Option<lumigo_mutation::WorkloadKind> {
+        lumigo_mutation::WorkloadKind::from_api_version_kind(&self.api_version, &self.kind)
+    }
+}
+
 /// What the telemetry proxy saw of one workload since it was (re-)injected.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 #[serde(rename_all = "camelCase")]

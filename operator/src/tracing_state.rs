@@ -294,13 +294,7 @@ impl Tracker {
 fn key_of(workload: &InstrumentedResource) -> Option<WorkloadKey> {
     Some(WorkloadKey {
         namespace: workload.namespace.clone(),
-        kind: WorkloadKind::from_group_kind(
-            workload
-                .api_version
-                .rsplit_once('/')
-                .map_or("", |(group, _)| group),
-            &workload.kind,
-        )?,
+        kind: workload.workload_kind()?,
         name: workload.name.clone(),
     })
 }

@@ -70,6 +70,8 @@ pub async fn run(
         proxy_was_readable = reading.is_ok();
         let now = Timestamp::now();
         let first_spans = lock(watch).observe(reading, now);
+        // A proxy page of thousands of series is parsed and dropped every interval.
+        crate::memory::release_freed_memory();
         for first in first_spans {
             ctx.events
                 .traces_received(&first.workload, &first.containers)
@@ -115,13 +117,7 @@ async fn likely_reason_for_silence(
     ctx: &Context,
     workload: &InstrumentedResource,
 ) -> Option<String> {
-    let kind = WorkloadKind::from_group_kind(
-        workload
-            .api_version
-            .rsplit_once('/')
-            .map_or("", |(group, _)| group),
-        &workload.kind,
-    )?;
+    let kind = workload.workload_kind()?;
     let object = match ctx
         .workloads
         .get(kind, &workload.namespace, &workload.name)

@@ -338,6 +338,98 @@ fn the_telemetry_proxy_forwards_the_callers_token_and_holds_none() {
     );
 }
 
+/// The proxy counts spans per workload for the operator, exposes no resource attribute, and the
+/// operator is told exactly the proxy pods' labels; with the verification off, neither side of it.
+#[test]
+fn the_proxy_counts_spans_where_the_operator_reads_them() {
+    let docs = documents(&render("lumigo-system", &[]));
+    let config_map = find(&docs, "ConfigMap", "lumigo-operator-telemetry-proxy");
+    let config: Value =
+        serde_norway::from_str(config_map["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let pipelines = &config["service"]["pipelines"];
+    assert_eq!(
+        pipelines["traces"]["exporters"],
+        json!(["otlphttp", "spanmetrics"])
+    );
+    assert_eq!(
+        pipelines["metrics/span-counts"],
+        json!({"receivers": ["spanmetrics"], "exporters": ["prometheus"]})
+    );
+    let counted = &config["connectors"]["spanmetrics"];
+    assert_eq!(
+        counted["aggregation_temporality"],
+        "AGGREGATION_TEMPORALITY_DELTA"
+    );
+    let dimensions: Vec<&str> = counted["dimensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    for needed in [
+        "k8s.namespace.name",
+        "k8s.deployment.name",
+        "k8s.container.name",
+        "process.runtime.name",
+    ] {
+        assert!(dimensions.contains(&needed), "{needed}: {dimensions:?}");
+    }
+    assert_eq!(
+        config["exporters"]["prometheus"]["endpoint"],
+        "0.0.0.0:8889"
+    );
+    assert_eq!(config["exporters"]["prometheus"]["send_timestamps"], true);
+
+    let proxy = find(&docs, "Deployment", "lumigo-operator-telemetry-proxy");
+    let template = &proxy["spec"]["template"];
+    assert!(
+        template["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(
+                "--feature-gates=connector.spanmetrics.excludeResourceMetrics"
+            )),
+        "the counts carry no resource attributes (a tracer's resource may hold its environment)"
+    );
+    let operator = find(&docs, "Deployment", "lumigo-operator");
+    let env = &operator["spec"]["template"]["spec"]["containers"][0]["env"];
+    let variable = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .map(|v| v["value"].as_str().unwrap().to_owned())
+    };
+    let selector = variable("LUMIGO_TELEMETRY_PROXY_SELECTOR").unwrap();
+    let labels = template["metadata"]["labels"].as_object().unwrap();
+    for pair in selector.split(',') {
+        let (key, value) = pair.split_once('=').unwrap();
+        assert_eq!(labels[key], value, "{selector} selects the proxy's pods");
+    }
+    assert_eq!(
+        variable("LUMIGO_TELEMETRY_PROXY_METRICS_PORT").as_deref(),
+        Some("8889")
+    );
+
+    for off in [
+        "tracingVerification.enabled=false",
+        "telemetryProxy.k8sattributes=false",
+    ] {
+        let docs = documents(&render("lumigo-system", &["--set", off]));
+        let config_map = find(&docs, "ConfigMap", "lumigo-operator-telemetry-proxy");
+        assert!(
+            !config_map["data"]["config.yaml"]
+                .as_str()
+                .unwrap()
+                .contains("spanmetrics"),
+            "{off}"
+        );
+        let operator = find(&docs, "Deployment", "lumigo-operator");
+        let env = operator["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+        assert!(!env.contains("LUMIGO_TELEMETRY_PROXY_SELECTOR"), "{off}");
+    }
+}
+
 /// Every leaf key of values.yaml carries a `# --` comment, on itself or on an enclosing key.
 #[test]
 fn values_yaml_is_documented_key_by_key() {
