@@ -101,12 +101,33 @@ pub struct TracingArgs {
     pub no_traces_window: Duration,
 }
 
+/// The namespaces the install instruments by itself (the chart's `monitoredNamespaces`).
+#[derive(Args, Debug, Clone)]
+pub struct OnboardingArgs {
+    /// `{"names": [...]}`, `{"all": true}` or `{"selector": {"matchLabels": ..., "matchExpressions": ...}}`;
+    /// empty: none (what an earlier selection created is removed).
+    #[arg(long, env = "LUMIGO_MONITORED_NAMESPACES", default_value = "")]
+    pub monitored_namespaces: String,
+    /// Namespaces never selected (comma-separated), besides kube-system, kube-public,
+    /// kube-node-lease and the operator's own.
+    #[arg(long, env = "LUMIGO_EXCLUDED_NAMESPACES", default_value = "")]
+    pub excluded_namespaces: String,
+    /// The Secret of the operator's namespace that holds the token the monitored namespaces get.
+    #[arg(long, env = "LUMIGO_TOKEN_SECRET")]
+    pub token_secret: Option<String>,
+    /// Its key.
+    #[arg(long, env = "LUMIGO_TOKEN_SECRET_KEY", default_value = "token")]
+    pub token_secret_key: String,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     #[command(flatten)]
     pub injection: InjectionArgs,
     #[command(flatten)]
     pub tracing: TracingArgs,
+    #[command(flatten)]
+    pub onboarding: OnboardingArgs,
     /// The operator's own namespace (leader lease, webhook certificate).
     #[arg(long, env = "POD_NAMESPACE", default_value = "lumigo-system")]
     pub namespace: String,
@@ -177,6 +198,11 @@ pub struct UninstallArgs {
     /// How long the running operator gets to clean up through its finalizers before this command does it.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub wait_for_operator: Duration,
+    /// The operator's namespace, whose leader Lease tells it that an uninstall is under way.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "lumigo-system")]
+    pub namespace: String,
+    #[arg(long, default_value = "lumigo-operator")]
+    pub lease_name: String,
 }
 
 /// `500ms`, `15s`, `2m`.

@@ -12,6 +12,7 @@ pub mod kubewarden;
 pub mod leader;
 pub mod memory;
 pub mod metrics;
+pub mod onboarding;
 pub mod reconciler;
 pub mod rollout;
 pub mod run;

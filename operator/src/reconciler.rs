@@ -177,6 +177,12 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
         Ok(()) => injection_config(lumigo, &ctx.operator),
         Err(message) => {
             stop_kubewarden_admission(ctx, &namespace).await?;
+            let message = match lumigo.annotations().get(crate::onboarding::TOKEN_SOURCE) {
+                Some(source) => format!(
+                    "{message} (the operator copies this Secret from {source}, the install's lumigoToken: that Secret is missing or holds no token)"
+                ),
+                None => message,
+            };
             let health = Health::Failing {
                 reason: "InvalidToken",
                 message,

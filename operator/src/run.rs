@@ -17,6 +17,7 @@ use crate::events::CONTROLLER_NAME;
 use crate::health::{self, Probes};
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
+use crate::onboarding::{Onboarding, Selection};
 use crate::reconciler::{self, Context};
 use crate::telemetry_proxy::{ProxyLocation, ProxyReader};
 use crate::tracing_state::{TracingSettings, Tracker};
@@ -89,6 +90,12 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
         .await
         .map_err(|error| crate::Error::Admission(Box::new(error)))
     };
+    let onboarding = async {
+        match onboarding(&args) {
+            Some(onboarding) => crate::onboarding::run(client.clone(), onboarding).await,
+            None => std::future::pending().await,
+        }
+    };
     let controller_run = reconciler::run(ctx, controller, store.clone());
     tokio::select! {
         served = admission => served,
@@ -96,11 +103,44 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
             tracing::info!("controller stopped");
             Ok(())
         }
+        () = onboarding => Ok(()),
         lost = election.hold(), if args.leader_election => Err(lost),
         served = probe_server => {
             served.unwrap_or_else(|join| Err(crate::Error::Serve(std::io::Error::other(join))))
         }
     }
+}
+
+/// The install's monitored namespaces; `None` (and an error logged) when the selection cannot be
+/// read: an unreadable value must neither create nor remove anything.
+fn onboarding(args: &RunArgs) -> Option<Onboarding> {
+    let selection = match Selection::parse(&args.onboarding.monitored_namespaces) {
+        Ok(selection) => selection,
+        Err(error) => {
+            tracing::error!(%error, "monitored namespaces left as they are");
+            return None;
+        }
+    };
+    Some(Onboarding {
+        selection,
+        excluded: args
+            .onboarding
+            .excluded_namespaces
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        install_namespace: args.namespace.clone(),
+        token_secret: args
+            .onboarding
+            .token_secret
+            .clone()
+            .map(|name| (name, args.onboarding.token_secret_key.clone())),
+        started: k8s_openapi::jiff::Timestamp::now(),
+        // Read even without leader election: the uninstall marks it (and creates it if need be).
+        lease: args.lease_name.clone(),
+    })
 }
 
 fn tracing_watch(args: &RunArgs) -> TracingWatch {
@@ -172,7 +212,13 @@ pub async fn uninstall(args: crate::cli::UninstallArgs) -> Result<()> {
         None,
         TracingWatch::disabled(),
     );
-    let report = crate::uninstall::uninstall(&ctx, args.wait_for_operator).await?;
+    let report = crate::uninstall::uninstall(
+        &ctx,
+        args.wait_for_operator,
+        &args.namespace,
+        &args.lease_name,
+    )
+    .await?;
     tracing::info!(
         resources_deleted = report.resources_deleted,
         resources_cleaned_here = report.resources_cleaned_here,

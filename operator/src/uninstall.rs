@@ -23,8 +23,15 @@ pub struct UninstallReport {
     pub workloads_cleaned: usize,
 }
 
-pub async fn uninstall(ctx: &Context, wait_for_operator: Duration) -> Result<UninstallReport> {
+pub async fn uninstall(
+    ctx: &Context,
+    wait_for_operator: Duration,
+    operator_namespace: &str,
+    lease: &str,
+) -> Result<UninstallReport> {
     let mut report = UninstallReport::default();
+    // First, so that the running operator stops creating what is deleted next.
+    crate::onboarding::mark_uninstall(&ctx.client, operator_namespace, lease).await?;
     let lumigos: Api<Lumigo> = Api::all(ctx.client.clone());
     let existing = match lumigos.list(&Default::default()).await {
         Ok(list) => list.items,
@@ -32,6 +39,7 @@ pub async fn uninstall(ctx: &Context, wait_for_operator: Duration) -> Result<Uni
         Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
         Err(error) => return Err(error.into()),
     };
+    crate::onboarding::delete_managed_secrets(&ctx.client, &existing).await?;
     for lumigo in &existing {
         let namespaced = namespaced_api(&ctx.client, lumigo);
         match namespaced

@@ -173,7 +173,16 @@ fn every_container_is_hardened_and_the_operator_is_wired_to_the_proxy() {
     for engine in ENGINES {
         let docs = documents(&render(
             "lumigo-system",
-            &["--set", &format!("admission.engine={engine}")],
+            &[
+                "--set",
+                &format!("admission.engine={engine}"),
+                "--set",
+                "monitoredNamespaces={shop}",
+                "--set",
+                "lumigoToken.value=t_0123456789abcdef01234",
+                "--set",
+                "excludedNamespaces={sandbox}",
+            ],
         ));
         let mut containers = 0;
         for doc in &docs {
@@ -427,6 +436,103 @@ fn the_proxy_counts_spans_where_the_operator_reads_them() {
         let operator = find(&docs, "Deployment", "lumigo-operator");
         let env = operator["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
         assert!(!env.contains("LUMIGO_TELEMETRY_PROXY_SELECTOR"), "{off}");
+    }
+}
+
+/// The token given at install is rendered in one Secret of the release namespace and nowhere else
+/// (no argument, no literal environment value); a selection is rendered for the operator as JSON;
+/// bad values are install-time errors.
+#[test]
+fn the_install_token_is_rendered_only_in_its_secret() {
+    let token = "t_0123456789abcdef01234";
+    let docs = documents(&render(
+        "lumigo-system",
+        &[
+            "--set",
+            &format!("lumigoToken.value={token}"),
+            "--set",
+            "monitoredNamespaces={shop,checkout}",
+        ],
+    ));
+    let holding: Vec<String> = docs
+        .iter()
+        .filter(|d| d.to_string().contains(token))
+        .map(|d| format!("{} {}", d["kind"], d["metadata"]["name"]))
+        .collect();
+    assert_eq!(holding, [r#""Secret" "lumigo-operator-lumigo-token""#]);
+    let operator = find(&docs, "Deployment", "lumigo-operator");
+    let env = &operator["spec"]["template"]["spec"]["containers"][0]["env"];
+    let value = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .map(|v| v["value"].clone())
+    };
+    assert_eq!(
+        value("LUMIGO_MONITORED_NAMESPACES"),
+        Some(json!(r#"{"names":["shop","checkout"]}"#))
+    );
+    assert_eq!(
+        value("LUMIGO_TOKEN_SECRET"),
+        Some(json!("lumigo-operator-lumigo-token"))
+    );
+    // An existing Secret instead: nothing of the token is rendered at all.
+    let docs = documents(&render(
+        "lumigo-system",
+        &[
+            "--set",
+            "lumigoToken.existingSecret.name=my-token",
+            "--set",
+            "monitoredNamespaces=all",
+        ],
+    ));
+    assert!(!docs
+        .iter()
+        .any(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "lumigo-operator-lumigo-token"));
+    for (args, error) in [
+        (vec!["monitoredNamespaces={shop}"], "needs the token"),
+        (
+            vec!["monitoredNamespaces={shop}", "lumigoToken.value=t_secret"],
+            "is not a Lumigo token",
+        ),
+        (
+            vec![
+                "monitoredNamespaces=some",
+                "lumigoToken.value=t_0123456789abcdef01234",
+            ],
+            "is neither a list of names",
+        ),
+        (
+            vec![
+                "monitoredNamespaces={Shop_1}",
+                "lumigoToken.value=t_0123456789abcdef01234",
+            ],
+            "is not a namespace name",
+        ),
+        (
+            vec![
+                "monitoredNamespaces.labels.team=blue",
+                "lumigoToken.value=t_0123456789abcdef01234",
+            ],
+            "matchLabels and matchExpressions",
+        ),
+    ] {
+        let mut command = Command::new(helm());
+        command.args(["template", "lumigo"]).arg(chart_dir());
+        for arg in &args {
+            command.args(["--set", arg]);
+        }
+        let output = run(&mut command);
+        let said = text(&output);
+        assert!(
+            !output.status.success() && said.contains(error),
+            "{args:?}: {said}"
+        );
+        assert!(
+            !said.contains("t_secret"),
+            "the refused value is not echoed"
+        );
     }
 }
 
@@ -778,7 +884,16 @@ fn every_variable_the_chart_sets_is_read_by_the_operator() {
     for engine in ENGINES {
         let docs = documents(&render(
             "lumigo-system",
-            &["--set", &format!("admission.engine={engine}")],
+            &[
+                "--set",
+                &format!("admission.engine={engine}"),
+                "--set",
+                "monitoredNamespaces={shop}",
+                "--set",
+                "lumigoToken.value=t_0123456789abcdef01234",
+                "--set",
+                "excludedNamespaces={sandbox}",
+            ],
         ));
         for (kind, name, command) in [
             ("Deployment", "lumigo-operator", "run"),

@@ -101,3 +101,39 @@ seccompProfile:
 true
 {{- end }}
 {{- end }}
+
+{{/* monitoredNamespaces as the operator reads it (LUMIGO_MONITORED_NAMESPACES), checked here so that a
+bad value is an install-time error; empty when nothing is monitored. */}}
+{{- define "lumigo.monitoredNamespaces" -}}
+{{- $selection := .Values.monitoredNamespaces -}}
+{{- if kindIs "string" $selection -}}
+{{- if ne $selection "all" }}{{ fail (printf "monitoredNamespaces: %q is neither a list of names, \"all\", nor a label selector" $selection) }}{{ end -}}
+{"all":true}
+{{- else if kindIs "slice" $selection -}}
+{{- range $selection }}{{ if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" (toString .)) }}{{ fail (printf "monitoredNamespaces: %q is not a namespace name" (toString .)) }}{{ end }}{{ end -}}
+{{- if $selection }}{{ dict "names" $selection | toJson }}{{ end -}}
+{{- else if kindIs "map" $selection -}}
+{{- range $key, $_ := $selection }}{{ if not (has $key (list "matchLabels" "matchExpressions")) }}{{ fail (printf "monitoredNamespaces: a label selector has matchLabels and matchExpressions, not %q" $key) }}{{ end }}{{ end -}}
+{{- range (default (list) $selection.matchExpressions) }}{{ if not (has .operator (list "In" "NotIn" "Exists" "DoesNotExist")) }}{{ fail (printf "monitoredNamespaces: unknown operator %q in matchExpressions" (toString .operator)) }}{{ end }}{{ end -}}
+{{ dict "selector" $selection | toJson }}
+{{- else if $selection -}}
+{{ fail "monitoredNamespaces: a list of names, \"all\", or a label selector" }}
+{{- end -}}
+{{- end }}
+
+{{/* The Secret of the release namespace holding the token of the monitored namespaces. */}}
+{{- define "lumigo.tokenSecret" -}}
+{{- if .Values.lumigoToken.existingSecret.name -}}
+{{ .Values.lumigoToken.existingSecret.name }}
+{{- else if .Values.lumigoToken.value -}}
+{{ include "lumigo.fullname" . }}-lumigo-token
+{{- end -}}
+{{- end }}
+
+{{- define "lumigo.tokenSecretKey" -}}
+{{- if .Values.lumigoToken.existingSecret.name -}}
+{{ .Values.lumigoToken.existingSecret.key }}
+{{- else -}}
+token
+{{- end -}}
+{{- end }}
