@@ -270,8 +270,56 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
         &late[..late.len().min(3)]
     );
 
+    // helm upgrade to a monitored namespace: the operator (restarted by the upgrade) creates its
+    // token Secret and Lumigo resource there, with no kubectl step.
+    kubectl(&["create", "namespace", "monitored"]);
+    let chart = chart_support::chart_dir().display().to_string();
+    let token = format!("lumigoToken.value={TOKEN}");
+    helm(
+        cluster,
+        &[
+            "upgrade",
+            "lumigo",
+            &chart,
+            "--reuse-values",
+            "--set",
+            &token,
+            "--set",
+            "monitoredNamespaces={monitored}",
+        ],
+    );
+    let monitored: Api<Lumigo> = Api::namespaced(client.clone(), "monitored");
+    eventually(
+        "the monitored namespace's own Lumigo resource, Active",
+        ROLLOUT_TIMEOUT,
+        || async {
+            let lumigo = monitored.get_opt("lumigo").await.ok()??;
+            let active = lumigo
+                .status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Active" && c.status == "True");
+            active.then_some(())
+        },
+    )
+    .await;
+
     // helm uninstall: the hook removes the remaining injection, and the operator is gone.
     helm(cluster, &["uninstall", "lumigo"]);
+    assert!(
+        monitored.get_opt("lumigo").await.unwrap().is_none(),
+        "the managed resource is gone with the install"
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "monitored");
+    assert!(
+        secrets
+            .get_opt(lumigo_operator::onboarding::MANAGED_SECRET)
+            .await
+            .unwrap()
+            .is_none(),
+        "and its token Secret"
+    );
     for (name, template) in templates(&client, "secure").await {
         assert_eq!(
             Some(&template),
