@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::core::labels::{Selector, SelectorExt};
 use kube::core::PartialObjectMeta;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::{predicates, watcher, Predicate, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
@@ -172,12 +172,18 @@ pub async fn run(client: Client, onboarding: Onboarding) {
         .map(|_| ())
         .boxed(),
     };
+    // Status writes are no change here: only a new generation (a resource created, changed or
+    // being deleted) or new labels count; a resource gone for good is seen by the resync.
     let lumigo_changes = watcher(
         Api::<PartialObjectMeta<Lumigo>>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
     .touched_objects()
+    .predicate_filter(
+        predicates::generation.combine(predicates::labels),
+        Default::default(),
+    )
     .map(|_| ());
     let ticks = stream::unfold(tokio::time::interval(RESYNC), |mut ticks| async move {
         ticks.tick().await;
