@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::core::labels::{Selector, SelectorExt};
 use kube::core::PartialObjectMeta;
-use kube::runtime::{predicates, watcher, Predicate, WatchStreamExt};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
@@ -110,17 +110,6 @@ pub struct Onboarding {
 }
 
 impl Onboarding {
-    pub fn disabled(install_namespace: &str) -> Self {
-        Onboarding {
-            selection: Selection::None,
-            excluded: BTreeSet::new(),
-            install_namespace: install_namespace.to_owned(),
-            token_secret: None,
-            started: Timestamp::now(),
-            lease: String::new(),
-        }
-    }
-
     /// Whether the install selects `namespace` (name, labels, being deleted).
     pub fn selects(
         &self,
@@ -174,17 +163,7 @@ pub async fn run(client: Client, onboarding: Onboarding) {
     };
     // Status writes are no change here: only a new generation (a resource created, changed or
     // being deleted) or new labels count; a resource gone for good is seen by the resync.
-    let lumigo_changes = watcher(
-        Api::<PartialObjectMeta<Lumigo>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .touched_objects()
-    .predicate_filter(
-        predicates::generation.combine(predicates::labels),
-        Default::default(),
-    )
-    .map(|_| ());
+    let lumigo_changes = crate::reconciler::changed_namespaces::<Lumigo>(&client).map(|_| ());
     let ticks = stream::unfold(tokio::time::interval(RESYNC), |mut ticks| async move {
         ticks.tick().await;
         Some(((), ticks))
@@ -260,7 +239,7 @@ pub async fn converge(client: &Client, onboarding: &Onboarding) -> Result<Conver
         }
         // The Secret first: while the resource exists, so might its Secret, and a pass that
         // stops half way leaves nothing that no resource points at.
-        delete_managed_secret(client, onboarding, namespace).await?;
+        delete_managed_secret(client, &onboarding.install_namespace, namespace).await?;
         if lumigo.metadata.deletion_timestamp.is_none() {
             let api: Api<Lumigo> = Api::namespaced(client.clone(), namespace);
             match api.delete(MANAGED_LUMIGO, &DeleteParams::default()).await {
@@ -349,15 +328,17 @@ async fn ensure_secret(
     }
 }
 
+/// Deletes the token Secret in `namespace` if the install of `install_namespace` made it.
 async fn delete_managed_secret(
     client: &Client,
-    onboarding: &Onboarding,
+    install_namespace: &str,
     namespace: &str,
 ) -> Result<()> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     match secrets.get_opt(MANAGED_SECRET).await? {
         Some(secret)
-            if secret.labels().get(MANAGED_BY_INSTALL) == Some(&onboarding.install_namespace) =>
+            if secret.labels().get(MANAGED_BY_INSTALL).map(String::as_str)
+                == Some(install_namespace) =>
         {
             match secrets
                 .delete(MANAGED_SECRET, &DeleteParams::default())
@@ -419,9 +400,6 @@ fn managed_metadata(onboarding: &Onboarding, name: &str) -> ObjectMeta {
 
 /// Whether `lumigo-operator uninstall` started after this operator did.
 async fn uninstall_in_progress(client: &Client, onboarding: &Onboarding) -> Result<bool> {
-    if onboarding.lease.is_empty() {
-        return Ok(false);
-    }
     let leases: Api<Lease> = Api::namespaced(client.clone(), &onboarding.install_namespace);
     let Some(lease) = leases.get_opt(&onboarding.lease).await? else {
         return Ok(false);
@@ -485,8 +463,7 @@ pub async fn delete_managed_secrets(client: &Client, lumigoes: &[Lumigo]) -> Res
         else {
             continue;
         };
-        let onboarding = Onboarding::disabled(install);
-        delete_managed_secret(client, &onboarding, &namespace).await?;
+        delete_managed_secret(client, install, &namespace).await?;
         deleted += 1;
     }
     Ok(deleted)
@@ -500,7 +477,10 @@ mod tests {
         Onboarding {
             selection: Selection::parse(selection).unwrap(),
             excluded: BTreeSet::from(["sandbox".to_owned()]),
-            ..Onboarding::disabled("lumigo-system")
+            install_namespace: "lumigo-system".to_owned(),
+            token_secret: None,
+            started: Timestamp::now(),
+            lease: String::new(),
         }
     }
 

@@ -94,43 +94,45 @@ pub async fn run(ctx: Arc<Context>, controller: Controller<Lumigo>, store: Store
     watch.abort();
 }
 
+/// The namespace of every object of kind `K` that is created, or whose generation or labels
+/// change. Only metadata is watched, so status churn and large specs cost nothing.
+pub(crate) fn changed_namespaces<K>(client: &Client) -> impl Stream<Item = String> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(
+        Api::<PartialObjectMeta<K>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(
+        predicates::generation.combine(predicates::labels),
+        Default::default(),
+    )
+    .filter_map(|object| async move { object.ok().and_then(|o| o.metadata.namespace) })
+}
+
 /// A workload created, changed or labelled (e.g. opted out) in a namespace with a `Lumigo`
-/// resource asks for that resource's reconcile. Only metadata is watched, and only generation
-/// and label changes count, so status churn and large specs cost nothing.
+/// resource asks for that resource's reconcile.
 fn workload_changes(
     client: Client,
     store: Store<Lumigo>,
 ) -> impl Stream<Item = ObjectRef<Lumigo>> + Send {
-    fn namespaces_of<K>(client: &Client) -> impl Stream<Item = String> + Send + 'static
-    where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
-    {
-        watcher(
-            Api::<PartialObjectMeta<K>>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::labels),
-            Default::default(),
-        )
-        .filter_map(|object| async move { object.ok().and_then(|o| o.metadata.namespace) })
-    }
     let namespaces = stream::select_all([
-        namespaces_of::<Deployment>(&client).boxed(),
-        namespaces_of::<DaemonSet>(&client).boxed(),
-        namespaces_of::<StatefulSet>(&client).boxed(),
-        namespaces_of::<ReplicaSet>(&client).boxed(),
-        namespaces_of::<CronJob>(&client).boxed(),
-        namespaces_of::<Job>(&client).boxed(),
-        namespaces_of::<ReplicationController>(&client).boxed(),
+        changed_namespaces::<Deployment>(&client).boxed(),
+        changed_namespaces::<DaemonSet>(&client).boxed(),
+        changed_namespaces::<StatefulSet>(&client).boxed(),
+        changed_namespaces::<ReplicaSet>(&client).boxed(),
+        changed_namespaces::<CronJob>(&client).boxed(),
+        changed_namespaces::<Job>(&client).boxed(),
+        changed_namespaces::<ReplicationController>(&client).boxed(),
     ]);
     namespaces.flat_map(move |namespace| {
         let owners: Vec<ObjectRef<Lumigo>> = store
@@ -229,18 +231,13 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
         .status
         .as_ref()
         .map_or(&[][..], |status| &status.instrumented_resources[..]);
-    let listed = ctx
-        .tracing
-        .tracker
-        .lock()
-        .expect("the tracker is never poisoned: nothing panics while holding it")
-        .track(
-            &namespace,
-            report.instrumented,
-            &report.reinjected,
-            shown,
-            k8s_openapi::jiff::Timestamp::now(),
-        );
+    let listed = ctx.tracing.tracker().track(
+        &namespace,
+        report.instrumented,
+        &report.reinjected,
+        shown,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
     let health = Health::Active {
         reason: "Instrumenting",
         message: format!(
@@ -296,11 +293,7 @@ async fn cleanup(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Ac
         }
     }
     ctx.metrics.forget_namespace(&namespace);
-    ctx.tracing
-        .tracker
-        .lock()
-        .expect("the tracker is never poisoned: nothing panics while holding it")
-        .forget(&namespace);
+    ctx.tracing.tracker().forget(&namespace);
     Ok(Action::await_change())
 }
 

@@ -2,7 +2,7 @@
 //! leadership is lost, so a standby replica takes over from a clean start.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kube::Client;
 
@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::onboarding::{Onboarding, Selection};
 use crate::reconciler::{self, Context};
 use crate::telemetry_proxy::{ProxyLocation, ProxyReader};
-use crate::tracing_state::{TracingSettings, Tracker};
+use crate::tracing_state::TracingSettings;
 use crate::tracing_watch::TracingWatch;
 use crate::workloads::WorkloadApi;
 
@@ -158,11 +158,7 @@ fn tracing_watch(args: &RunArgs) -> TracingWatch {
     let settings = TracingSettings {
         silence_window: args.tracing.no_traces_window,
     };
-    TracingWatch {
-        tracker: Arc::new(Mutex::new(Tracker::new(settings, reader.is_some()))),
-        reader,
-        interval: args.tracing.traces_check_interval,
-    }
+    TracingWatch::new(settings, reader, args.tracing.traces_check_interval)
 }
 
 fn admission_options(args: &RunArgs, compiler: PolicyCompiler) -> Result<AdmissionOptions> {

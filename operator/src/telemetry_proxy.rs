@@ -16,6 +16,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use lumigo_mutation::WorkloadKind;
 
+use crate::workloads::pod_is_ready;
+
 /// The spanmetrics connector's `calls` counter under the chart's `lumigo.proxy` namespace, as the
 /// prometheus exporter names it (with and without the `_total` suffix it may add).
 const SPAN_COUNT_METRICS: [&str; 2] = ["lumigo_proxy_calls", "lumigo_proxy_calls_total"];
@@ -145,13 +147,9 @@ impl ProxyReader {
 }
 
 fn ready_ip(pod: &Pod) -> Option<String> {
-    let status = pod.status.as_ref()?;
-    let ready = status
-        .conditions
-        .iter()
+    pod_is_ready(pod)
+        .then(|| pod.status.as_ref()?.pod_ip.clone())
         .flatten()
-        .any(|condition| condition.type_ == "Ready" && condition.status == "True");
-    ready.then(|| status.pod_ip.clone()).flatten()
 }
 
 /// The span series of one proxy page. A sample without a timestamp counts as seen `now`; one

@@ -41,6 +41,8 @@ pub struct FirstSpans {
 enum Proxy {
     /// No proxy to read (the chart's tracingVerification is off): every workload is `Unknown`.
     Disabled,
+    /// Not read yet since the operator started.
+    NotYetRead,
     Readable,
     Failing {
         failures: u32,
@@ -73,10 +75,7 @@ impl Tracker {
         Tracker {
             settings,
             proxy: if proxy_enabled {
-                Proxy::Failing {
-                    failures: 0,
-                    error: String::new(),
-                }
+                Proxy::NotYetRead
             } else {
                 Proxy::Disabled
             },
@@ -134,7 +133,8 @@ impl Tracker {
             }
         }
         let published = self.published.entry(namespace.to_owned()).or_default();
-        published.retain(|uid, _| instrumented.iter().any(|w| &w.uid == uid));
+        let uids: HashSet<&str> = instrumented.iter().map(|w| w.uid.as_str()).collect();
+        published.retain(|uid, _| uids.contains(uid.as_str()));
         let mut listed = instrumented;
         for workload in &mut listed {
             let view = key_of(workload)
@@ -163,14 +163,12 @@ impl Tracker {
         let series = match reading {
             Ok(series) => series,
             Err(error) => {
-                if let Proxy::Failing { failures, .. } = self.proxy {
-                    self.proxy = Proxy::Failing {
-                        failures: failures.saturating_add(1),
-                        error,
-                    };
-                } else if matches!(self.proxy, Proxy::Readable) {
-                    self.proxy = Proxy::Failing { failures: 1, error };
-                }
+                let failures = match self.proxy {
+                    Proxy::Disabled => return Vec::new(),
+                    Proxy::NotYetRead | Proxy::Readable => 1,
+                    Proxy::Failing { failures, .. } => failures.saturating_add(1),
+                };
+                self.proxy = Proxy::Failing { failures, error };
                 return Vec::new();
             }
         };
@@ -345,9 +343,7 @@ fn view_of(
         Proxy::Failing { failures, error } if *failures >= FAILURES_BEFORE_UNKNOWN => {
             Some(format!("the telemetry proxy cannot be read: {error}"))
         }
-        Proxy::Failing { error, .. } if error.is_empty() => {
-            Some("the telemetry proxy has not been read yet".to_owned())
-        }
+        Proxy::NotYetRead => Some("the telemetry proxy has not been read yet".to_owned()),
         _ => None,
     };
     let (state, reason) = match unknown {

@@ -18,7 +18,8 @@ use serde_json::Value;
 use crate::crd::{InstrumentedResource, Lumigo};
 use crate::reconciler::Context;
 use crate::telemetry_proxy::ProxyReader;
-use crate::tracing_state::Tracker;
+use crate::tracing_state::{TracingSettings, Tracker};
+use crate::workloads::pod_is_ready;
 
 /// Words in a container's image, command or args that say it runs a runtime the tracers cover.
 const RUNTIME_HINTS: [&str; 8] = [
@@ -26,22 +27,33 @@ const RUNTIME_HINTS: [&str; 8] = [
 ];
 
 pub struct TracingWatch {
-    pub tracker: Arc<Mutex<Tracker>>,
-    pub reader: Option<ProxyReader>,
-    pub interval: Duration,
+    tracker: Mutex<Tracker>,
+    reader: Option<ProxyReader>,
+    interval: Duration,
 }
 
 impl TracingWatch {
-    /// No proxy to read (`uninstall`, or verification off): every workload is `Unknown`.
+    /// Reading the proxy with `reader` every `interval`; without one, every workload is `Unknown`.
+    pub fn new(settings: TracingSettings, reader: Option<ProxyReader>, interval: Duration) -> Self {
+        TracingWatch {
+            tracker: Mutex::new(Tracker::new(settings, reader.is_some())),
+            reader,
+            interval,
+        }
+    }
+
+    /// No proxy to read (`uninstall`): every workload is `Unknown`.
     pub fn disabled() -> Self {
-        let settings = crate::tracing_state::TracingSettings {
+        let settings = TracingSettings {
             silence_window: Duration::from_secs(600),
         };
-        TracingWatch {
-            tracker: Arc::new(Mutex::new(Tracker::new(settings, false))),
-            reader: None,
-            interval: Duration::from_secs(15),
-        }
+        TracingWatch::new(settings, None, Duration::from_secs(15))
+    }
+
+    pub fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker
+            .lock()
+            .expect("the tracker is never poisoned: nothing panics while holding it")
     }
 }
 
@@ -69,7 +81,7 @@ pub async fn run(
         }
         proxy_was_readable = reading.is_ok();
         let now = Timestamp::now();
-        let first_spans = lock(watch).observe(reading, now);
+        let first_spans = watch.tracker().observe(reading, now);
         // A proxy page of thousands of series is parsed and dropped every interval.
         crate::memory::release_freed_memory();
         for first in first_spans {
@@ -77,15 +89,15 @@ pub async fn run(
                 .traces_received(&first.workload, &first.containers)
                 .await;
         }
-        let silent = lock(watch).silent_past_window(now);
+        let silent = watch.tracker().silent_past_window(now);
         for workload in silent {
             if let Some(reason) = likely_reason_for_silence(&ctx, &workload).await {
                 ctx.events.no_traces(&workload, &reason).await;
-                lock(watch).warned(&workload, reason);
+                watch.tracker().warned(&workload, reason);
             }
         }
         let (changed, receiving) = {
-            let mut tracker = lock(watch);
+            let mut tracker = watch.tracker();
             (tracker.republish(now), tracker.receiving_counts())
         };
         for (namespace, count) in receiving {
@@ -102,13 +114,6 @@ pub async fn run(
             }
         }
     }
-}
-
-fn lock(watch: &TracingWatch) -> std::sync::MutexGuard<'_, Tracker> {
-    watch
-        .tracker
-        .lock()
-        .expect("the tracker is never poisoned: nothing panics while holding it")
 }
 
 /// Why a workload that sends no spans most likely does not, or `None` while none of its pods
@@ -141,7 +146,7 @@ async fn likely_reason_for_silence(
     let ready: Vec<Value> = listed
         .items
         .iter()
-        .filter(|pod| is_ready(pod))
+        .filter(|pod| pod_is_ready(pod))
         .filter_map(|pod| serde_json::to_value(pod).ok())
         .collect();
     let template = object.pointer(kind.template_pointer());
@@ -191,17 +196,6 @@ fn match_labels(object: &Value) -> Option<String> {
         .filter_map(|(key, value)| Some(format!("{key}={}", value.as_str()?)))
         .collect();
     (!selector.is_empty()).then(|| selector.join(","))
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|status| status.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
 }
 
 #[cfg(test)]

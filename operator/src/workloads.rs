@@ -56,6 +56,18 @@ pub fn reference(kind: WorkloadKind, object: &Value) -> InstrumentedResource {
     }
 }
 
+/// Whether the Pod's `Ready` condition is `True`.
+pub fn pod_is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
 #[derive(Clone)]
 pub struct WorkloadApi {
     client: Client,
