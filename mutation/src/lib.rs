@@ -12,6 +12,7 @@ mod json;
 pub mod names;
 pub mod outcome;
 mod record;
+mod rollback;
 mod template;
 pub mod workload;
 
@@ -19,6 +20,7 @@ use serde_json::Value;
 
 pub use config::{ConfigError, InjectionConfig, SecretKeyRef};
 pub use outcome::{Change, Outcome, Reason};
+pub use rollback::{roll_back, rollback_marker, Failure, RollbackMarker};
 pub use workload::{Operation, WorkloadKind};
 
 use names::{AUTO_TRACE_LABEL, INJECTED_VALUE_PREFIX, OPT_OUT_VALUE};
@@ -61,7 +63,12 @@ pub fn inject(
     if is_opted_out(object, kind) {
         return Outcome::Unchanged(Reason::OptedOut);
     }
+    if let Some(marker) = rollback::still_rolled_back(object, kind, config) {
+        return Outcome::Unchanged(Reason::RolledBack(marker.failure.to_string()));
+    }
     let mut candidate = object.clone();
+    // A marker of other settings or of another template no longer holds the workload back.
+    rollback::clear_marker(&mut candidate);
     let previous = match template::template(object, kind).map(Record::read) {
         None | Some(Ok(None)) => None,
         Some(Ok(Some(record))) => Some(record),
@@ -93,12 +100,19 @@ pub fn inject(
     Outcome::Changed(change)
 }
 
-/// Takes the injection out of the object, giving back exactly what it was before.
+/// Takes the injection (and a rollback marker) out of the object, giving back exactly what it
+/// was before.
 pub fn remove(object: &mut Value, kind: WorkloadKind, operation: Operation) -> Outcome {
     if let Some((kind, name)) = kind.managing_owner(object) {
         return Outcome::Unchanged(Reason::OwnedByController { kind, name });
     }
+    let mut candidate = object.clone();
+    let had_marker = rollback::clear_marker(&mut candidate);
     let record = match template::template(object, kind).map(Record::read) {
+        None | Some(Ok(None)) if had_marker => {
+            *object = candidate;
+            return Outcome::Changed(outcome::Change::Removed);
+        }
         None | Some(Ok(None)) => return Outcome::Unchanged(Reason::NotInjected),
         Some(Err(reason)) => return Outcome::Unchanged(reason),
         Some(Ok(Some(record))) => record,
@@ -108,7 +122,6 @@ pub fn remove(object: &mut Value, kind: WorkloadKind, operation: Operation) -> O
             kind: kind.name().to_owned(),
         });
     }
-    let mut candidate = object.clone();
     if let Err(reason) = template::strip(&mut candidate, kind, &record) {
         return Outcome::Unchanged(reason);
     }

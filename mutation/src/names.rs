@@ -22,6 +22,10 @@ pub const INJECTED_VALUE_PREFIX: &str = "lumigo-operator.v";
 /// can restore the object byte for byte.
 pub const RECORD_ANNOTATION: &str = "operator.lumigo.io/injection-record";
 
+/// Annotation on a workload the operator gave back uninjected because the injection broke its
+/// pods: it keeps the workload uninjected until the settings or its pod template change.
+pub const ROLLED_BACK_ANNOTATION: &str = "operator.lumigo.io/rolled-back";
+
 pub const LD_PRELOAD: &str = "LD_PRELOAD";
 pub const ENV_TOKEN: &str = "LUMIGO_TRACER_TOKEN";
 pub const ENV_TRACES_ENDPOINT: &str = "LUMIGO_ENDPOINT";

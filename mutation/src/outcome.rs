@@ -17,6 +17,8 @@ pub enum Change {
     Reinjected { previous_label: String },
     /// The injection was removed because the object opted out or removal was asked for.
     Removed,
+    /// The injection was removed because it broke the workload's pods.
+    RolledBack { failure: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +41,8 @@ pub enum Reason {
     Malformed(String),
     /// Something the user owns uses one of the injection's names, or cannot be composed with it.
     Conflict(String),
+    /// Rolled back after it broke the pods, and neither the settings nor the template changed.
+    RolledBack(String),
 }
 
 impl Change {
@@ -48,6 +52,7 @@ impl Change {
             Change::Injected => "LumigoAddedInstrumentation",
             Change::Reinjected { .. } => "LumigoUpdatedInstrumentation",
             Change::Removed => "LumigoRemovedInstrumentation",
+            Change::RolledBack { .. } => "LumigoRolledBackInstrumentation",
         }
     }
 }
@@ -76,6 +81,10 @@ impl fmt::Display for Change {
                 write!(f, "Lumigo instrumentation updated (was {previous_label})")
             }
             Change::Removed => f.write_str("Lumigo instrumentation removed"),
+            Change::RolledBack { failure } => write!(
+                f,
+                "Lumigo instrumentation rolled back, the injected pods failed: {failure}; it stays off until the settings or the pod template change (or the annotation operator.lumigo.io/rolled-back is deleted)"
+            ),
         }
     }
 }
@@ -103,6 +112,9 @@ impl fmt::Display for Reason {
             }
             Reason::Malformed(why) => write!(f, "cannot instrument a malformed object: {why}"),
             Reason::Conflict(why) => write!(f, "cannot instrument: {why}"),
+            Reason::RolledBack(failure) => {
+                write!(f, "rolled back after the injected pods failed: {failure}")
+            }
         }
     }
 }

@@ -38,7 +38,7 @@ pub enum Command {
     /// Run the controller (and the built-in admission webhook).
     Run(Box<RunArgs>),
     /// Delete every Lumigo resource and remove the injection from every workload.
-    Uninstall(UninstallArgs),
+    Uninstall(Box<UninstallArgs>),
     /// Print the Lumigo CustomResourceDefinition as YAML.
     Crdgen,
     /// Compile a policy module read from stdin and write the machine code to stdout (`run`
@@ -64,6 +64,35 @@ pub struct InjectionArgs {
     /// Workload writes in flight at once during a rollout.
     #[arg(long, env = "LUMIGO_MAX_CONCURRENT_WRITES", default_value_t = 8)]
     pub max_concurrent_writes: usize,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+}
+
+/// How the injection rolls into existing workloads, and how removal gives up.
+#[derive(Args, Debug, Clone)]
+pub struct RolloutArgs {
+    /// Deployments, StatefulSets and DaemonSets of one namespace restarting into the injection at
+    /// once (a `Lumigo` resource's `spec.tracing.injection.rollout.maxInProgress` overrides it);
+    /// 0: all at once.
+    #[arg(long, env = "LUMIGO_ROLLOUT_MAX_IN_PROGRESS", default_value_t = 10)]
+    pub rollout_max_in_progress: u32,
+    /// The same, for the whole cluster; 0: no limit.
+    #[arg(
+        long,
+        env = "LUMIGO_ROLLOUT_MAX_IN_PROGRESS_CLUSTER",
+        default_value_t = 25
+    )]
+    pub rollout_max_in_progress_cluster: u32,
+    /// How often a rollout under way is looked at (progress, health gate, next turn).
+    #[arg(long, env = "LUMIGO_ROLLOUT_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub rollout_check_interval: Duration,
+    /// How long a deleted `Lumigo` resource waits for workloads that cannot be written before
+    /// its finalizer is released anyway (with a LumigoRemovalIncomplete event).
+    #[arg(long, env = "LUMIGO_REMOVAL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub removal_timeout: Duration,
+    /// `Lumigo` resources reconciled at once.
+    #[arg(long, env = "LUMIGO_RECONCILE_CONCURRENCY", default_value_t = 4)]
+    pub reconcile_concurrency: u16,
 }
 
 impl InjectionArgs {

@@ -83,6 +83,20 @@ pub struct Injection {
     #[serde(default = "enabled")]
     #[schemars(default = "enabled")]
     pub remove_lumigo_from_resources_on_deletion: bool,
+    /// How existing workloads are restarted into the injection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// Deployments, StatefulSets and DaemonSets of this namespace restarting into the injection
+    /// at one time; the next starts when one is rolled out by its controller's own status. 0
+    /// restarts them all at once. Unset: the operator's setting (the chart's
+    /// `rollout.maxInProgressPerNamespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_progress: Option<u32>,
 }
 
 impl Default for Injection {
@@ -91,6 +105,7 @@ impl Default for Injection {
             enabled: true,
             inject_lumigo_into_existing_resources_on_creation: true,
             remove_lumigo_from_resources_on_deletion: true,
+            rollout: None,
         }
     }
 }
@@ -124,6 +139,59 @@ pub struct LumigoStatus {
     /// `receiving/instrumented` (e.g. `5/6`), or `unknown` when the proxy cannot be read.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tracing: String,
+    /// How the rollout of the injection into existing workloads stands.
+    #[serde(default)]
+    pub rollout: RolloutStatus,
+    /// Workloads given back uninjected because the injection broke their pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rolled_back_resources: Vec<RolledBackResource>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Workloads restarting into the injection now.
+    #[serde(default)]
+    pub in_progress: i64,
+    /// Workloads waiting for their turn.
+    #[serde(default)]
+    pub pending: i64,
+    /// Set when the rollout stopped because its first workloads failed in a way every workload
+    /// would: nothing more is injected until the operator's settings or this resource's spec change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<RolloutHalt>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutHalt {
+    /// Fingerprint of the injection settings that failed.
+    pub settings: String,
+    /// This resource's generation when it stopped.
+    pub generation: i64,
+    /// `Kind name` of the workload whose pods failed.
+    pub workload: String,
+    pub reason: String,
+    /// What happened and what to fix.
+    pub message: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBackResource {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    /// `CrashLoopBackOff`, `ImagePullBackOff`, `ProgressDeadlineExceeded`, ...
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When it was rolled back.
+    pub rolled_back_at: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]

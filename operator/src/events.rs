@@ -15,6 +15,8 @@ pub const CANNOT_ADD: &str = "LumigoCannotAddInstrumentation";
 pub const CANNOT_REMOVE: &str = "LumigoCannotRemoveInstrumentation";
 pub const TRACES_RECEIVED: &str = "LumigoTracesReceived";
 pub const NO_TRACES: &str = "LumigoNoTraces";
+pub const ROLLOUT_HALTED: &str = "LumigoRolloutHalted";
+pub const REMOVAL_INCOMPLETE: &str = "LumigoRemovalIncomplete";
 
 pub struct Events {
     recorder: Recorder,
@@ -36,8 +38,12 @@ impl Events {
     }
 
     pub async fn changed(&self, workload: &InstrumentedResource, change: &Change, trigger: &str) {
+        let type_ = match change {
+            Change::RolledBack { .. } => EventType::Warning,
+            _ => EventType::Normal,
+        };
         let event = Event {
-            type_: EventType::Normal,
+            type_,
             reason: change.event_reason().into(),
             note: Some(format!("{change}; trigger: {trigger}")),
             action: action_for(change.event_reason()).into(),
@@ -115,6 +121,23 @@ impl Events {
         self.publish(&event, workload).await;
     }
 
+    /// A warning on the `Lumigo` resource itself: the rollout stopped, or its removal gave up.
+    pub async fn on_resource(
+        &self,
+        resource: &InstrumentedResource,
+        reason: &'static str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note),
+            action: action_for(reason).into(),
+            secondary: None,
+        };
+        self.publish(&event, resource).await;
+    }
+
     async fn publish(&self, event: &Event, workload: &InstrumentedResource) {
         let reference = ObjectReference {
             api_version: Some(workload.api_version.clone()),
@@ -134,8 +157,12 @@ impl Events {
 /// The event's action for one of the event reasons above, shared by the rollout and admission.
 pub fn action_for(event_reason: &str) -> &'static str {
     match event_reason {
-        "LumigoRemovedInstrumentation" | CANNOT_REMOVE => "RemoveInstrumentation",
+        "LumigoRemovedInstrumentation" | CANNOT_REMOVE | REMOVAL_INCOMPLETE => {
+            "RemoveInstrumentation"
+        }
         "LumigoUpdatedInstrumentation" => "UpdateInstrumentation",
+        "LumigoRolledBackInstrumentation" => "RollBackInstrumentation",
+        ROLLOUT_HALTED => "RollOut",
         _ => "Instrument",
     }
 }

@@ -23,6 +23,7 @@ pub mod token;
 pub mod tracing_state;
 pub mod tracing_watch;
 pub mod uninstall;
+pub mod workload_health;
 pub mod workloads;
 
 pub use error::{Error, Result};

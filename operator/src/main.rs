@@ -43,7 +43,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => {
             lumigo_operator::run::run(*args, unsafe { PolicyCompiler::own_executable() }).await
         }
-        Command::Uninstall(args) => lumigo_operator::run::uninstall(args).await,
+        Command::Uninstall(args) => lumigo_operator::run::uninstall(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

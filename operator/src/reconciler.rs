@@ -1,13 +1,14 @@
 //! The `Lumigo` controller: validates the resource and its Secret, rolls the injection into the
 //! namespace's workloads, keeps the status current, and removes the injection on deletion.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{stream, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ReplicationController, Secret};
+use k8s_openapi::api::core::v1::{Namespace, ReplicationController, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -17,13 +18,15 @@ use kube::runtime::{predicates, watcher, Predicate, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::crd::{Lumigo, FINALIZER};
+use lumigo_mutation::{Failure, InjectionConfig};
+
+use crate::crd::{InstrumentedResource, Lumigo, RolloutHalt, RolloutStatus, FINALIZER};
 use crate::error::{Error, Result};
-use crate::events::Events;
+use crate::events::{Events, REMOVAL_INCOMPLETE, ROLLOUT_HALTED};
 use crate::metrics::Metrics;
-use crate::rollout::{Desired, Sweeper};
-use crate::settings::{injection_config, instrumenting, OperatorSettings};
-use crate::status::{next_status, Health};
+use crate::rollout::{Desired, RolloutSettings, RolloutSlots, Sweeper};
+use crate::settings::{injection_config, instrumenting, rollout_halted, OperatorSettings};
+use crate::status::{next_status, Health, RolloutView};
 use crate::token::check_secret_data;
 use crate::tracing_watch::{self, TracingWatch};
 use crate::workloads::WorkloadApi;
@@ -35,6 +38,9 @@ const SECRET_RECHECK: Duration = Duration::from_secs(5);
 const RETRY_FAILED_WRITES: Duration = Duration::from_secs(10);
 /// A read-only safety net: a sweep that finds nothing to do writes nothing.
 const RESYNC: Duration = Duration::from_secs(600);
+/// The first retry of a failed reconcile, doubled on each further failure up to the longest.
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+const LONGEST_RETRY: Duration = Duration::from_secs(300);
 
 pub struct Context {
     pub client: Client,
@@ -47,6 +53,11 @@ pub struct Context {
     pub kubewarden_module: Option<String>,
     /// Whether the instrumented workloads' traces arrive.
     pub tracing: TracingWatch,
+    pub rollout: RolloutSettings,
+    /// Restarts in progress per namespace, for the cluster-wide limit.
+    pub slots: RolloutSlots,
+    /// Consecutive failed reconciles per resource uid, for the retries' backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -56,15 +67,26 @@ impl Context {
             events: &self.events,
             metrics: &self.metrics,
             max_concurrent_writes: self.max_concurrent_writes,
+            slots: &self.slots,
         }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures
+            .lock()
+            .expect("the failure counts are never poisoned: no code panics while holding them")
     }
 }
 
 /// The controller and the store of `Lumigo` resources it maintains (the admission webhook reads
-/// its settings from the same store).
-pub fn controller(client: Client) -> (Controller<Lumigo>, Store<Lumigo>) {
+/// its settings from the same store); at most `concurrency` resources are reconciled at once.
+pub fn controller(client: Client, concurrency: u16) -> (Controller<Lumigo>, Store<Lumigo>) {
     let controller = Controller::new(Api::<Lumigo>::all(client), watcher::Config::default())
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(300)));
+        .with_config(
+            ControllerConfig::default()
+                .debounce(Duration::from_millis(300))
+                .concurrency(concurrency),
+        );
     let store = controller.store();
     (controller, store)
 }
@@ -149,20 +171,40 @@ pub async fn reconcile(lumigo: Arc<Lumigo>, ctx: Arc<Context>) -> Result<Action>
     ctx.metrics.reconciled();
     let namespace = lumigo.namespace().ok_or(Error::NotNamespaced)?;
     let api: Api<Lumigo> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, lumigo, |event| async {
+    let uid = lumigo.uid().unwrap_or_default();
+    let action = finalizer(&api, FINALIZER, lumigo, |event| async {
         match event {
             FinalizerEvent::Apply(lumigo) => apply(&lumigo, &ctx, &api).await,
             FinalizerEvent::Cleanup(lumigo) => cleanup(&lumigo, &ctx, &api).await,
         }
     })
     .await
-    .map_err(|error| Error::Finalizer(Box::new(error)))
+    .map_err(|error| Error::Finalizer(Box::new(error)))?;
+    ctx.failures().remove(&uid);
+    Ok(action)
 }
 
+/// Retries back off exponentially per resource, with jitter, so that many resources failing
+/// together (an API server outage) do not come back in lockstep.
 pub fn error_policy(lumigo: Arc<Lumigo>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed();
-    tracing::warn!(%error, lumigo = %lumigo.name_any(), namespace = ?lumigo.namespace(), "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    let failures = {
+        let mut failures = ctx.failures();
+        let count = failures
+            .entry(lumigo.uid().unwrap_or_default())
+            .or_default();
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = retry_delay(failures, fastrand::f64());
+    tracing::warn!(%error, lumigo = %lumigo.name_any(), namespace = ?lumigo.namespace(), failures, retry_in = ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// The wait before retry number `failures` (from 1), `jitter` in [0, 1) taking up to half off.
+fn retry_delay(failures: u32, jitter: f64) -> Duration {
+    let doubled = FIRST_RETRY.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    doubled.min(LONGEST_RETRY).mul_f64(1.0 - jitter / 2.0)
 }
 
 async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Action> {
@@ -172,7 +214,7 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
             reason: "DuplicateResource",
             message: format!("namespace {namespace} is already instrumented by the Lumigo resource {first}; only one is used per namespace, delete this one"),
         };
-        write_status(lumigo, ctx, api, &health, None).await?;
+        write_status(lumigo, ctx, api, &health, None, None).await?;
         return Ok(Action::await_change());
     }
     let config = match check_secret(lumigo, ctx, &namespace).await? {
@@ -189,7 +231,7 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
                 reason: "InvalidToken",
                 message,
             };
-            write_status(lumigo, ctx, api, &health, None).await?;
+            write_status(lumigo, ctx, api, &health, None, None).await?;
             return Ok(Action::requeue(SECRET_RECHECK));
         }
     };
@@ -200,20 +242,29 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
             message: "the token is valid; injection is disabled by spec.tracing.injection.enabled"
                 .into(),
         };
-        write_status(lumigo, ctx, api, &health, None).await?;
+        write_status(lumigo, ctx, api, &health, None, None).await?;
         return Ok(Action::await_change());
     };
-    if let Some(module) = &ctx.kubewarden_module {
+    // Read fresh: the store may not have the halt the previous reconcile wrote yet, and a
+    // stale view would start another canary.
+    let fresh = api.get(&lumigo.name_any()).await?;
+    let halted = rollout_halted(&fresh, &config);
+    match &ctx.kubewarden_module {
         // Before the rollout, so that workloads created meanwhile are admitted injected.
-        crate::kubewarden::apply(&ctx.client, lumigo, &config, module).await?;
+        Some(module) if !halted => {
+            crate::kubewarden::apply(&ctx.client, lumigo, &config, module).await?
+        }
+        _ => stop_kubewarden_admission(ctx, &namespace).await?,
     }
+    let injection = &lumigo.spec.tracing.injection;
+    let pacing = ctx.rollout.pacing(
+        injection.rollout.as_ref().and_then(|r| r.max_in_progress),
+        halted,
+    );
     let desired = Desired::Injected {
         config: &config,
-        inject_uninjected: lumigo
-            .spec
-            .tracing
-            .injection
-            .inject_lumigo_into_existing_resources_on_creation,
+        inject_uninjected: injection.inject_lumigo_into_existing_resources_on_creation,
+        pacing,
     };
     let trigger = format!(
         "Lumigo resource {namespace}/{} (generation {})",
@@ -238,6 +289,35 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
         shown,
         k8s_openapi::jiff::Timestamp::now(),
     );
+    let halt = match (&report.halt, halted) {
+        (Some((workload, failure)), false) => {
+            let halt = RolloutHalt {
+                settings: config.fingerprint(),
+                generation: lumigo.metadata.generation.unwrap_or_default(),
+                workload: format!("{} {}", workload.kind, workload.name),
+                reason: failure.reason.clone(),
+                message: halt_message(workload, failure, &config, report.pending),
+            };
+            ctx.events
+                .on_resource(
+                    &resource_reference(lumigo),
+                    ROLLOUT_HALTED,
+                    halt.message.clone(),
+                )
+                .await;
+            Some(halt)
+        }
+        (_, true) => fresh.status.as_ref().and_then(|s| s.rollout.halted.clone()),
+        (None, false) => None,
+    };
+    let rollout = RolloutView {
+        status: RolloutStatus {
+            in_progress: report.in_progress as i64,
+            pending: report.pending as i64,
+            halted: halt,
+        },
+        rolled_back: report.rolled_back,
+    };
     let health = Health::Active {
         reason: "Instrumenting",
         message: format!(
@@ -245,7 +325,10 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
             if count == 1 { "" } else { "s" }
         ),
     };
-    write_status(lumigo, ctx, api, &health, Some(listed)).await?;
+    write_status(lumigo, ctx, api, &health, Some(listed), Some(rollout)).await?;
+    if report.in_progress > 0 || (report.pending > 0 && !halted && report.halt.is_none()) {
+        return Ok(Action::requeue(ctx.rollout.check_interval));
+    }
     if report.failed > 0 {
         tracing::info!(
             namespace,
@@ -270,12 +353,25 @@ async fn cleanup(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Ac
     if !another_instruments {
         stop_kubewarden_admission(ctx, &namespace).await?;
     }
+    // The workloads of a namespace being deleted go with it: writing them only delays that.
+    let namespace_terminating = match Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&namespace)
+        .await
+    {
+        Ok(found) => found.is_none_or(|ns| ns.metadata.deletion_timestamp.is_some()),
+        // Not knowing (an RBAC without namespaces/get) must not stop the removal: write them.
+        Err(error) => {
+            tracing::debug!(%error, namespace, "could not read the namespace");
+            false
+        }
+    };
     if lumigo
         .spec
         .tracing
         .injection
         .remove_lumigo_from_resources_on_deletion
         && !another_instruments
+        && !namespace_terminating
     {
         let trigger = format!(
             "deletion of Lumigo resource {namespace}/{}",
@@ -286,15 +382,77 @@ async fn cleanup(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Ac
             .sweep(Some(&namespace), Desired::Removed, &trigger)
             .await?;
         if report.failed > 0 {
-            return Err(Error::Incomplete(format!(
-                "{} workloads of {namespace} still carry the injection",
+            let message = format!(
+                "{} workloads of {namespace} still carry the injection: they could not be written (see the LumigoCannotRemoveInstrumentation events and the operator's log)",
                 report.failed
-            )));
+            );
+            if !removal_timed_out(lumigo, ctx.rollout.removal_timeout) {
+                return Err(Error::Incomplete(message));
+            }
+            // A finalizer that never lets go wedges the namespace's deletion and any uninstall:
+            // the resource goes, and the event says how to finish by hand.
+            tracing::warn!(
+                namespace,
+                failed = report.failed,
+                "removal timed out; releasing the finalizer"
+            );
+            ctx.events
+                .on_resource(
+                    &resource_reference(lumigo),
+                    REMOVAL_INCOMPLETE,
+                    format!("{message}; gave up after {:?}. Once they can be written, remove what is left with `lumigo-operator uninstall` (the chart's uninstall job) or by labelling each one lumigo.auto-trace=false while the operator runs", ctx.rollout.removal_timeout),
+                )
+                .await;
         }
     }
     ctx.metrics.forget_namespace(&namespace);
     ctx.tracing.tracker().forget(&namespace);
+    ctx.slots.forget(&namespace);
     Ok(Action::await_change())
+}
+
+/// Whether the resource has waited longer than `timeout` for its removal.
+fn removal_timed_out(lumigo: &Lumigo, timeout: Duration) -> bool {
+    lumigo
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .is_some_and(|deleted| {
+            let waited = k8s_openapi::jiff::Timestamp::now().duration_since(deleted.0);
+            waited.as_secs() >= timeout.as_secs() as i64
+        })
+}
+
+/// What a stopped rollout tells the user to fix.
+fn halt_message(
+    workload: &InstrumentedResource,
+    failure: &Failure,
+    config: &InjectionConfig,
+    pending: usize,
+) -> String {
+    let fix = if failure.container == lumigo_mutation::names::INJECTOR_NAME {
+        format!("the nodes cannot pull the injector image {}: make it reachable (registry, pull secret, mirror) or set the chart's injector image", config.injector_image)
+    } else if failure.reason == "Unschedulable" {
+        "no node has room for the injected pods (the init container lumigo-injector requests cpu 5m and memory 16Mi, which become the pod's request when its containers request less): add capacity, or set requests on the workloads".to_owned()
+    } else {
+        "pods with the injection are refused at creation: allow the init container lumigo-injector (its resources, security context and image) in the namespace's LimitRange, ResourceQuota and admission policies".to_owned()
+    };
+    format!(
+        "the rollout stopped after its first workload, {} {}, failed: {failure}. It was rolled back and {pending} other workloads were left untouched. To fix: {fix}. The rollout resumes when the operator's settings or this resource's spec change",
+        workload.kind, workload.name
+    )
+}
+
+/// The resource as the subject of an event.
+fn resource_reference(lumigo: &Lumigo) -> InstrumentedResource {
+    InstrumentedResource {
+        api_version: Lumigo::api_version(&()).into_owned(),
+        kind: Lumigo::kind(&()).into_owned(),
+        name: lumigo.name_any(),
+        namespace: lumigo.namespace().unwrap_or_default(),
+        uid: lumigo.uid().unwrap_or_default(),
+        tracing: None,
+    }
 }
 
 async fn stop_kubewarden_admission(ctx: &Context, namespace: &str) -> Result<()> {
@@ -337,13 +495,15 @@ async fn write_status(
     ctx: &Context,
     api: &Api<Lumigo>,
     health: &Health,
-    instrumented: Option<Vec<crate::crd::InstrumentedResource>>,
+    instrumented: Option<Vec<InstrumentedResource>>,
+    rollout: Option<RolloutView>,
 ) -> Result<()> {
     let status = next_status(
         lumigo.status.as_ref(),
         lumigo.metadata.generation,
         health,
         instrumented,
+        rollout,
     );
     if lumigo.status.as_ref() == Some(&status) {
         return Ok(());

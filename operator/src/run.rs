@@ -19,6 +19,7 @@ use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
 use crate::onboarding::{Onboarding, Selection};
 use crate::reconciler::{self, Context};
+use crate::rollout::{limit, RolloutSettings, RolloutSlots};
 use crate::telemetry_proxy::{ProxyLocation, ProxyReader};
 use crate::tracing_state::TracingSettings;
 use crate::tracing_watch::TracingWatch;
@@ -40,6 +41,9 @@ pub fn context(
         metrics: Arc::new(Metrics::default()),
         max_concurrent_writes: injection.max_concurrent_writes,
         kubewarden_module,
+        rollout: RolloutSettings::from_args(&injection.rollout),
+        slots: RolloutSlots::new(limit(injection.rollout.rollout_max_in_progress_cluster)),
+        failures: Default::default(),
     }
 }
 
@@ -72,7 +76,8 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
     if args.leader_election {
         election.acquire().await?;
     }
-    let (controller, store) = reconciler::controller(client.clone());
+    let (controller, store) =
+        reconciler::controller(client.clone(), args.injection.rollout.reconcile_concurrency);
     ready.store(true, Ordering::Relaxed);
     tracing::info!(version = %args.injection.operator_version, "operator started");
 

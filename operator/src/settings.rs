@@ -51,6 +51,19 @@ pub fn injection_config(lumigo: &Lumigo, operator: &OperatorSettings) -> Option<
     })
 }
 
+/// Whether the resource's rollout stopped for exactly these settings and this spec: then
+/// nothing new is injected, at admission or by the rollout, until one of them changes.
+pub fn rollout_halted(lumigo: &Lumigo, config: &InjectionConfig) -> bool {
+    lumigo
+        .status
+        .as_ref()
+        .and_then(|status| status.rollout.halted.as_ref())
+        .is_some_and(|halt| {
+            halt.settings == config.fingerprint()
+                && Some(halt.generation) == lumigo.metadata.generation
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

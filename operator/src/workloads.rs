@@ -2,7 +2,8 @@
 //! field this build's Kubernetes types do not know survives a rollout or a removal.
 
 use http::Request;
-use kube::api::{ListParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
 use kube::Client;
 use lumigo_mutation::WorkloadKind;
 use serde_json::Value;
@@ -57,7 +58,7 @@ pub fn reference(kind: WorkloadKind, object: &Value) -> InstrumentedResource {
 }
 
 /// Whether the Pod's `Ready` condition is `True`.
-pub fn pod_is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+pub fn pod_is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|status| status.conditions.as_ref())
@@ -108,6 +109,23 @@ impl WorkloadApi {
                 .collect(),
             next,
         ))
+    }
+
+    /// One page of the namespace's pods and the token of the next page.
+    pub async fn pods_page(
+        &self,
+        namespace: &str,
+        continue_token: Option<String>,
+    ) -> Result<(Vec<Pod>, Option<String>)> {
+        let mut params = ListParams::default().limit(PAGE_SIZE * 4);
+        if let Some(token) = continue_token {
+            params = params.continue_token(&token);
+        }
+        let list = Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .list(&params)
+            .await?;
+        let next = list.metadata.continue_.filter(|token| !token.is_empty());
+        Ok((list.items, next))
     }
 
     pub async fn get(&self, kind: WorkloadKind, namespace: &str, name: &str) -> Result<Value> {

@@ -45,6 +45,7 @@ fn operator_command(kubeconfig: &Path, namespace: &str) -> Command {
         .env("POD_NAMESPACE", namespace)
         .env("POD_NAME", "lumigo-operator-rbac-test")
         .env("LUMIGO_INJECTOR_IMAGE", "ghcr.io/lumigo-rs/autotrace:0.1.0")
+        .env("LUMIGO_ROLLOUT_MAX_IN_PROGRESS", "0")
         .env("LUMIGO_POLICY_MODULE", support::policy_module())
         .env("LUMIGO_WEBHOOK_LOOPBACK", "true")
         .env(

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::crd::Lumigo;
-use crate::settings::{injection_config, instrumenting, OperatorSettings};
+use crate::settings::{injection_config, instrumenting, rollout_halted, OperatorSettings};
 
 use super::events::{AdmissionEvent, EventSink};
 
@@ -244,7 +244,7 @@ impl Reviewer {
             .lumigos
             .state_filter(|lumigo| lumigo.metadata.namespace.as_deref() == Some(namespace));
         let winner = instrumenting(in_namespace.iter().map(|lumigo| lumigo.as_ref()))?;
-        injection_config(winner, &self.operator)
+        injection_config(winner, &self.operator).filter(|config| !rollout_halted(winner, config))
     }
 }
 

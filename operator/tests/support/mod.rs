@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod node_rollout;
+
 use std::future::Future;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -85,6 +87,9 @@ pub fn start_operator_with_webhook(
         )
         .env("LUMIGO_OPERATOR_VERSION", version)
         .env("LUMIGO_INJECTOR_IMAGE", "ghcr.io/lumigo-rs/autotrace:0.1.0")
+        // No node runs the pods of this control plane, so no workload ever rolls out: a paced
+        // rollout would stop at its canary. The real node's suites pace.
+        .env("LUMIGO_ROLLOUT_MAX_IN_PROGRESS", "0")
         .env("RUST_LOG", "info,lumigo_operator=debug,kube=warn");
     for (key, value) in extra_env {
         command.env(key, value);
@@ -227,17 +232,30 @@ pub fn injected_label(object: &Value, kind: WorkloadKind) -> Option<String> {
 
 /// Reasons of the events recorded on the object named `name` in `namespace`.
 pub async fn event_reasons(client: &Client, namespace: &str, name: &str) -> Vec<String> {
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(client.clone(), namespace);
-    let params = kube::api::ListParams::default().fields(&format!("regarding.name={name}"));
-    events
-        .list(&params)
+    events_of(client, namespace, name)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .filter_map(|event| event.reason)
         .collect()
+}
+
+pub async fn event_notes(client: &Client, namespace: &str, name: &str) -> Vec<String> {
+    events_of(client, namespace, name)
+        .await
+        .into_iter()
+        .filter_map(|event| event.note)
+        .collect()
+}
+
+async fn events_of(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
+    let params = kube::api::ListParams::default().fields(&format!("regarding.name={name}"));
+    events.list(&params).await.unwrap().items
 }
 
 /// Polls `check` until it yields a value; panics with `what` after `timeout`.
