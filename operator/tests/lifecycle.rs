@@ -227,7 +227,7 @@ async fn lumigo_lifecycle() {
 
     // An operator upgrade re-injects with the new version's label.
     drop(_operator);
-    let _operator = start_operator(&cp, "0.2.0", &[]);
+    let _operator = start_operator(&cp, "0.2.0", &[("LUMIGO_REMOVAL_TIMEOUT", "5s")]);
     eventually("re-injection by the new operator version", WAIT, || async {
         for (kind, name) in workloads.iter().filter(|(_, n)| *n != "db") {
             let object = get(&client, &ns, *kind, name).await;
@@ -279,4 +279,138 @@ async fn lumigo_lifecycle() {
     assert!(event_reasons(&client, &ns, "web")
         .await
         .contains(&"LumigoRemovedInstrumentation".to_owned()));
+
+    removal_never_wedges(&cp, &client).await;
+}
+
+/// A workload that refuses the removal's write holds the deletion only as long as the removal
+/// timeout, then the resource goes with a LumigoRemovalIncomplete event; the resource of a
+/// namespace being deleted goes without writing its workloads.
+async fn removal_never_wedges(cp: &ControlPlane, client: &kube::Client) {
+    let ns = cp.create_namespace("wedged", &[]).await.unwrap();
+    create_secret(client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
+    create(
+        client,
+        &ns,
+        WorkloadKind::Deployment,
+        manifest(WorkloadKind::Deployment, "locked", 0),
+    )
+    .await;
+    create_lumigo(client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
+    eventually("locked to be injected", WAIT, || async {
+        let object = get(client, &ns, WorkloadKind::Deployment, "locked").await;
+        injected_label(&object, WorkloadKind::Deployment).map(|_| ())
+    })
+    .await;
+    let policy = format!("lumigo-test-deny-updates-{ns}");
+    let freeze = format!(
+        r#"{{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+  "metadata": {{"name": "{policy}"}},
+  "spec": {{"failurePolicy": "Fail", "matchConstraints": {{"resourceRules": [{{"apiGroups": ["apps"],
+    "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["deployments"]}}]}},
+    "validations": [{{"expression": "false", "message": "frozen by the test"}}]}}}}
+---
+{{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+  "metadata": {{"name": "{policy}"}},
+  "spec": {{"policyName": "{policy}", "validationActions": ["Deny"],
+    "matchResources": {{"namespaceSelector": {{"matchLabels": {{"kubernetes.io/metadata.name": "{ns}"}}}}}}}}}}"#
+    );
+    cp.run_kubectl(&["apply", "-f", "-"], Some(&freeze))
+        .unwrap();
+    // The binding takes a moment to be enforced: until a direct update is refused.
+    eventually("the policy to refuse updates", WAIT, || async {
+        let refused = cp.run_kubectl(
+            &[
+                "label",
+                "deployment",
+                "locked",
+                "-n",
+                &ns,
+                "probe=1",
+                "--overwrite",
+            ],
+            None,
+        );
+        refused.is_err().then_some(())
+    })
+    .await;
+    let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
+    lumigos
+        .delete("lumigo", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the finalizer released after the removal timeout",
+        WAIT,
+        || async {
+            lumigos
+                .get_opt("lumigo")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let reasons = event_reasons(client, &ns, "lumigo").await;
+    assert!(
+        reasons.contains(&"LumigoRemovalIncomplete".to_owned()),
+        "{reasons:?}"
+    );
+    let notes = event_notes(client, &ns, "lumigo").await;
+    assert!(
+        notes
+            .iter()
+            .any(|note| note.contains("lumigo-operator uninstall")),
+        "the event says how to finish: {notes:?}"
+    );
+    let object = get(client, &ns, WorkloadKind::Deployment, "locked").await;
+    assert!(
+        injected_label(&object, WorkloadKind::Deployment).is_some(),
+        "the refused workload still carries the injection, as the event says"
+    );
+    cp.run_kubectl(
+        &[
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            &policy,
+        ],
+        None,
+    )
+    .unwrap();
+
+    // A namespace deleted with its resource: nothing waits on its workloads.
+    let doomed = cp.create_namespace("doomed", &[]).await.unwrap();
+    create_secret(client, &doomed, "lumigo-credentials", &[("token", TOKEN)]).await;
+    create(
+        client,
+        &doomed,
+        WorkloadKind::Deployment,
+        manifest(WorkloadKind::Deployment, "web", 0),
+    )
+    .await;
+    create_lumigo(
+        client,
+        &doomed,
+        "lumigo",
+        default_spec("lumigo-credentials"),
+    )
+    .await;
+    eventually("web to be injected", WAIT, || async {
+        let object = get(client, &doomed, WorkloadKind::Deployment, "web").await;
+        injected_label(&object, WorkloadKind::Deployment).map(|_| ())
+    })
+    .await;
+    cp.run_kubectl(&["delete", "namespace", &doomed, "--wait=false"], None)
+        .unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    eventually("the namespace to be gone", WAIT, || async {
+        namespaces
+            .get_opt(&doomed)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
 }
