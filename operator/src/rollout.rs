@@ -165,13 +165,6 @@ pub struct SweepReport {
     pub halt: Option<(InstrumentedResource, Failure)>,
 }
 
-impl SweepReport {
-    /// Whether a later sweep must look again soon (a rollout is under way).
-    pub fn rolling_out(&self) -> bool {
-        self.in_progress + self.pending > 0
-    }
-}
-
 #[derive(Clone, Copy)]
 enum Handled {
     Unchanged { instrumented: bool },

@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use lumigo_e2e::ControlPlane;
 use lumigo_mutation::WorkloadKind;
 use lumigo_operator::crd::Lumigo;
@@ -240,23 +240,7 @@ async fn lumigo_lifecycle() {
     .await;
 
     // Deleting the resource removes every injection, byte for byte.
-    lumigos
-        .delete("lumigo", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        "the Lumigo resource to be released by its finalizer",
-        WAIT,
-        || async {
-            lumigos
-                .get_opt("lumigo")
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    delete_lumigo(&client, &ns, "lumigo", WAIT).await;
     for (kind, name) in workloads.iter().copied().chain([
         (WorkloadKind::Job, "migration"),
         (WorkloadKind::Deployment, "private"),
@@ -334,24 +318,8 @@ async fn removal_never_wedges(cp: &ControlPlane, client: &kube::Client) {
         refused.is_err().then_some(())
     })
     .await;
-    let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
-    lumigos
-        .delete("lumigo", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        "the finalizer released after the removal timeout",
-        WAIT,
-        || async {
-            lumigos
-                .get_opt("lumigo")
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    // Released after the removal timeout (5 s here).
+    delete_lumigo(client, &ns, "lumigo", WAIT).await;
     let reasons = event_reasons(client, &ns, "lumigo").await;
     assert!(
         reasons.contains(&"LumigoRemovalIncomplete".to_owned()),

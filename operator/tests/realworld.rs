@@ -8,10 +8,9 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use lumigo_e2e::ControlPlane;
 use lumigo_mutation::{inject, InjectionConfig, Operation, WorkloadKind};
-use lumigo_operator::crd::Lumigo;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use support::*;
@@ -170,20 +169,7 @@ async fn the_operator_instruments_and_restores_online_boutique() {
             "{name}"
         );
     }
-    let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
-    lumigos
-        .delete("lumigo", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the resource released", Duration::from_secs(60), || async {
-        lumigos
-            .get_opt("lumigo")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_lumigo(&client, &ns, "lumigo", Duration::from_secs(60)).await;
     for (name, spec) in names.iter().zip(&before) {
         assert_eq!(
             &spec_bytes(&client, &ns, WorkloadKind::Deployment, name).await,

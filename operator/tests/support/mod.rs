@@ -146,6 +146,21 @@ pub async fn create_lumigo(client: &Client, namespace: &str, name: &str, spec: V
         .unwrap()
 }
 
+/// Deletes the `Lumigo` resource and waits until its finalizer lets it go.
+pub async fn delete_lumigo(client: &Client, namespace: &str, name: &str, timeout: Duration) {
+    let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), namespace);
+    lumigos
+        .delete(name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        &format!("the Lumigo resource {namespace}/{name} to be released"),
+        timeout,
+        || async { lumigos.get_opt(name).await.unwrap().is_none().then_some(()) },
+    )
+    .await;
+}
+
 pub fn default_spec(secret: &str) -> Value {
     json!({"lumigoToken": {"secretRef": {"name": secret, "key": "token"}}})
 }
