@@ -108,6 +108,15 @@ async fn main() {
             sampled.peak_restarting,
             sampled.down.len()
         );
+        // The resource goes first, while its operator runs: its finalizer would hold the
+        // namespace's deletion otherwise.
+        let started = Instant::now();
+        delete_lumigo(&client, &namespace, "lumigo", WAIT).await;
+        println!(
+            "  {:<20} {:>6.1} s to remove the injection from them (the pods restart in the background)",
+            "",
+            started.elapsed().as_secs_f64()
+        );
         drop(operator);
         let namespaces: Api<Namespace> = Api::all(client.clone());
         cp.run_kubectl(&["delete", "namespace", &namespace, "--wait=false"], None)

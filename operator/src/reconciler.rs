@@ -517,3 +517,63 @@ async fn write_status(
     ctx.metrics.status_written();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_with_jitter_up_to_a_ceiling() {
+        assert_eq!(retry_delay(1, 0.0), FIRST_RETRY);
+        assert_eq!(retry_delay(2, 0.0), FIRST_RETRY * 2);
+        assert_eq!(retry_delay(4, 0.0), FIRST_RETRY * 8);
+        assert_eq!(retry_delay(30, 0.0), LONGEST_RETRY);
+        assert_eq!(retry_delay(u32::MAX, 0.0), LONGEST_RETRY);
+        let jittered = retry_delay(3, 0.999);
+        assert!(
+            jittered > FIRST_RETRY * 2 && jittered < FIRST_RETRY * 4,
+            "{jittered:?}"
+        );
+    }
+
+    #[test]
+    fn a_stopped_rollout_names_what_to_fix() {
+        let workload = InstrumentedResource {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: "web".into(),
+            namespace: "shop".into(),
+            uid: "u".into(),
+            tracing: None,
+        };
+        let config: InjectionConfig = serde_json::from_value(serde_json::json!({
+            "injectorImage": "registry.example.com/autotrace:1",
+            "tokenSecret": {"name": "s", "key": "token"},
+            "operatorVersion": "0.1.0"
+        }))
+        .unwrap();
+        let pull = Failure {
+            reason: "ImagePullBackOff".into(),
+            container: lumigo_mutation::names::INJECTOR_NAME.into(),
+            exit_code: None,
+            message: String::new(),
+        };
+        let message = halt_message(&workload, &pull, &config, 7);
+        assert!(message.contains("Deployment web"), "{message}");
+        assert!(
+            message.contains("registry.example.com/autotrace:1"),
+            "{message}"
+        );
+        assert!(
+            message.contains("7 other workloads were left untouched"),
+            "{message}"
+        );
+        let refused = Failure {
+            reason: "FailedCreate".into(),
+            container: String::new(),
+            exit_code: None,
+            message: "exceeded quota".into(),
+        };
+        assert!(halt_message(&workload, &refused, &config, 0).contains("LimitRange, ResourceQuota"));
+    }
+}
