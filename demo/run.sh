@@ -134,6 +134,11 @@ show "$kubectl" get lumigoes -n "$app_ns" -o wide
 show --as "kubectl get pods -n $app_ns -o custom-columns=<pod, init container, its exit, ready>" \
     "$kubectl" get pods -n "$app_ns" -o custom-columns='POD:.metadata.name,INIT:.spec.initContainers[*].name,INIT-EXIT:.status.initContainerStatuses[*].state.terminated.reason,READY:.status.containerStatuses[*].ready,RESTARTS:.status.containerStatuses[*].restartCount'
 explain "paymentservice (opted out) has no init container; frontend (a static binary) has one and runs unharmed."
+show --as "kubectl get lumigo lumigo -n $app_ns -o jsonpath='<the Degraded condition>'" \
+    "$kubectl" get lumigo lumigo -n "$app_ns" -o jsonpath='{range .status.conditions[?(@.type=="Degraded")]}Degraded={.status} ({.reason}): {.message}{"\n"}{end}'
+explain "The rollout was paced and health-gated: the first workload went alone (the canary), the others up to" \
+        "10 at a time, each started once the previous ones were rolled out; a workload whose injected pods fail" \
+        "would have been rolled back and named here."
 
 say "What the init container did, and what the app container got"
 show --as "kubectl logs -n $app_ns deploy/currencyservice -c lumigo-injector" \
@@ -184,11 +189,14 @@ show "$kubectl" get events -n "$app_ns" --field-selector reason=LumigoNoTraces \
 explain "frontend is injected but runs no Node.js, Python or Java: the operator says so instead of listing it as traced."
 
 say "Figures: the injected pods and the cluster's footprint"
-for pod in $("$kubectl" get pods -n "$app_ns" -o jsonpath='{range .items[?(@.spec.initContainers)]}{.metadata.name}{"\n"}{end}'); do
+for pod in $("$kubectl" get pods -n "$app_ns" --field-selector=status.phase=Running -o jsonpath='{range .items[?(@.spec.initContainers)]}{.metadata.name}{"\n"}{end}'); do
     uid="$("$kubectl" get pod "$pod" -n "$app_ns" -o jsonpath='{.metadata.uid}')"
     times="$("$kubectl" get pod "$pod" -n "$app_ns" -o jsonpath='{.status.initContainerStatuses[0].state.terminated.startedAt} {.status.initContainerStatuses[0].state.terminated.finishedAt}')"
     read -r started finished <<<"$times"
-    bytes="$(du -sb "$LUMIGO_NODE_DIR/kubelet/pods/$uid/volumes/kubernetes.io~empty-dir/lumigo-injector" | cut -f1)"
+    volume="$LUMIGO_NODE_DIR/kubelet/pods/$uid/volumes/kubernetes.io~empty-dir/lumigo-injector"
+    # A pod replaced since the list (its volume already gone) has no figures to give.
+    [[ -d "$volume" && -n "$finished" ]] || continue
+    bytes="$(du -sb "$volume" | cut -f1)"
     explain "$pod: init container $(( $(date -d "$finished" +%s) - $(date -d "$started" +%s) )) s (1 s resolution), emptyDir $((bytes / 1024 / 1024)) MiB"
 done
 rss() { ps -o rss= -C "$1" | awk -v n="$1" '{ s += $1 } END { printf "%s %d MiB  ", n, s / 1024 }'; }

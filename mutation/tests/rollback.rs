@@ -37,15 +37,19 @@ fn injected() -> Value {
     object
 }
 
-fn rolled_back() -> Value {
-    let mut object = injected();
-    let outcome = roll_back(
-        &mut object,
+fn roll_back_crashed(object: &mut Value) -> Outcome {
+    roll_back(
+        object,
         WorkloadKind::Deployment,
         &config(),
         &crash(),
         "2026-12-01T00:00:00Z",
-    );
+    )
+}
+
+fn rolled_back() -> Value {
+    let mut object = injected();
+    let outcome = roll_back_crashed(&mut object);
     assert!(
         matches!(&outcome, Outcome::Changed(Change::RolledBack { failure }) if failure.contains("exit code 1")),
         "{outcome:?}"
@@ -136,13 +140,7 @@ fn removal_takes_the_marker_away_and_keeps_the_users_annotations() {
         &config(),
         Operation::Update,
     );
-    roll_back(
-        &mut object,
-        WorkloadKind::Deployment,
-        &config(),
-        &crash(),
-        "2026-12-01T00:00:00Z",
-    );
+    roll_back_crashed(&mut object);
     assert!(object["metadata"]["annotations"][ROLLED_BACK_ANNOTATION].is_string());
     remove(&mut object, WorkloadKind::Deployment, Operation::Update);
     assert_eq!(bytes(&object), bytes(&annotated));
@@ -151,13 +149,7 @@ fn removal_takes_the_marker_away_and_keeps_the_users_annotations() {
 #[test]
 fn only_an_injected_workload_is_rolled_back() {
     let mut object = deployment();
-    let outcome = roll_back(
-        &mut object,
-        WorkloadKind::Deployment,
-        &config(),
-        &crash(),
-        "2026-12-01T00:00:00Z",
-    );
+    let outcome = roll_back_crashed(&mut object);
     assert_eq!(outcome, Outcome::Unchanged(Reason::NotInjected));
     assert_eq!(bytes(&object), bytes(&deployment()));
 }

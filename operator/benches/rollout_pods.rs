@@ -11,7 +11,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use lumigo_e2e::Cluster;
 use lumigo_mutation::WorkloadKind;
@@ -118,17 +117,6 @@ async fn main() {
             started.elapsed().as_secs_f64()
         );
         drop(operator);
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        cp.run_kubectl(&["delete", "namespace", &namespace, "--wait=false"], None)
-            .unwrap();
-        eventually("the namespace to be gone", WAIT, || async {
-            namespaces
-                .get_opt(&namespace)
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        })
-        .await;
+        delete_namespace(cp, &client, &namespace, WAIT).await;
     }
 }

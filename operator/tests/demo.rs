@@ -43,6 +43,10 @@ fn the_demo_traces_a_real_shop_and_removes_every_trace_of_it() {
         "kubectl get lumigoes: 3 of 4 receiving\n{stdout}"
     );
     assert!(
+        has("Degraded=False"),
+        "no workload was rolled back and the rollout did not stop\n{stdout}"
+    );
+    assert!(
         has("frontend: Silent") && has("Tracing=False (NoTraces)"),
         "the silent static binary named\n{stdout}"
     );

@@ -271,21 +271,7 @@ async fn lumigo_lifecycle() {
 /// timeout, then the resource goes with a LumigoRemovalIncomplete event; the resource of a
 /// namespace being deleted goes without writing its workloads.
 async fn removal_never_wedges(cp: &ControlPlane, client: &kube::Client) {
-    let ns = cp.create_namespace("wedged", &[]).await.unwrap();
-    create_secret(client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
-    create(
-        client,
-        &ns,
-        WorkloadKind::Deployment,
-        manifest(WorkloadKind::Deployment, "locked", 0),
-    )
-    .await;
-    create_lumigo(client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
-    eventually("locked to be injected", WAIT, || async {
-        let object = get(client, &ns, WorkloadKind::Deployment, "locked").await;
-        injected_label(&object, WorkloadKind::Deployment).map(|_| ())
-    })
-    .await;
+    let ns = instrumented_namespace(cp, client, "wedged", "locked").await;
     let policy = format!("lumigo-test-deny-updates-{ns}");
     let freeze = format!(
         r#"{{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
@@ -348,37 +334,32 @@ async fn removal_never_wedges(cp: &ControlPlane, client: &kube::Client) {
     .unwrap();
 
     // A namespace deleted with its resource: nothing waits on its workloads.
-    let doomed = cp.create_namespace("doomed", &[]).await.unwrap();
-    create_secret(client, &doomed, "lumigo-credentials", &[("token", TOKEN)]).await;
+    let doomed = instrumented_namespace(cp, client, "doomed", "web").await;
+    delete_namespace(cp, client, &doomed, WAIT).await;
+}
+
+/// A new namespace with a token Secret, a Deployment named `deployment` and a `Lumigo`
+/// resource, once the Deployment is injected.
+async fn instrumented_namespace(
+    cp: &ControlPlane,
+    client: &kube::Client,
+    prefix: &str,
+    deployment: &str,
+) -> String {
+    let ns = cp.create_namespace(prefix, &[]).await.unwrap();
+    create_secret(client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
     create(
         client,
-        &doomed,
+        &ns,
         WorkloadKind::Deployment,
-        manifest(WorkloadKind::Deployment, "web", 0),
+        manifest(WorkloadKind::Deployment, deployment, 0),
     )
     .await;
-    create_lumigo(
-        client,
-        &doomed,
-        "lumigo",
-        default_spec("lumigo-credentials"),
-    )
-    .await;
-    eventually("web to be injected", WAIT, || async {
-        let object = get(client, &doomed, WorkloadKind::Deployment, "web").await;
+    create_lumigo(client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
+    eventually(&format!("{deployment} to be injected"), WAIT, || async {
+        let object = get(client, &ns, WorkloadKind::Deployment, deployment).await;
         injected_label(&object, WorkloadKind::Deployment).map(|_| ())
     })
     .await;
-    cp.run_kubectl(&["delete", "namespace", &doomed, "--wait=false"], None)
-        .unwrap();
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    eventually("the namespace to be gone", WAIT, || async {
-        namespaces
-            .get_opt(&doomed)
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    ns
 }

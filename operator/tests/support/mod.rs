@@ -161,6 +161,26 @@ pub async fn delete_lumigo(client: &Client, namespace: &str, name: &str, timeout
     .await;
 }
 
+/// Deletes the namespace and waits until it is gone.
+pub async fn delete_namespace(cp: &ControlPlane, client: &Client, name: &str, timeout: Duration) {
+    cp.run_kubectl(&["delete", "namespace", name, "--wait=false"], None)
+        .unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    eventually(
+        &format!("the namespace {name} to be gone"),
+        timeout,
+        || async {
+            namespaces
+                .get_opt(name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 pub fn default_spec(secret: &str) -> Value {
     json!({"lumigoToken": {"secretRef": {"name": secret, "key": "token"}}})
 }
