@@ -176,7 +176,7 @@ PY
 say "Which workloads are really traced: the operator checks, it does not assume"
 explain "The proxy counts the spans of each workload, container and runtime; the operator reads the counts and" \
         "writes, only when something changes, whether each instrumented workload is Receiving, Silent or Unknown."
-wait_for 180 "the verdict on every workload" bash -c "[[ \$('$kubectl' get lumigo lumigo -n $app_ns -o jsonpath='{.status.tracing}') == 3/4 ]] && '$kubectl' get events -n $app_ns --field-selector reason=LumigoNoTraces -o name | grep -q ."
+wait_for 300 "the verdict on every workload" bash -c "[[ \$('$kubectl' get lumigo lumigo -n $app_ns -o jsonpath='{.status.tracing}') == 3/4 ]] && '$kubectl' get events -n $app_ns --field-selector reason=LumigoNoTraces -o name | grep -q ."
 show "$kubectl" get lumigoes -n "$app_ns"
 show --as "kubectl get lumigo lumigo -n $app_ns -o jsonpath='<each workload: tracing state, containers, reason>'" \
     "$kubectl" get lumigo lumigo -n "$app_ns" -o jsonpath='{range .status.instrumentedResources[*]}{.name}: {.tracing.state}{range .tracing.containers[*]}  container {.name} ({.runtime}){end}{"  "}{.tracing.reason}{"\n"}{end}'

@@ -248,7 +248,9 @@ impl Sweeper<'_> {
             .await;
             report.pending += waiting;
         }
+        // A re-injected workload taking its turn was listed already, under the previous version.
         report.instrumented.sort();
+        report.instrumented.dedup();
         crate::memory::release_freed_memory();
         Ok(report)
     }
