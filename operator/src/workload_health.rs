@@ -110,6 +110,8 @@ pub struct PodHealth {
     pub containers: Vec<ContainerHealth>,
     /// The scheduler's word when no node has room for the pod, after the grace period.
     pub no_room: Option<String>,
+    /// Being deleted: what its containers say then (killed, status unknown) is no verdict.
+    pub terminating: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +160,7 @@ impl PodHealth {
             init: containers(status.and_then(|s| s.init_container_statuses.as_ref())),
             containers: containers(status.and_then(|s| s.container_statuses.as_ref())),
             no_room,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
         }
     }
 }
@@ -204,8 +207,10 @@ impl ContainerHealth {
 
 /// Why the injected pods of a workload fail where its uninjected ones do not, if they do.
 pub fn verdict(kind: WorkloadKind, object: &Value, pods: &[PodHealth]) -> Option<Verdict> {
-    let (injected, uninjected): (Vec<&PodHealth>, Vec<&PodHealth>) =
-        pods.iter().partition(|pod| pod.injected);
+    let (injected, uninjected): (Vec<&PodHealth>, Vec<&PodHealth>) = pods
+        .iter()
+        .filter(|pod| !pod.terminating)
+        .partition(|pod| pod.injected);
     injected
         .iter()
         .find_map(|pod| init_container_verdict(pod))
@@ -232,6 +237,11 @@ fn init_container_verdict(pod: &PodHealth) -> Option<Verdict> {
                 everywhere: true,
             });
         }
+    }
+    // One failed run is not enough: a pod evicted or a node restarted kills it too (137,
+    // ContainerStatusUnknown). A failure the kubelet keeps retrying is.
+    if init.waiting_reason() != Some("CrashLoopBackOff") {
+        return None;
     }
     let (exit_reason, code) = init.failed_exit.clone()?;
     Some(Verdict {
@@ -536,6 +546,24 @@ mod tests {
             verdict(WorkloadKind::Deployment, &json!({}), &[waiting_since(10)]),
             None,
             "within the grace an autoscaler may still add a node"
+        );
+    }
+
+    #[test]
+    fn a_killed_init_container_or_a_pod_being_deleted_is_no_verdict() {
+        let killed = json!({"name": INJECTOR_NAME, "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+            "state": {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown"}}});
+        let pods = [pod(true, json!({"initContainerStatuses": [killed]}))];
+        assert_eq!(verdict(WorkloadKind::Deployment, &json!({}), &pods), None);
+
+        let mut deleted = pod(
+            true,
+            json!({"containerStatuses": [crash_looping("app", 137)]}),
+        );
+        deleted.terminating = true;
+        assert_eq!(
+            verdict(WorkloadKind::Deployment, &json!({}), &[deleted]),
+            None
         );
     }
 }
