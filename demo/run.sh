@@ -106,10 +106,11 @@ show "$helm" install lumigo "$repo/charts/lumigo-operator" -n "$release_ns" --cr
     --set telemetryProxy.image.repository=lumigo-e2e.local/otelcol --set telemetryProxy.image.tag="$LUMIGO_COLLECTOR_TAG" \
     --set telemetryProxy.image.pullPolicy=Never \
     --set telemetryProxy.exporter.endpoint="$LUMIGO_SINK" \
-    --set tracingVerification.interval=5s --set tracingVerification.silenceWindow=45s
+    --set tracingVerification.interval=5s --set tracingVerification.silenceWindow=45s \
+    --set rollout.maxInProgressPerNamespace=0
 show "$kubectl" get pods -n "$release_ns" -o wide
 explain "tracingVerification.silenceWindow is 45 s here (10 minutes by default), so that the demo sees a silent" \
-        "workload reported."
+        "workload reported; the shop's five services roll all at once (by default 10 at a time, canary first)."
 
 say "Turn Lumigo on for the shop: one Secret with the token, one Lumigo resource"
 cat >"$work/lumigo.yaml" <<'YAML'
@@ -128,7 +129,7 @@ applied_at="$(date +%s.%N)"
 show "$kubectl" apply -n "$app_ns" -f "$work/lumigo.yaml"
 explain "The operator validates the token Secret, then rolls the injection into every existing workload: each" \
         "Deployment's pods are replaced by pods whose init container copies the tracers into a shared volume."
-wait_for 120 "the rollout" bash -c "[[ \$('$kubectl' get lumigo lumigo -n $app_ns -o jsonpath='{.status.instrumentedCount}') == 4 ]]"
+wait_for 240 "the rollout" bash -c "[[ \$('$kubectl' get lumigo lumigo -n $app_ns -o jsonpath='{.status.instrumentedCount}') == 4 ]]"
 "$kubectl" rollout status deployment -n "$app_ns" --timeout=180s >/dev/null
 show "$kubectl" get lumigoes -n "$app_ns" -o wide
 show --as "kubectl get pods -n $app_ns -o custom-columns=<pod, init container, its exit, ready>" \
@@ -136,9 +137,8 @@ show --as "kubectl get pods -n $app_ns -o custom-columns=<pod, init container, i
 explain "paymentservice (opted out) has no init container; frontend (a static binary) has one and runs unharmed."
 show --as "kubectl get lumigo lumigo -n $app_ns -o jsonpath='<the Degraded condition>'" \
     "$kubectl" get lumigo lumigo -n "$app_ns" -o jsonpath='{range .status.conditions[?(@.type=="Degraded")]}Degraded={.status} ({.reason}): {.message}{"\n"}{end}'
-explain "The rollout was paced and health-gated: the first workload went alone (the canary), the others up to" \
-        "10 at a time, each started once the previous ones were rolled out; a workload whose injected pods fail" \
-        "would have been rolled back and named here."
+explain "The rollout was health-gated: a workload whose injected pods fail would have been rolled back and" \
+        "named here."
 
 say "What the init container did, and what the app container got"
 show --as "kubectl logs -n $app_ns deploy/currencyservice -c lumigo-injector" \
