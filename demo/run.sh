@@ -16,6 +16,13 @@ cluster_pid=
 
 cleanup() {
     local status=$?
+    if ((status != 0)) && [[ -f $work/admin.kubeconfig ]] && kill -0 "$cluster_pid" 2>/dev/null; then
+        local k=("$kubectl" --kubeconfig "$work/admin.kubeconfig" --request-timeout=10s)
+        echo "!! the cluster as the demo failed:" >&2
+        "${k[@]}" get nodes -o 'custom-columns=NODE:.metadata.name,CONDITIONS:.status.conditions[?(@.status=="True")].type' >&2 || true
+        "${k[@]}" get pods -A -o wide >&2 || true
+        "${k[@]}" get events -A --sort-by=.lastTimestamp 2>&1 | tail -n 40 >&2 || true
+    fi
     if [[ -n $cluster_pid ]]; then
         kill "$cluster_pid" 2>/dev/null || true
         wait "$cluster_pid" 2>/dev/null || true

@@ -37,6 +37,13 @@ const COREDNS_PORT: u16 = 1053;
 /// The image containerd runs pod sandboxes from; imported at start, never pulled.
 const PAUSE_IMAGE: &str = "lumigo-e2e.local/pause:1";
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// The kubelet evicts every pod, and admits none, once the disk under its state has less than
+/// this free (`evictionHard`). Absolute, not a share: 1 % of a large, nearly full disk is gigabytes
+/// a test machine may not have, and the evictions it caused looked like the tests' own failures.
+const EVICTION_FLOOR_MIB: u64 = 256;
+/// What a node needs free to start: its images, the pods' writable layers and `emptyDir`s
+/// (each injected pod copies the tracers), with the eviction floor well below.
+const MIN_FREE_DISK_MIB: u64 = 2048;
 /// How long the janitor waits for another run's node (its `lock_wait`).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Ports the kubelet and kube-proxy bind on every node, so a second node on this machine (or a
@@ -90,6 +97,7 @@ impl Cluster {
     /// `scripts/setup.sh`; says which is missing otherwise.
     pub async fn start() -> Result<Self> {
         preflight()?;
+        ensure_disk_room(Path::new(RUNS_ROOT))?;
         let node_bin = NodeBinaries::ensure().await?;
         let ip = node_ip()?;
         let run_dir = Path::new(RUNS_ROOT).join(format!("run-{}", std::process::id()));
@@ -442,6 +450,42 @@ fn preflight() -> Result<()> {
     }
 }
 
+/// Refuses to start a node whose kubelet would soon be under disk pressure: its pods would be
+/// evicted mid-test, and the test would report a timeout instead of the full disk.
+fn ensure_disk_room(dir: &Path) -> Result<()> {
+    let existing = dir
+        .ancestors()
+        .find(|ancestor| ancestor.exists())
+        .unwrap_or(Path::new("/"));
+    let free_mib = free_disk_mib(existing)?;
+    if free_mib < MIN_FREE_DISK_MIB {
+        return Err(Error::Node(format!(
+            "the disk under {} has {free_mib} MiB free; a node needs {MIN_FREE_DISK_MIB} MiB (its \
+             kubelet evicts every pod below {EVICTION_FLOOR_MIB} MiB): free some room, e.g. \
+             `cargo clean` or {}/debug/incremental",
+            existing.display(),
+            std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()),
+        )));
+    }
+    Ok(())
+}
+
+fn free_disk_mib(dir: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| Error::Node(format!("{} has a NUL byte", dir.display())))?;
+    // SAFETY: a plain-data struct, which statvfs fills; the path is NUL-terminated.
+    let (status, stats) = unsafe {
+        let mut stats: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(path.as_ptr(), &mut stats), stats)
+    };
+    if status != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context(|| format!("reading the free space under {}", dir.display()));
+    }
+    Ok(stats.f_bavail * stats.f_frsize / (1024 * 1024))
+}
+
 fn ensure_ports_free() -> Result<()> {
     for (port, component) in FIXED_PORTS {
         if TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_err() {
@@ -642,7 +686,7 @@ healthzPort: 10248
 readOnlyPort: 0
 serializeImagePulls: false
 # A test machine's disk may be fuller than a node's should be: evict only when it is really full.
-evictionHard: {{memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}}
+evictionHard: {{memory.available: 100Mi, nodefs.available: {EVICTION_FLOOR_MIB}Mi, imagefs.available: {EVICTION_FLOOR_MIB}Mi, nodefs.inodesFree: 1%}}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 shutdownGracePeriod: 0s

@@ -215,7 +215,7 @@ impl Sweeper<'_> {
                 for visit in visits {
                     held += usize::from(visit.holds_slot);
                     settled += usize::from(visit.settled);
-                    report.record(&visit);
+                    report.record(&visit.workload, visit.handled);
                     report.rolled_back.extend(visit.held_back);
                     waiting += usize::from(visit.waiting);
                     if visit.queued {
@@ -278,16 +278,8 @@ impl Sweeper<'_> {
         };
         match outcome(&object, kind, desired) {
             Outcome::Unchanged(Reason::RolledBack(_)) => {
-                visit.held_back = rollback_marker(&object).map(|marker| RolledBackResource {
-                    api_version: visit.workload.api_version.clone(),
-                    kind: visit.workload.kind.clone(),
-                    name: visit.workload.name.clone(),
-                    reason: marker.failure.reason,
-                    container: marker.failure.container,
-                    exit_code: marker.failure.exit_code,
-                    message: marker.failure.message,
-                    rolled_back_at: marker.at,
-                });
+                visit.held_back = rollback_marker(&object)
+                    .map(|marker| rolled_back(&visit.workload, marker.failure, marker.at));
                 return visit;
             }
             Outcome::Unchanged(Reason::AlreadyInjected) => {
@@ -349,16 +341,11 @@ impl Sweeper<'_> {
             freed += usize::from(held_slot);
             report.writes += 1;
             report.instrumented.retain(|w| w.uid != workload.uid);
-            report.rolled_back.push(RolledBackResource {
-                api_version: workload.api_version.clone(),
-                kind: workload.kind.clone(),
-                name: workload.name.clone(),
-                reason: verdict.failure.reason.clone(),
-                container: verdict.failure.container.clone(),
-                exit_code: verdict.failure.exit_code,
-                message: verdict.failure.message.clone(),
-                rolled_back_at: k8s_openapi::jiff::Timestamp::now().to_string(),
-            });
+            report.rolled_back.push(rolled_back(
+                &workload,
+                verdict.failure.clone(),
+                k8s_openapi::jiff::Timestamp::now().to_string(),
+            ));
             if verdict.everywhere && report.halt.is_none() {
                 report.halt = Some((workload, verdict.failure));
             }
@@ -435,18 +422,7 @@ impl Sweeper<'_> {
                 }
             };
             let handled = self.handle(*kind, object, desired, trigger).await;
-            let visit = Visit {
-                workload: workload.clone(),
-                kind: *kind,
-                handled,
-                queued: false,
-                waiting: false,
-                rolling: None,
-                holds_slot: false,
-                settled: false,
-                held_back: None,
-            };
-            report.record(&visit);
+            report.record(workload, handled);
             started += usize::from(matches!(handled, Handled::Written { .. }));
         }
         self.slots.set(namespace, held + started);
@@ -522,22 +498,39 @@ impl Sweeper<'_> {
 }
 
 impl SweepReport {
-    fn record(&mut self, visit: &Visit) {
-        if let Handled::Written { instrumented } = visit.handled {
+    fn record(&mut self, workload: &InstrumentedResource, handled: Handled) {
+        if let Handled::Written { instrumented } = handled {
             self.writes += 1;
             if instrumented {
-                self.reinjected.insert(visit.workload.uid.clone());
+                self.reinjected.insert(workload.uid.clone());
             }
         }
-        match visit.handled {
+        match handled {
             Handled::Unchanged { instrumented } | Handled::Written { instrumented }
                 if instrumented =>
             {
-                self.instrumented.push(visit.workload.clone())
+                self.instrumented.push(workload.clone())
             }
             Handled::Failed => self.failed += 1,
             _ => {}
         }
+    }
+}
+
+fn rolled_back(
+    workload: &InstrumentedResource,
+    failure: Failure,
+    at: String,
+) -> RolledBackResource {
+    RolledBackResource {
+        api_version: workload.api_version.clone(),
+        kind: workload.kind.clone(),
+        name: workload.name.clone(),
+        reason: failure.reason,
+        container: failure.container,
+        exit_code: failure.exit_code,
+        message: failure.message,
+        rolled_back_at: at,
     }
 }
 
