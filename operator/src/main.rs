@@ -5,6 +5,9 @@ use lumigo_operator::admission::compile::{self, PolicyCompiler};
 use lumigo_operator::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::PrecompilePolicy = cli.command {
@@ -18,7 +21,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    lumigo_operator::memory::limit_allocator_arenas();
+    lumigo_operator::memory::return_freed_memory_promptly();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();

@@ -35,6 +35,7 @@ pub struct Metrics {
     instrumented: Family<NamespaceLabel, Gauge<i64, AtomicI64>>,
     receiving: Family<NamespaceLabel, Gauge<i64, AtomicI64>>,
     status_writes: Counter,
+    admission_events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -47,6 +48,7 @@ impl Default for Metrics {
         let instrumented = Family::default();
         let receiving = Family::default();
         let status_writes = Counter::default();
+        let admission_events_dropped = Counter::default();
         registry.register(
             "reconciles",
             "Reconciliations of Lumigo resources",
@@ -82,6 +84,11 @@ impl Default for Metrics {
             "Status writes of Lumigo resources",
             status_writes.clone(),
         );
+        registry.register(
+            "admission_events_dropped",
+            "Admission events not recorded: more distinct objects at once than the event queue holds",
+            admission_events_dropped.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -91,6 +98,7 @@ impl Default for Metrics {
             instrumented,
             receiving,
             status_writes,
+            admission_events_dropped,
         }
     }
 }
@@ -136,6 +144,10 @@ impl Metrics {
 
     pub fn status_written(&self) {
         self.status_writes.inc();
+    }
+
+    pub fn admission_event_dropped(&self) {
+        self.admission_events_dropped.inc();
     }
 
     pub fn forget_namespace(&self, namespace: &str) {

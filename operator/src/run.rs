@@ -81,11 +81,12 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
     ready.store(true, Ordering::Relaxed);
     tracing::info!(version = %args.injection.operator_version, "operator started");
 
+    let admission_metrics = ctx.metrics.clone();
     let admission = async {
         if args.admission_engine != AdmissionEngine::Builtin {
             return std::future::pending().await;
         }
-        let options = admission_options(&args, compiler)?;
+        let options = admission_options(&args, compiler, admission_metrics)?;
         admission::serve(
             options,
             store.clone(),
@@ -166,7 +167,11 @@ fn tracing_watch(args: &RunArgs) -> TracingWatch {
     TracingWatch::new(settings, reader, args.tracing.traces_check_interval)
 }
 
-fn admission_options(args: &RunArgs, compiler: PolicyCompiler) -> Result<AdmissionOptions> {
+fn admission_options(
+    args: &RunArgs,
+    compiler: PolicyCompiler,
+    metrics: Arc<Metrics>,
+) -> Result<AdmissionOptions> {
     let module = std::fs::read(&args.policy_module).map_err(|source| {
         crate::Error::Serve(std::io::Error::new(
             source.kind(),
@@ -201,6 +206,7 @@ fn admission_options(args: &RunArgs, compiler: PolicyCompiler) -> Result<Admissi
             controller: CONTROLLER_NAME.into(),
             instance: Some(args.identity.clone()),
         },
+        metrics,
     })
 }
 

@@ -202,3 +202,80 @@ async fn the_patch_is_the_diff_and_keeps_fields_unknown_to_kubernetes_types() ->
     );
     Ok(())
 }
+
+/// A flood of reviews of one object (a controller retrying, a load test) costs one Event, whose
+/// series counts every review, instead of one API call and one log line per review.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_reviews_of_one_object_is_one_event_series_with_its_count() -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::{Api, ListParams, PostParams};
+
+    const REVIEWS: usize = 300;
+    let cp = ControlPlane::shared().await?;
+    let kube = cp.client()?;
+    let namespace = cp.create_namespace("flood", &[]).await?;
+    // The object exists, so that its events can name it.
+    let stored: Deployment = serde_json::from_value(deployment("busy"))?;
+    Api::<Deployment>::namespaced(kube.clone(), &namespace)
+        .create(&PostParams::default(), &stored)
+        .await?;
+    let (address, ca) =
+        start_loopback_host(&cp, policy_module(), Duration::from_secs(1), &namespace).await?;
+    let body = Bytes::from(serde_json::to_vec(&admission_review(
+        "flood",
+        &namespace,
+        "CREATE",
+        deployment("busy"),
+    ))?);
+    let clients = (0..4).map(|_| {
+        let body = body.clone();
+        let ca = ca.clone();
+        tokio::spawn(async move {
+            let mut client = ReviewClient::connect(address, &ca).await?;
+            for _ in 0..REVIEWS / 4 {
+                let (status, answer) = client.post(body.clone()).await?;
+                ensure!(
+                    status == 200 && answer["response"]["patchType"] == "JSONPatch",
+                    "{answer}"
+                );
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    });
+    for client in futures::future::join_all(clients).await {
+        client??;
+    }
+
+    let events = Api::<Event>::namespaced(kube, &namespace);
+    let started = Instant::now();
+    loop {
+        let about_busy: Vec<Event> = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|event| {
+                event.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("busy")
+                    && event.reporting_controller.as_deref() == Some("lumigo-operator")
+            })
+            .collect();
+        let counted: Vec<i32> = about_busy
+            .iter()
+            .map(|event| event.series.as_ref().map_or(1, |series| series.count))
+            .collect();
+        if counted.iter().sum::<i32>() as usize == REVIEWS {
+            ensure!(
+                about_busy.len() == 1,
+                "one Event for the object, not {counted:?}"
+            );
+            ensure!(about_busy[0].reason.as_deref() == Some("LumigoAddedInstrumentation"));
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < WAIT,
+            "the events of {REVIEWS} reviews count {counted:?} after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -33,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 pub use configuration::{webhook_configuration, WebhookTarget, MUTATE_PATH, WEBHOOK_NAME};
 
 use crate::crd::Lumigo;
+use crate::metrics::Metrics;
 use crate::settings::OperatorSettings;
 use certificates::CertificateManager;
 use events::EventSink;
@@ -81,6 +82,8 @@ pub struct AdmissionOptions {
     pub max_concurrent_evaluations: usize,
     /// Who the admission events say recorded them.
     pub reporter: Reporter,
+    /// Where dropped admission events are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The serving certificate: where it is kept, whom it names, and the configuration that must trust it.
@@ -193,7 +196,7 @@ impl AdmissionServer {
             .wait_until_ready()
             .await
             .map_err(|_| Error::CacheNotReady)?;
-        let (events, record_events) = EventSink::start(client, options.reporter);
+        let (events, record_events) = EventSink::start(client, options.reporter, options.metrics);
         let reviewer = Reviewer {
             evaluator: Evaluator::new(engine, options.max_concurrent_evaluations, options.deadline),
             lumigos,

@@ -12,6 +12,7 @@ use kube::runtime::reflector::Store;
 use lumigo_mutation::{inspect, InjectionConfig, WorkloadKind};
 use lumigo_policy_host::PolicyEngine;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -21,10 +22,23 @@ use crate::settings::{injection_config, instrumenting, rollout_halted, OperatorS
 use super::events::{AdmissionEvent, EventSink};
 
 const WARNING_PREFIX: &str = "lumigo";
+/// A request up to this size is evaluated on the runtime thread that read it: its evaluation takes
+/// tens of microseconds, less than handing it to another thread and back costs. A larger one goes
+/// to the blocking pool, so that no worker thread is held for long (the permits bound both).
+const INLINE_PAYLOAD: usize = 64 << 10;
 
-/// The parts of an AdmissionRequest the host itself reads; the module gets the request whole.
+/// An AdmissionReview, its request left as the raw bytes it came in: the module gets them as they
+/// are, and nothing is copied or built before the namespace says the request is ours.
 #[derive(Deserialize)]
-struct RequestHead {
+struct Review<'a> {
+    #[serde(borrow, default)]
+    request: Option<&'a RawValue>,
+}
+
+/// The parts of an AdmissionRequest the host itself reads; the object stays raw until a patch
+/// is to be computed against it.
+#[derive(Deserialize)]
+struct RequestHead<'a> {
     uid: String,
     #[serde(default)]
     namespace: String,
@@ -34,10 +48,16 @@ struct RequestHead {
     resource: GroupVersionResource,
     #[serde(default)]
     operation: String,
-    #[serde(default)]
-    object: Value,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
     #[serde(default, rename = "dryRun")]
     dry_run: bool,
+}
+
+/// What is left to read of a request whose head is malformed, to answer it.
+#[derive(Deserialize)]
+struct RequestUid {
+    uid: String,
 }
 
 #[derive(Deserialize, Clone)]
@@ -63,12 +83,6 @@ struct ValidationResponse {
     mutated_object: Option<Value>,
     #[serde(default)]
     warnings: Option<Vec<String>>,
-}
-
-#[derive(Serialize)]
-struct ValidationRequest<'a> {
-    settings: &'a InjectionConfig,
-    request: &'a Value,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -121,6 +135,13 @@ impl Evaluator {
             .await
             .map_err(|_| format!("no evaluation slot free within {:?}", self.queue_timeout))?
             .map_err(|_| "the evaluator is shutting down".to_owned())?;
+        if payload.len() <= INLINE_PAYLOAD {
+            let _permit = permit;
+            return self
+                .engine
+                .call("validate", &payload)
+                .map_err(|error| error.to_string());
+        }
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -146,33 +167,23 @@ pub(crate) struct Unanswerable(pub String);
 
 impl Reviewer {
     pub async fn review(&self, body: &[u8]) -> Result<AdmissionResponse, Unanswerable> {
-        let mut review: Value = serde_json::from_slice(body)
+        let review: Review = serde_json::from_slice(body)
             .map_err(|e| Unanswerable(format!("the body is not JSON: {e}")))?;
-        let request = review
-            .get_mut("request")
-            .map(Value::take)
-            .unwrap_or_default();
-        let uid = request
-            .get("uid")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                Unanswerable("the body is not an AdmissionReview with a request uid".into())
-            })?
-            .to_owned();
-        let head: RequestHead = match RequestHead::deserialize(&request) {
+        let not_a_review =
+            || Unanswerable("the body is not an AdmissionReview with a request uid".into());
+        let request = review.request.ok_or_else(not_a_review)?;
+        let head: RequestHead = match serde_json::from_str(request.get()) {
             Ok(head) => head,
             Err(error) => {
-                return Ok(warn(uid, format!("{WARNING_PREFIX}: cannot read the admission request, admitted unchanged: {error}")))
+                let RequestUid { uid } =
+                    serde_json::from_str(request.get()).map_err(|_| not_a_review())?;
+                return Ok(warn(uid, format!("{WARNING_PREFIX}: cannot read the admission request, admitted unchanged: {error}")));
             }
         };
         let Some(settings) = self.settings_for(&head.namespace) else {
-            return Ok(AdmissionResponse::allowed(uid));
+            return Ok(AdmissionResponse::allowed(head.uid));
         };
-        let payload = serde_json::to_vec(&ValidationRequest {
-            settings: &settings,
-            request: &request,
-        })
-        .expect("JSON values and strings always serialize");
+        let payload = validation_request(&settings, request);
         let answer = self.evaluator.validate(payload).await.and_then(|bytes| {
             serde_json::from_slice::<ValidationResponse>(&bytes)
                 .map_err(|e| format!("the policy's answer is not a ValidationResponse: {e}"))
@@ -181,21 +192,16 @@ impl Reviewer {
             Ok(answer) => answer,
             Err(error) => {
                 tracing::warn!(%error, uid = %head.uid, namespace = %head.namespace, "policy evaluation failed");
-                return Ok(warn(uid, format!("{WARNING_PREFIX}: the policy evaluation failed, admitted unchanged: {error}")));
+                return Ok(warn(head.uid, format!("{WARNING_PREFIX}: the policy evaluation failed, admitted unchanged: {error}")));
             }
         };
-        Ok(self.respond(uid, head, answer))
+        Ok(self.respond(head, answer))
     }
 
-    fn respond(
-        &self,
-        uid: String,
-        head: RequestHead,
-        answer: ValidationResponse,
-    ) -> AdmissionResponse {
+    fn respond(&self, head: RequestHead, answer: ValidationResponse) -> AdmissionResponse {
         let mut response = AdmissionResponse {
             warnings: answer.warnings.unwrap_or_default(),
-            ..AdmissionResponse::allowed(uid)
+            ..AdmissionResponse::allowed(head.uid.clone())
         };
         if !answer.accepted {
             // This host only mutates; a rejection is reported, not enforced.
@@ -205,10 +211,15 @@ impl Reviewer {
             ));
         }
         let kind = WorkloadKind::from_group_kind(&head.kind.group, &head.kind.kind);
+        // The head parsed, so the object is valid JSON.
+        let object: Value = head
+            .object
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or_default();
         if let (Some(mutated), Some(kind)) = (answer.mutated_object, kind) {
-            let patch = json_patch::diff(&head.object, &mutated);
+            let patch = json_patch::diff(&object, &mutated);
             if !patch.0.is_empty() {
-                let reason = change_reason(&head.object, &mutated, kind);
+                let reason = change_reason(&object, &mutated, kind);
                 response.patch_type = Some("JSONPatch");
                 response.patch = Some(
                     STANDARD.encode(serde_json::to_vec(&patch).expect("a JSON Patch serializes")),
@@ -226,7 +237,7 @@ impl Reviewer {
         if !response.warnings.is_empty() && kind.is_some() && !head.dry_run {
             let note = response.warnings.join("; ");
             self.events.send(AdmissionEvent::cannot_add(
-                &head_reference(&head, &head.object),
+                &head_reference(&head, &object),
                 note,
                 &head.operation,
             ));
@@ -246,6 +257,20 @@ impl Reviewer {
         let winner = instrumenting(in_namespace.iter().map(|lumigo| lumigo.as_ref()))?;
         injection_config(winner, &self.operator).filter(|config| !rollout_halted(winner, config))
     }
+}
+
+/// Kubewarden's ValidationRequest, `{"settings": ..., "request": ...}`, with the request's bytes
+/// as they came: the module parses them itself.
+fn validation_request(settings: &InjectionConfig, request: &RawValue) -> Vec<u8> {
+    let settings = serde_json::to_vec(settings).expect("settings always serialize");
+    let request = request.get().as_bytes();
+    let mut payload = Vec::with_capacity(settings.len() + request.len() + 24);
+    payload.extend_from_slice(b"{\"settings\":");
+    payload.extend_from_slice(&settings);
+    payload.extend_from_slice(b",\"request\":");
+    payload.extend_from_slice(request);
+    payload.push(b'}');
+    payload
 }
 
 fn warn(uid: String, warning: String) -> AdmissionResponse {
@@ -294,6 +319,32 @@ mod tests {
         assert_eq!(
             review,
             json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {"uid": "abc", "allowed": true}})
+        );
+    }
+
+    #[test]
+    fn the_module_gets_the_settings_and_the_request_exactly_as_it_came() {
+        let settings: InjectionConfig = serde_json::from_value(json!({
+            "injectorImage": "ghcr.io/lumigo-rs/autotrace:0.1.0",
+            "tokenSecret": {"name": "lumigo-credentials", "key": "token"},
+            "operatorVersion": "0.1.0",
+        }))
+        .unwrap();
+        // Spacing, key order and escapes the host must not normalise away.
+        let body =
+            br#"{"kind":"AdmissionReview","request": {"uid":"u1", "object":{"b":1,"a":"\u00e9"}}}"#;
+        let review: Review = serde_json::from_slice(body).unwrap();
+        let request = review.request.unwrap();
+        let payload = validation_request(&settings, request);
+        let parsed: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"settings": serde_json::to_value(&settings).unwrap(), "request": {"uid": "u1", "object": {"b": 1, "a": "é"}}})
+        );
+        let text = String::from_utf8(payload).unwrap();
+        assert!(
+            text.ends_with(r#","request":{"uid":"u1", "object":{"b":1,"a":"\u00e9"}}}"#),
+            "{text}"
         );
     }
 }

@@ -61,6 +61,7 @@ pub fn options(tls: TlsOptions, module: Vec<u8>, deadline: Duration) -> Admissio
         deadline,
         max_concurrent_evaluations: std::thread::available_parallelism().map_or(2, |n| n.get()),
         reporter: reporter(),
+        metrics: Default::default(),
     }
 }
 

@@ -1,0 +1,206 @@
+//! Admission measured from outside, as a user's apiserver sees it: the operator's release binary
+//! runs as its own process against a real control plane, with a `Lumigo` resource in the
+//! namespace, and `oha` (built by `tools/oha/build.sh`) POSTs the Deployment CREATE fixture over
+//! many keep-alive HTTPS connections. Prints reviews/s, p50/p99, and the operator's CPU per review
+//! and peak RSS read from /proc. Run: `just operator::bench-admission-load`.
+
+#[path = "../tests/admission_support/mod.rs"]
+mod admission_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use admission_support::ReviewClient;
+use anyhow::{bail, ensure, Context, Result};
+use hyper::body::Bytes;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use kube::api::{Api, PostParams};
+use lumigo_e2e::ControlPlane;
+use lumigo_operator::admission::{webhook_configuration, WebhookTarget};
+use serde_json::{json, Value};
+use support::*;
+
+const CONCURRENCY: [usize; 3] = [1, 4, 16];
+const MEASURE: &str = "10s";
+const WAIT: Duration = Duration::from_secs(60);
+const CONFIGURATION: &str = "lumigo-operator";
+const FIXTURE: &str = "../policies/fixtures/deployment-create.json";
+
+/// User plus system CPU time of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("a /proc stat line")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: a plain query.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / per_second)
+}
+
+fn peak_rss_mib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .context("VmHWM in /proc status")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib / 1024)
+}
+
+/// One `oha` run: (reviews answered 200, reviews/s, p50 ms, p99 ms).
+fn load(oha: &Path, url: &str, body: &Path, concurrency: usize) -> Result<(u64, f64, f64, f64)> {
+    let output = Command::new(oha)
+        .args(["--no-tui", "--output-format", "json", "--insecure"])
+        .args(["-m", "POST", "-T", "application/json"])
+        .arg("-D")
+        .arg(body)
+        .args(["-c", &concurrency.to_string(), "-z", MEASURE, url])
+        .output()
+        .context("running oha")?;
+    ensure!(
+        output.status.success(),
+        "oha failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).context("oha's JSON report")?;
+    let answered = report["statusCodeDistribution"]["200"]
+        .as_u64()
+        .unwrap_or(0);
+    let errors = report["errorDistribution"].as_object().map_or(0, |errors| {
+        errors.values().filter_map(Value::as_u64).sum::<u64>()
+    });
+    let other_statuses = report["statusCodeDistribution"]
+        .as_object()
+        .map_or(0, |codes| {
+            codes
+                .iter()
+                .filter(|(code, _)| code.as_str() != "200")
+                .filter_map(|(_, count)| count.as_u64())
+                .sum::<u64>()
+        });
+    // Requests cut off by the end of the run are counted as errors by oha; nothing else may fail.
+    ensure!(
+        other_statuses == 0 && errors <= concurrency as u64,
+        "failed reviews: {report}"
+    );
+    let seconds = |key: &str| {
+        report["latencyPercentiles"][key]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    Ok((
+        answered,
+        report["summary"]["requestsPerSec"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        seconds("p50") * 1e3,
+        seconds("p99") * 1e3,
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let oha = std::env::var("LUMIGO_OHA")
+        .context("LUMIGO_OHA must name oha: run the bench through `just`")?;
+    let cp = ControlPlane::start().await?;
+    let client = cp.client()?;
+    install_crd(&client).await;
+    let namespace = cp.create_namespace("load", &[]).await?;
+
+    let (operator, port) = start_operator_with_webhook(
+        &cp,
+        "0.1.0",
+        &[("RUST_LOG", "info,kube=warn")],
+        "127.0.0.1:0",
+    );
+    let pid = operator.id();
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    configurations
+        .create(
+            &PostParams::default(),
+            &webhook_configuration(
+                CONFIGURATION,
+                &WebhookTarget::Url(format!("https://127.0.0.1:{port}")),
+                "default",
+                None,
+            ),
+        )
+        .await?;
+    create_secret(
+        &client,
+        &namespace,
+        "lumigo-credentials",
+        &[("token", TOKEN)],
+    )
+    .await;
+    create_lumigo(
+        &client,
+        &namespace,
+        "lumigo",
+        default_spec("lumigo-credentials"),
+    )
+    .await;
+    eventually("the Lumigo resource to be active", WAIT, || async {
+        let status = lumigo_status(&client, &namespace, "lumigo").await?;
+        (condition(&status, "Active")?["status"] == "True").then_some(())
+    })
+    .await;
+
+    let mut request: Value = serde_json::from_str(&std::fs::read_to_string(FIXTURE)?)?;
+    request["namespace"] = json!(namespace);
+    request["object"]["metadata"]["namespace"] = json!(namespace);
+    let review =
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request});
+    let body = cp.dir().join("review.json");
+    std::fs::write(&body, serde_json::to_vec(&review)?)?;
+    // The answer must carry the injection, or the figures would be those of a pass-through.
+    let ca = eventually("the operator to publish its CA", WAIT, || async {
+        let configuration = configurations.get(CONFIGURATION).await.ok()?;
+        let bundle = configuration
+            .webhooks?
+            .first()?
+            .client_config
+            .ca_bundle
+            .clone()?;
+        String::from_utf8(bundle.0).ok()
+    })
+    .await;
+    let mut client = ReviewClient::connect(([127, 0, 0, 1], port).into(), &ca).await?;
+    let (status, answer) = client.post(Bytes::from(std::fs::read(&body)?)).await?;
+    if status != 200 || answer["response"]["patchType"] != "JSONPatch" {
+        bail!("the webhook did not inject the fixture: {answer}");
+    }
+    println!(
+        "Deployment CREATE AdmissionReview ({} bytes) from oha over keep-alive HTTPS, {MEASURE} per row,",
+        std::fs::metadata(&body)?.len()
+    );
+    println!("to the operator's release binary with its built-in webhook (namespace instrumented)");
+    println!(
+        "{:>11} {:>9} {:>10} {:>8} {:>8} {:>14}",
+        "concurrency", "reviews", "reviews/s", "p50 ms", "p99 ms", "CPU µs/review"
+    );
+    for concurrency in CONCURRENCY {
+        let before = cpu_seconds(pid)?;
+        let (answered, per_second, p50, p99) = load(Path::new(&oha), &url, &body, concurrency)?;
+        let cpu = cpu_seconds(pid)? - before;
+        println!(
+            "{concurrency:>11} {answered:>9} {per_second:>10.0} {p50:>8.2} {p99:>8.2} {:>14.0}",
+            cpu / answered.max(1) as f64 * 1e6
+        );
+    }
+    println!("operator peak RSS: {} MiB", peak_rss_mib(pid)?);
+    Ok(())
+}
