@@ -37,6 +37,9 @@ const APPEAR_WITHIN: Duration = Duration::from_secs(15);
 /// starts, as the Kubernetes event recorder does.
 const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Series remembered for continuing; past this a new one gets an Event of its own each flush, so a
+/// flood of distinct objects cannot grow the table without bound.
+const MAX_SERIES: usize = 4096;
 
 #[derive(Clone)]
 pub(crate) struct AdmittedObject {
@@ -308,14 +311,19 @@ impl SeriesRecorder {
             _ => 0,
         };
         let total = count.saturating_add(meanwhile);
-        self.series().insert(
-            key.clone(),
-            Series::Created {
-                name: name.clone(),
-                count: total,
-                last_seen: now,
-            },
-        );
+        {
+            let mut series = self.series();
+            if series.len() < MAX_SERIES {
+                series.insert(
+                    key.clone(),
+                    Series::Created {
+                        name: name.clone(),
+                        count: total,
+                        last_seen: now,
+                    },
+                );
+            }
+        }
         if meanwhile > 0 {
             self.raise(event, &name, total, Timestamp::now()).await?;
         }
