@@ -211,9 +211,9 @@ impl Reviewer {
             ));
         }
         let kind = WorkloadKind::from_group_kind(&head.kind.group, &head.kind.kind);
-        // The head parsed, so the object is valid JSON.
-        let object: Value = head
-            .object
+        // Only a workload's patch or event needs the object; the head parsed, so it is valid JSON.
+        let object: Value = kind
+            .and(head.object)
             .and_then(|raw| serde_json::from_str(raw.get()).ok())
             .unwrap_or_default();
         if let (Some(mutated), Some(kind)) = (answer.mutated_object, kind) {
