@@ -2,7 +2,9 @@
 //! runs as its own process against a real control plane, with a `Lumigo` resource in the
 //! namespace, and `oha` (built by `tools/oha/build.sh`) POSTs the Deployment CREATE fixture over
 //! many keep-alive HTTPS connections. Prints reviews/s, p50/p99, and the operator's CPU per review
-//! and peak RSS read from /proc. Run: `just operator::bench-admission-load`.
+//! and peak RSS read from /proc; then the same for large and hostile reviews (over the body limit,
+//! a 3 MiB object, one built to explode when parsed), with the peak RSS after each.
+//! Run: `just operator::bench-admission-load`.
 
 #[path = "../tests/admission_support/mod.rs"]
 mod admission_support;
@@ -59,8 +61,25 @@ fn peak_rss_mib(pid: u32) -> Result<u64> {
     Ok(kib / 1024)
 }
 
-/// One `oha` run: (reviews answered 200, reviews/s, p50 ms, p99 ms).
-fn load(oha: &Path, url: &str, body: &Path, concurrency: usize) -> Result<(u64, f64, f64, f64)> {
+/// What one `oha` run measured.
+struct Run {
+    /// Answers by HTTP status.
+    statuses: std::collections::BTreeMap<String, u64>,
+    /// Requests that got no answer (oha counts those cut off by the end of the run here too).
+    errors: u64,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Run {
+    fn count(&self, status: &str) -> u64 {
+        self.statuses.get(status).copied().unwrap_or(0)
+    }
+}
+
+/// `oha` POSTing `body` to `url` from `concurrency` keep-alive connections for `MEASURE`.
+fn load(oha: &Path, url: &str, body: &Path, concurrency: usize) -> Result<Run> {
     let output = Command::new(oha)
         .args(["--no-tui", "--output-format", "json", "--insecure"])
         .args(["-m", "POST", "-T", "application/json"])
@@ -75,39 +94,57 @@ fn load(oha: &Path, url: &str, body: &Path, concurrency: usize) -> Result<(u64, 
         String::from_utf8_lossy(&output.stderr)
     );
     let report: Value = serde_json::from_slice(&output.stdout).context("oha's JSON report")?;
-    let answered = report["statusCodeDistribution"]["200"]
-        .as_u64()
-        .unwrap_or(0);
+    let statuses = report["statusCodeDistribution"]
+        .as_object()
+        .map(|codes| {
+            codes
+                .iter()
+                .filter_map(|(code, count)| Some((code.clone(), count.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
     let errors = report["errorDistribution"].as_object().map_or(0, |errors| {
         errors.values().filter_map(Value::as_u64).sum::<u64>()
     });
-    let other_statuses = report["statusCodeDistribution"]
-        .as_object()
-        .map_or(0, |codes| {
-            codes
-                .iter()
-                .filter(|(code, _)| code.as_str() != "200")
-                .filter_map(|(_, count)| count.as_u64())
-                .sum::<u64>()
-        });
-    // Requests cut off by the end of the run are counted as errors by oha; nothing else may fail.
-    ensure!(
-        other_statuses == 0 && errors <= concurrency as u64,
-        "failed reviews: {report}"
-    );
     let seconds = |key: &str| {
         report["latencyPercentiles"][key]
             .as_f64()
             .unwrap_or(f64::NAN)
     };
-    Ok((
-        answered,
-        report["summary"]["requestsPerSec"]
+    Ok(Run {
+        statuses,
+        errors,
+        per_second: report["summary"]["requestsPerSec"]
             .as_f64()
             .unwrap_or(f64::NAN),
-        seconds("p50") * 1e3,
-        seconds("p99") * 1e3,
-    ))
+        p50_ms: seconds("p50") * 1e3,
+        p99_ms: seconds("p99") * 1e3,
+    })
+}
+
+/// A run in which every review was answered 200 (but those cut off by the run's end).
+fn all_answered(run: Run, concurrency: usize) -> Result<Run> {
+    let other_statuses: u64 = run
+        .statuses
+        .iter()
+        .filter(|(code, _)| code.as_str() != "200")
+        .map(|(_, count)| count)
+        .sum();
+    ensure!(
+        other_statuses == 0 && run.errors <= concurrency as u64,
+        "failed reviews: {:?}, {} errors",
+        run.statuses,
+        run.errors
+    );
+    Ok(run)
+}
+
+/// `review` with its object's first container given `args`, written to `path`.
+fn with_args(review: &Value, args: Value, path: &Path) -> Result<u64> {
+    let mut review = review.clone();
+    review["request"]["object"]["spec"]["template"]["spec"]["containers"][0]["args"] = args;
+    std::fs::write(path, serde_json::to_vec(&review)?)?;
+    Ok(std::fs::metadata(path)?.len())
 }
 
 #[tokio::main]
@@ -194,13 +231,72 @@ async fn main() -> Result<()> {
     );
     for concurrency in CONCURRENCY {
         let before = cpu_seconds(pid)?;
-        let (answered, per_second, p50, p99) = load(Path::new(&oha), &url, &body, concurrency)?;
+        let run = all_answered(
+            load(Path::new(&oha), &url, &body, concurrency)?,
+            concurrency,
+        )?;
+        let answered = run.count("200");
         let cpu = cpu_seconds(pid)? - before;
         println!(
-            "{concurrency:>11} {answered:>9} {per_second:>10.0} {p50:>8.2} {p99:>8.2} {:>14.0}",
+            "{concurrency:>11} {answered:>9} {:>10.0} {:>8.2} {:>8.2} {:>14.0}",
+            run.per_second,
+            run.p50_ms,
+            run.p99_ms,
             cpu / answered.max(1) as f64 * 1e6
         );
     }
     println!("operator peak RSS: {} MiB", peak_rss_mib(pid)?);
+
+    // Large and hostile reviews, in the order of what they cost; the peak RSS after each.
+    println!();
+    println!(
+        "{:<58} {:>11} {:>10} {:>8} {:>22} {:>9}",
+        "large reviews", "concurrency", "reviews/s", "p99 ms", "answers", "peak RSS"
+    );
+    let oversized = cp.dir().join("oversized.json");
+    let large = cp.dir().join("large.json");
+    let explosive = cp.dir().join("explosive.json");
+    let rows = [
+        (
+            format!(
+                "{} MB (over the limit)",
+                with_args(&review, json!(vec!["a"; 3_500_000]), &oversized)? >> 20
+            ),
+            oversized,
+            16,
+        ),
+        (
+            format!(
+                "{} MiB Deployment, one 3 MiB argument (served)",
+                with_args(&review, json!(["x".repeat(3 << 20)]), &large)? >> 20
+            ),
+            large,
+            4,
+        ),
+        (
+            format!(
+                "{} MiB Deployment, 1.6 million one-letter arguments",
+                with_args(&review, json!(vec!["a"; 1_600_000]), &explosive)? >> 20
+            ),
+            explosive,
+            8,
+        ),
+    ];
+    for (what, body, concurrency) in rows {
+        let run = load(Path::new(&oha), &url, &body, concurrency)?;
+        let answers = run
+            .statuses
+            .iter()
+            .map(|(code, count)| format!("{count}×{code}"))
+            .chain((run.errors > 0).then(|| format!("{}×closed", run.errors)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!(
+            "{what:<58} {concurrency:>11} {:>10.1} {:>8.0} {answers:>22} {:>5} MiB",
+            run.per_second,
+            run.p99_ms,
+            peak_rss_mib(pid)?
+        );
+    }
     Ok(())
 }

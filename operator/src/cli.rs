@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lumigo_mutation::config::{DEFAULT_LOGS_ENDPOINT, DEFAULT_TRACES_ENDPOINT};
 
+use crate::admission::AdmissionLimits;
 use crate::settings::OperatorSettings;
 
 #[derive(Parser, Debug)]
@@ -168,7 +169,7 @@ pub struct RunArgs {
     pub leader_election: bool,
     #[arg(long, default_value = "lumigo-operator")]
     pub lease_name: String,
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "LUMIGO_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
     /// Who admits new workloads: the operator itself, or Kubewarden through one AdmissionPolicy
     /// per instrumented namespace.
@@ -215,9 +216,54 @@ pub struct RunArgs {
     /// How long one admission evaluation may run before it is cut off (and admitted unchanged).
     #[arg(long, env = "LUMIGO_EVALUATION_DEADLINE", default_value = "2s", value_parser = parse_duration)]
     pub evaluation_deadline: Duration,
+    #[command(flatten)]
+    pub webhook_limits: WebhookLimitArgs,
+    /// How long the operator waits for the API server's answer to one request (a watch excepted),
+    /// so that a hung connection cannot stall a lease renewal or a reconcile.
+    #[arg(long, env = "LUMIGO_API_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "LUMIGO_PROBE_ADDRESS", default_value = "0.0.0.0:8080")]
     pub probe_address: SocketAddr,
+}
+
+/// The built-in webhook's bounds; see [`AdmissionLimits`] for what each guards against.
+#[derive(Args, Debug, Clone)]
+pub struct WebhookLimitArgs {
+    /// The largest AdmissionReview body read, in bytes; larger ones get 413.
+    #[arg(long, env = "LUMIGO_WEBHOOK_MAX_REQUEST_BYTES", default_value_t = AdmissionLimits::default().max_request_bytes)]
+    pub webhook_max_request_bytes: usize,
+    /// Request bytes held at once (read, queued or evaluated); past it requests wait, then get 503.
+    #[arg(long, env = "LUMIGO_WEBHOOK_MAX_IN_FLIGHT_BYTES", default_value_t = AdmissionLimits::default().max_in_flight_bytes)]
+    pub webhook_max_in_flight_bytes: usize,
+    /// How long a request's headers may take (also how long an idle connection is kept).
+    #[arg(long, env = "LUMIGO_WEBHOOK_HEADER_TIMEOUT", value_parser = parse_duration)]
+    pub webhook_header_timeout: Option<Duration>,
+    /// How long a request may wait for room in the in-flight bytes, and then its body may take.
+    #[arg(long, env = "LUMIGO_WEBHOOK_BODY_TIMEOUT", value_parser = parse_duration)]
+    pub webhook_body_timeout: Option<Duration>,
+    /// Connections open at once; more are closed as they arrive.
+    #[arg(long, env = "LUMIGO_WEBHOOK_MAX_CONNECTIONS", default_value_t = AdmissionLimits::default().max_connections)]
+    pub webhook_max_connections: usize,
+    /// Connections open at once from one client address.
+    #[arg(long, env = "LUMIGO_WEBHOOK_MAX_CONNECTIONS_PER_CLIENT", default_value_t = AdmissionLimits::default().max_connections_per_client)]
+    pub webhook_max_connections_per_client: usize,
+}
+
+impl WebhookLimitArgs {
+    pub fn limits(&self) -> AdmissionLimits {
+        let defaults = AdmissionLimits::default();
+        AdmissionLimits {
+            max_request_bytes: self.webhook_max_request_bytes,
+            max_in_flight_bytes: self.webhook_max_in_flight_bytes,
+            header_timeout: self
+                .webhook_header_timeout
+                .unwrap_or(defaults.header_timeout),
+            body_timeout: self.webhook_body_timeout.unwrap_or(defaults.body_timeout),
+            max_connections: self.webhook_max_connections,
+            max_connections_per_client: self.webhook_max_connections_per_client,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -232,6 +278,9 @@ pub struct UninstallArgs {
     pub namespace: String,
     #[arg(long, default_value = "lumigo-operator")]
     pub lease_name: String,
+    /// How long the command waits for the API server's answer to one request (a watch excepted).
+    #[arg(long, env = "LUMIGO_API_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
 }
 
 /// `500ms`, `15s`, `2m`.
@@ -268,5 +317,36 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn webhook_limits_default_to_the_documented_bounds_and_can_be_set() {
+        let run = |args: &[&str]| match Cli::try_parse_from(
+            ["lumigo-operator", "run"].iter().chain(args),
+        )
+        .unwrap()
+        .command
+        {
+            Command::Run(run) => run.webhook_limits.limits(),
+            _ => unreachable!("the run command was given"),
+        };
+        assert_eq!(run(&[]), AdmissionLimits::default());
+        let set = run(&[
+            "--webhook-max-request-bytes",
+            "1000",
+            "--webhook-header-timeout",
+            "5s",
+            "--webhook-max-connections-per-client",
+            "4",
+        ]);
+        assert_eq!(
+            (
+                set.max_request_bytes,
+                set.header_timeout,
+                set.max_connections_per_client
+            ),
+            (1000, Duration::from_secs(5), 4)
+        );
+        assert_eq!(set.body_timeout, AdmissionLimits::default().body_timeout);
     }
 }

@@ -2,6 +2,8 @@
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("Kubernetes client configuration: {0}")]
+    Config(#[from] kube::config::InferConfigError),
     #[error("building a Kubernetes request: {0}")]
     Request(#[from] kube::core::request::Error),
     #[error("{0}")]

@@ -17,6 +17,7 @@ pub const TRACES_RECEIVED: &str = "LumigoTracesReceived";
 pub const NO_TRACES: &str = "LumigoNoTraces";
 pub const ROLLOUT_HALTED: &str = "LumigoRolloutHalted";
 pub const REMOVAL_INCOMPLETE: &str = "LumigoRemovalIncomplete";
+pub const ADMISSION_UNAVAILABLE: &str = "LumigoAdmissionUnavailable";
 
 pub struct Events {
     recorder: Recorder,
@@ -163,6 +164,7 @@ pub fn action_for(event_reason: &str) -> &'static str {
         "LumigoUpdatedInstrumentation" => "UpdateInstrumentation",
         "LumigoRolledBackInstrumentation" => "RollBackInstrumentation",
         ROLLOUT_HALTED => "RollOut",
+        ADMISSION_UNAVAILABLE => "Admit",
         _ => "Instrument",
     }
 }

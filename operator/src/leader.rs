@@ -79,7 +79,21 @@ impl LeaderElection {
         self.lease_duration / 3
     }
 
+    /// One attempt, given up after a retry period: a request that hangs must not hold the
+    /// renewal past the lease's expiry, when another replica may take over.
     async fn try_acquire_or_renew(&self) -> Result<bool> {
+        tokio::time::timeout(self.retry_period(), self.acquire_or_renew())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout(format!(
+                    "the lease {} was not answered within {:?}",
+                    self.name,
+                    self.retry_period()
+                )))
+            })
+    }
+
+    async fn acquire_or_renew(&self) -> Result<bool> {
         let now = Timestamp::now();
         let Some(mut lease) = self.leases.get_opt(&self.name).await? else {
             let lease = Lease {

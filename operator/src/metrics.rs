@@ -22,6 +22,11 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NamespaceLabel {
     namespace: String,
 }
@@ -36,6 +41,7 @@ pub struct Metrics {
     receiving: Family<NamespaceLabel, Gauge<i64, AtomicI64>>,
     status_writes: Counter,
     admission_events_dropped: Counter,
+    admission_refused: Family<LimitLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -49,6 +55,7 @@ impl Default for Metrics {
         let receiving = Family::default();
         let status_writes = Counter::default();
         let admission_events_dropped = Counter::default();
+        let admission_refused = Family::default();
         registry.register(
             "reconciles",
             "Reconciliations of Lumigo resources",
@@ -89,6 +96,11 @@ impl Default for Metrics {
             "Admission events not recorded: more distinct objects at once than the event queue holds",
             admission_events_dropped.clone(),
         );
+        registry.register(
+            "admission_refused",
+            "Admission connections or requests turned away by a webhook limit, by limit (the apiserver admits their objects unchanged)",
+            admission_refused.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -99,6 +111,7 @@ impl Default for Metrics {
             receiving,
             status_writes,
             admission_events_dropped,
+            admission_refused,
         }
     }
 }
@@ -148,6 +161,15 @@ impl Metrics {
 
     pub fn admission_event_dropped(&self) {
         self.admission_events_dropped.inc();
+    }
+
+    /// A connection or request the webhook turned away because `limit` was reached.
+    pub fn admission_refused(&self, limit: &str) {
+        self.admission_refused
+            .get_or_create(&LimitLabel {
+                limit: limit.into(),
+            })
+            .inc();
     }
 
     pub fn forget_namespace(&self, namespace: &str) {

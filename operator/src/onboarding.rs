@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use crate::crd::{Lumigo, LumigoSpec, LumigoToken, SecretRef};
 use crate::error::Result;
+use crate::settings::ProtectedNamespaces;
 
 /// Label of what the operator created for an install; its value is the install's namespace.
 pub const MANAGED_BY_INSTALL: &str = "operator.lumigo.io/managed-by-install";
@@ -34,8 +35,6 @@ pub const UNINSTALL_STARTED: &str = "operator.lumigo.io/uninstall-started-at";
 pub const MANAGED_SECRET: &str = "lumigo-operator-managed-token";
 pub const MANAGED_LUMIGO: &str = "lumigo";
 const MANAGED_SECRET_KEY: &str = "token";
-/// Never selected, whatever the install says.
-const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 /// Token rotation in the install's Secret is picked up this often (Secrets are not watched).
 const RESYNC: Duration = Duration::from_secs(60);
 
@@ -118,8 +117,7 @@ impl Onboarding {
         deleting: bool,
     ) -> bool {
         if deleting
-            || namespace == self.install_namespace
-            || SYSTEM_NAMESPACES.contains(&namespace)
+            || ProtectedNamespaces::new(&self.install_namespace).contains(namespace)
             || self.excluded.contains(namespace)
         {
             return false;
@@ -148,12 +146,13 @@ pub struct Converged {
 
 /// Keeps the selection converged until the operator stops: on every namespace or `Lumigo`
 /// change, and every minute for token rotation.
-pub async fn run(client: Client, onboarding: Onboarding) {
+/// Requests go through `client`, watches through `watches` (the client without a read timeout).
+pub async fn run(client: Client, watches: Client, onboarding: Onboarding) {
     let namespace_changes = match onboarding.selection {
         // Nothing selected: only what earlier installs created is removed; no Namespace access.
         Selection::None => stream::pending().boxed(),
         _ => watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            Api::<PartialObjectMeta<Namespace>>::all(watches.clone()),
             watcher::Config::default(),
         )
         .default_backoff()
@@ -163,7 +162,7 @@ pub async fn run(client: Client, onboarding: Onboarding) {
     };
     // Status writes are no change here: only a new generation (a resource created, changed or
     // being deleted) or new labels count; a resource gone for good is seen by the resync.
-    let lumigo_changes = crate::reconciler::changed_namespaces::<Lumigo>(&client).map(|_| ());
+    let lumigo_changes = crate::reconciler::changed_namespaces::<Lumigo>(&watches).map(|_| ());
     let ticks = stream::unfold(tokio::time::interval(RESYNC), |mut ticks| async move {
         ticks.tick().await;
         Some(((), ticks))

@@ -25,7 +25,9 @@ use crate::error::{Error, Result};
 use crate::events::{Events, REMOVAL_INCOMPLETE, ROLLOUT_HALTED};
 use crate::metrics::Metrics;
 use crate::rollout::{Desired, RolloutSettings, RolloutSlots, Sweeper};
-use crate::settings::{injection_config, instrumenting, rollout_halted, OperatorSettings};
+use crate::settings::{
+    injection_config, instrumenting, rollout_halted, OperatorSettings, ProtectedNamespaces,
+};
 use crate::status::{next_status, Health, RolloutView};
 use crate::token::check_secret_data;
 use crate::tracing_watch::{self, TracingWatch};
@@ -45,6 +47,8 @@ const LONGEST_RETRY: Duration = Duration::from_secs(300);
 pub struct Context {
     pub client: Client,
     pub operator: OperatorSettings,
+    /// Namespaces never instrumented, whatever their resources say (admission skips them too).
+    pub protected: ProtectedNamespaces,
     pub workloads: WorkloadApi,
     pub events: Events,
     pub metrics: Arc<Metrics>,
@@ -93,7 +97,13 @@ pub fn controller(client: Client, concurrency: u16) -> (Controller<Lumigo>, Stor
 
 /// Runs the controller until the stream ends (on shutdown), with the watch of what is really
 /// traced beside it: the watch asks for a reconcile when a status must show a change.
-pub async fn run(ctx: Arc<Context>, controller: Controller<Lumigo>, store: Store<Lumigo>) {
+/// Watches go through `watches`, the client without a read timeout.
+pub async fn run(
+    ctx: Arc<Context>,
+    controller: Controller<Lumigo>,
+    store: Store<Lumigo>,
+    watches: Client,
+) {
     let (tracing_changes, tracing_requests) = futures::channel::mpsc::unbounded();
     let watch = tokio::spawn(tracing_watch::run(
         ctx.clone(),
@@ -102,7 +112,7 @@ pub async fn run(ctx: Arc<Context>, controller: Controller<Lumigo>, store: Store
     ));
     controller
         .reconcile_on(stream::select(
-            workload_changes(ctx.client.clone(), store).boxed(),
+            workload_changes(watches, store).boxed(),
             tracing_requests.boxed(),
         ))
         .shutdown_on_signal()
@@ -209,6 +219,17 @@ fn retry_delay(failures: u32, jitter: f64) -> Duration {
 
 async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Action> {
     let namespace = lumigo.namespace().ok_or(Error::NotNamespaced)?;
+    if ctx.protected.contains(&namespace) {
+        let health = Health::Failing {
+            reason: "ProtectedNamespace",
+            message: format!(
+                "namespace {namespace} is never instrumented: it belongs to the cluster or to the operator ({}), whose requests the webhook is never sent either; delete this resource",
+                ctx.protected.names().join(", ")
+            ),
+        };
+        write_status(lumigo, ctx, api, &health, None, None).await?;
+        return Ok(Action::await_change());
+    }
     if let Some(first) = earlier_resource_in_namespace(lumigo, api).await? {
         let health = Health::Failing {
             reason: "DuplicateResource",

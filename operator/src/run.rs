@@ -1,8 +1,10 @@
-//! The `run` command: probes first, then leadership, then the controller; it exits when
-//! leadership is lost, so a standby replica takes over from a clean start.
+//! The `run` command: probes first; the built-in webhook on every replica; then leadership and,
+//! on the leader, the controller. It exits when leadership is lost, so that a standby replica
+//! takes over and this one comes back from a clean start.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::Client;
 
@@ -11,15 +13,16 @@ use kube::runtime::events::Reporter;
 use crate::admission::compile::PolicyCompiler;
 use crate::admission::{self, AdmissionOptions, TlsOptions};
 use crate::cli::{AdmissionEngine, RunArgs};
+use crate::crd::InstrumentedResource;
 use crate::error::Result;
-use crate::events::Events;
-use crate::events::CONTROLLER_NAME;
+use crate::events::{Events, ADMISSION_UNAVAILABLE, CONTROLLER_NAME};
 use crate::health::{self, Probes};
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
 use crate::onboarding::{Onboarding, Selection};
 use crate::reconciler::{self, Context};
 use crate::rollout::{limit, RolloutSettings, RolloutSlots};
+use crate::settings::ProtectedNamespaces;
 use crate::telemetry_proxy::{ProxyLocation, ProxyReader};
 use crate::tracing_state::TracingSettings;
 use crate::tracing_watch::TracingWatch;
@@ -28,6 +31,7 @@ use crate::workloads::WorkloadApi;
 pub fn context(
     client: Client,
     injection: &crate::cli::InjectionArgs,
+    operator_namespace: &str,
     instance: Option<String>,
     kubewarden_module: Option<String>,
     tracing: TracingWatch,
@@ -36,6 +40,7 @@ pub fn context(
         tracing,
         client: client.clone(),
         operator: injection.operator_settings(),
+        protected: ProtectedNamespaces::new(operator_namespace),
         workloads: WorkloadApi::new(client.clone()),
         events: Events::new(client, instance),
         metrics: Arc::new(Metrics::default()),
@@ -47,14 +52,30 @@ pub fn context(
     }
 }
 
+/// Two clients of one configuration. A request gets its answer within `timeout`, so a hung
+/// connection cannot stall a lease renewal or a reconcile. A watch is quiet for minutes by
+/// design: it goes through the other client, and the watcher's own idle timeout cuts it off.
+pub async fn api_clients(timeout: Duration) -> Result<(Client, Client)> {
+    let config = kube::Config::infer().await?;
+    let watches = Client::try_from(config.clone())?;
+    let mut bounded = config;
+    bounded.read_timeout = Some(timeout);
+    // From when the request is written, not from when its pooled connection went idle.
+    bounded.reset_reader_on_write = true;
+    Ok((Client::try_from(bounded)?, watches))
+}
+
 /// Runs the operator; `compiler` says where the built-in webhook's policy module is compiled.
+/// Every replica serves admission; the one holding the lease also reconciles. It exits when it
+/// loses the lease, so that it comes back as a standby from a clean start.
 pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
-    let client = Client::try_default().await?;
+    let (client, watches) = api_clients(args.api_timeout).await?;
     let kubewarden_module = (args.admission_engine == AdmissionEngine::Kubewarden)
         .then(|| args.kubewarden_policy_module.clone());
     let ctx = Arc::new(context(
         client.clone(),
         &args.injection,
+        &args.namespace,
         Some(args.identity.clone()),
         kubewarden_module,
         tracing_watch(&args),
@@ -66,6 +87,14 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
     };
     let probe_server = tokio::spawn(health::serve(args.probe_address, probes));
 
+    let admission = async {
+        if args.admission_engine != AdmissionEngine::Builtin {
+            // Kubewarden admits; this replica has nothing to get ready.
+            ready.store(true, Ordering::Relaxed);
+            return std::future::pending().await;
+        }
+        serve_admission(&args, compiler, &ctx, watches.clone(), &ready).await
+    };
     let election = LeaderElection::new(
         client.clone(),
         &args.namespace,
@@ -73,47 +102,100 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
         &args.identity,
         args.lease_duration,
     );
-    if args.leader_election {
-        election.acquire().await?;
-    }
-    let (controller, store) =
-        reconciler::controller(client.clone(), args.injection.rollout.reconcile_concurrency);
-    ready.store(true, Ordering::Relaxed);
-    tracing::info!(version = %args.injection.operator_version, "operator started");
-
-    let admission_metrics = ctx.metrics.clone();
-    let admission = async {
-        if args.admission_engine != AdmissionEngine::Builtin {
-            return std::future::pending().await;
+    let leading = async {
+        if args.leader_election {
+            election.acquire().await?;
         }
-        let options = admission_options(&args, compiler, admission_metrics)?;
-        admission::serve(
-            options,
-            store.clone(),
-            args.injection.operator_settings(),
-            client.clone(),
-        )
-        .await
-        .map_err(|error| crate::Error::Admission(Box::new(error)))
-    };
-    let onboarding = async {
-        match onboarding(&args) {
-            Some(onboarding) => crate::onboarding::run(client.clone(), onboarding).await,
-            None => std::future::pending().await,
+        let (controller, store) = reconciler::controller(
+            watches.clone(),
+            args.injection.rollout.reconcile_concurrency,
+        );
+        tracing::info!(version = %args.injection.operator_version, "operator started");
+        let onboarding = async {
+            match onboarding(&args) {
+                Some(onboarding) => {
+                    crate::onboarding::run(client.clone(), watches.clone(), onboarding).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = reconciler::run(ctx.clone(), controller, store, watches.clone()) => {
+                tracing::info!("controller stopped");
+                Ok(())
+            }
+            () = onboarding => Ok(()),
+            lost = election.hold(), if args.leader_election => Err(lost),
         }
     };
-    let controller_run = reconciler::run(ctx, controller, store.clone());
     tokio::select! {
-        served = admission => served,
-        () = controller_run => {
-            tracing::info!("controller stopped");
-            Ok(())
-        }
-        () = onboarding => Ok(()),
-        lost = election.hold(), if args.leader_election => Err(lost),
+        result = leading => result,
+        never = admission => match never {},
         served = probe_server => {
             served.unwrap_or_else(|join| Err(crate::Error::Serve(std::io::Error::other(join))))
         }
+    }
+}
+
+/// Serves the built-in webhook for as long as the process runs. The replica is ready while the
+/// webhook is bound and can answer. A failure (the policy module, the certificate, the port)
+/// stops only admission: it is logged and recorded as an Event on this replica's Pod, and
+/// retried with a growing pause, while the reconciler goes on (and its rollout still instruments
+/// what admission let through unchanged).
+async fn serve_admission(
+    args: &RunArgs,
+    compiler: PolicyCompiler,
+    ctx: &Context,
+    watches: Client,
+    ready: &AtomicBool,
+) -> std::convert::Infallible {
+    // Its own cache: a standby replica runs no controller, and answers from this one.
+    let lumigos = admission::lumigo_cache(watches);
+    let mut pause = ADMISSION_RETRY_FIRST;
+    loop {
+        let attempt = async {
+            let options = admission_options(args, compiler.clone(), ctx.metrics.clone())?;
+            let server = admission::AdmissionServer::bind(
+                options,
+                lumigos.clone(),
+                args.injection.operator_settings(),
+                ctx.client.clone(),
+            )
+            .await?;
+            ready.store(true, Ordering::Relaxed);
+            pause = ADMISSION_RETRY_FIRST;
+            server.run().await
+        };
+        let error = match attempt.await {
+            Ok(()) => "the webhook stopped serving".to_owned(),
+            Err(error) => error.to_string(),
+        };
+        ready.store(false, Ordering::Relaxed);
+        let note = format!(
+            "the admission webhook is unavailable, new workloads are admitted unchanged (the rollout still instruments them): {error}; retrying in {}s",
+            pause.as_secs()
+        );
+        tracing::error!(%error, retry_in = ?pause, "the admission webhook is unavailable");
+        ctx.events
+            .on_resource(&own_pod(args), ADMISSION_UNAVAILABLE, note)
+            .await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(ADMISSION_RETRY_LONGEST);
+    }
+}
+
+const ADMISSION_RETRY_FIRST: Duration = Duration::from_secs(2);
+const ADMISSION_RETRY_LONGEST: Duration = Duration::from_secs(60);
+
+/// This replica's Pod, which the chart names through `POD_NAME`.
+fn own_pod(args: &RunArgs) -> InstrumentedResource {
+    InstrumentedResource {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: args.identity.clone(),
+        namespace: args.namespace.clone(),
+        uid: String::new(),
+        tracing: None,
     }
 }
 
@@ -171,16 +253,12 @@ fn admission_options(
     args: &RunArgs,
     compiler: PolicyCompiler,
     metrics: Arc<Metrics>,
-) -> Result<AdmissionOptions> {
-    let module = std::fs::read(&args.policy_module).map_err(|source| {
-        crate::Error::Serve(std::io::Error::new(
-            source.kind(),
-            format!(
-                "reading the policy module {}: {source}",
-                args.policy_module.display()
-            ),
-        ))
-    })?;
+) -> admission::Result<AdmissionOptions> {
+    let module =
+        std::fs::read(&args.policy_module).map_err(|source| admission::Error::ReadModule {
+            path: args.policy_module.clone(),
+            source,
+        })?;
     let tls = if args.webhook_loopback {
         TlsOptions::for_loopback(
             &args.namespace,
@@ -207,14 +285,17 @@ fn admission_options(
             instance: Some(args.identity.clone()),
         },
         metrics,
+        limits: args.webhook_limits.limits(),
+        protected: ProtectedNamespaces::new(&args.namespace),
     })
 }
 
 pub async fn uninstall(args: crate::cli::UninstallArgs) -> Result<()> {
-    let client = Client::try_default().await?;
+    let (client, _) = api_clients(args.api_timeout).await?;
     let ctx = context(
         client,
         &args.injection,
+        &args.namespace,
         None,
         None,
         TracingWatch::disabled(),

@@ -4,6 +4,38 @@
 use lumigo_mutation::{InjectionConfig, SecretKeyRef};
 
 use crate::crd::Lumigo;
+use crate::status::ACTIVE;
+
+/// Namespaces nothing is injected into, by the rollout or at admission: the cluster's own, and the
+/// operator's (the webhook configuration does not send their requests, so that a broken webhook can
+/// always be repaired; the rollout honours the same list, so the two never disagree).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectedNamespaces {
+    operator_namespace: String,
+}
+
+impl ProtectedNamespaces {
+    pub const SYSTEM: [&'static str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+    pub fn new(operator_namespace: &str) -> Self {
+        ProtectedNamespaces {
+            operator_namespace: operator_namespace.to_owned(),
+        }
+    }
+
+    pub fn contains(&self, namespace: &str) -> bool {
+        namespace == self.operator_namespace || Self::SYSTEM.contains(&namespace)
+    }
+
+    /// Every protected namespace, for the webhook configuration's namespace selector.
+    pub fn names(&self) -> Vec<String> {
+        Self::SYSTEM
+            .iter()
+            .map(|name| (*name).to_owned())
+            .chain(std::iter::once(self.operator_namespace.clone()))
+            .collect()
+    }
+}
 
 /// What every namespace's injection shares: set once per operator installation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +83,38 @@ pub fn injection_config(lumigo: &Lumigo, operator: &OperatorSettings) -> Option<
     })
 }
 
+/// The settings admission injects with in `namespace`, whose `Lumigo` resources are `lumigos`:
+/// exactly where the rollout injects. Not in a protected namespace; from the resource that
+/// instruments the namespace; only once the reconciler has found its token valid (its `Active`
+/// condition is true; a missing or wrong token makes it false, and the rollout injects nothing
+/// then either); injection enabled; and not while the rollout is halted for these settings.
+pub fn admission_settings<'a>(
+    namespace: &str,
+    lumigos: impl IntoIterator<Item = &'a Lumigo>,
+    operator: &OperatorSettings,
+    protected: &ProtectedNamespaces,
+) -> Option<InjectionConfig> {
+    if protected.contains(namespace) {
+        return None;
+    }
+    let winner = instrumenting(lumigos)?;
+    if !token_verified(winner) {
+        return None;
+    }
+    injection_config(winner, operator).filter(|config| !rollout_halted(winner, config))
+}
+
+/// Whether the reconciler's last verdict on the resource is `Active`: its token Secret exists and
+/// holds a token of the right form.
+fn token_verified(lumigo: &Lumigo) -> bool {
+    lumigo.status.as_ref().is_some_and(|status| {
+        status
+            .conditions
+            .iter()
+            .any(|condition| condition.type_ == ACTIVE && condition.status == "True")
+    })
+}
+
 /// Whether the resource's rollout stopped for exactly these settings and this spec: then
 /// nothing new is injected, at admission or by the rollout, until one of them changes.
 pub fn rollout_halted(lumigo: &Lumigo, config: &InjectionConfig) -> bool {
@@ -93,5 +157,74 @@ mod tests {
             Some("b")
         );
         assert!(instrumenting(&all[2..3]).is_none());
+    }
+
+    fn operator() -> OperatorSettings {
+        OperatorSettings {
+            injector_image: "ghcr.io/lumigo-rs/autotrace:0.1.0".into(),
+            traces_endpoint: "http://proxy:4318/v1/traces".into(),
+            logs_endpoint: "http://proxy:4318/v1/logs".into(),
+            operator_version: "0.1.0".into(),
+        }
+    }
+
+    fn with_active(mut lumigo: Lumigo, status: &str, reason: &str) -> Lumigo {
+        lumigo.status = Some(
+            serde_json::from_value(json!({"conditions": [{
+                "type": "Active", "status": status, "reason": reason, "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"
+            }]}))
+            .unwrap(),
+        );
+        lumigo
+    }
+
+    #[test]
+    fn admission_injects_only_where_the_rollout_does() {
+        let protected = ProtectedNamespaces::new("lumigo-system");
+        let active = with_active(
+            lumigo("a", "2026-01-01T00:00:00Z", false),
+            "True",
+            "Instrumenting",
+        );
+        let settings = |namespace: &str, lumigo: &Lumigo| {
+            admission_settings(namespace, [lumigo], &operator(), &protected)
+        };
+        assert!(settings("shop", &active).is_some());
+        for namespace in [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            "lumigo-system",
+        ] {
+            assert!(
+                settings(namespace, &active).is_none(),
+                "{namespace} is protected"
+            );
+        }
+        let invalid_token = with_active(
+            lumigo("a", "2026-01-01T00:00:00Z", false),
+            "False",
+            "InvalidToken",
+        );
+        assert!(settings("shop", &invalid_token).is_none());
+        let unchecked = lumigo("a", "2026-01-01T00:00:00Z", false);
+        assert!(
+            settings("shop", &unchecked).is_none(),
+            "the token is not checked yet"
+        );
+        let mut disabled = active.clone();
+        disabled.spec.tracing.injection.enabled = false;
+        assert!(settings("shop", &disabled).is_none());
+    }
+
+    #[test]
+    fn the_webhook_selector_lists_every_protected_namespace() {
+        let protected = ProtectedNamespaces::new("ops");
+        for name in protected.names() {
+            assert!(protected.contains(&name));
+        }
+        assert_eq!(protected.names().len(), 4);
+        assert!(!protected.contains("shop"));
     }
 }

@@ -20,9 +20,10 @@ use kube::{Api, Client};
 use lumigo_e2e::ControlPlane;
 use lumigo_mutation::{inspect, WorkloadKind};
 use lumigo_operator::admission::{
-    webhook_configuration, AdmissionServer, TlsOptions, WebhookTarget,
+    webhook_configuration, AdmissionOptions, AdmissionServer, TlsOptions, WebhookTarget,
 };
 use lumigo_operator::crd::Lumigo;
+use lumigo_operator::settings::ProtectedNamespaces;
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
@@ -52,6 +53,7 @@ async fn start_webhook() -> Result<Webhook> {
         ..TlsOptions::for_loopback(&operator_namespace, SECRET, Some(&configuration_name))
     };
     let (bound, port) = tokio::sync::oneshot::channel();
+    let protected = ProtectedNamespaces::new(&operator_namespace);
     std::thread::Builder::new()
         .name("admission-webhook".into())
         .spawn(move || {
@@ -63,7 +65,10 @@ async fn start_webhook() -> Result<Webhook> {
             runtime.block_on(async move {
                 let client = Client::try_from(config).expect("a client for the control plane");
                 let lumigos = watched_lumigos(client.clone());
-                let options = options(tls, policy_module(), Duration::from_secs(1));
+                let options = AdmissionOptions {
+                    protected,
+                    ..options(tls, policy_module(), Duration::from_secs(1))
+                };
                 match AdmissionServer::bind(options, lumigos, operator_settings(), client).await {
                     Ok(server) => {
                         let _ = bound.send(Ok(server.local_addr().port()));
@@ -97,6 +102,7 @@ async fn namespace_with_lumigo(prefix: &str) -> Result<String> {
     Api::<Lumigo>::namespaced(cp.client()?, &namespace)
         .create(&PostParams::default(), &lumigo("lumigo", true))
         .await?;
+    mark_token_verified(&cp.client()?, &namespace, "lumigo").await?;
     wait_until_injecting(&namespace).await?;
     Ok(namespace)
 }
@@ -278,9 +284,28 @@ async fn nothing_changes_without_an_active_lumigo() -> Result<()> {
     Api::<Lumigo>::namespaced(cp.client()?, &inactive)
         .create(&PostParams::default(), &lumigo("lumigo", false))
         .await?;
+    mark_token_verified(&cp.client()?, &inactive, "lumigo").await?;
+    // Enabled, but the reconciler found its token invalid: the rollout injects nothing there, and
+    // neither may admission.
+    let invalid_token = cp.create_namespace("invalid-token", &[]).await?;
+    let lumigos = Api::<Lumigo>::namespaced(cp.client()?, &invalid_token);
+    lumigos
+        .create(&PostParams::default(), &lumigo("lumigo", true))
+        .await?;
+    lumigos
+        .patch_status(
+            "lumigo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [{
+                "type": "Active", "status": "False", "reason": "InvalidToken",
+                "message": "the Secret lumigo-credentials does not exist",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"
+            }]}})),
+        )
+        .await?;
     // The cache sees a resource within a second or so; long after that, it must still be inactive.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for namespace in [&without, &inactive] {
+    for namespace in [&without, &inactive, &invalid_token] {
         for (kind, object) in every_kind("plain") {
             let stored = create(namespace, object).await?;
             ensure!(
@@ -310,6 +335,7 @@ async fn the_operator_namespace_is_not_sent_to_the_webhook() -> Result<()> {
     Api::<Lumigo>::namespaced(cp.client()?, namespace)
         .create(&PostParams::default(), &lumigo("lumigo", true))
         .await?;
+    mark_token_verified(&cp.client()?, namespace, "lumigo").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stored = create(namespace, deployment("operator-itself")).await?;
     ensure!(
@@ -359,6 +385,7 @@ async fn a_job_update_does_not_touch_its_template() -> Result<()> {
     Api::<Lumigo>::namespaced(cp.client()?, &namespace)
         .create(&PostParams::default(), &lumigo("lumigo", true))
         .await?;
+    mark_token_verified(&cp.client()?, &namespace, "lumigo").await?;
     wait_until_injecting(&namespace).await?;
     let jobs = Api::<Job>::namespaced(cp.client()?, &namespace);
     let updated = jobs

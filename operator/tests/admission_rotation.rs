@@ -88,6 +88,7 @@ async fn the_certificate_is_renewed_before_expiry_and_served_without_a_restart()
     Api::<Lumigo>::namespaced(client.clone(), &namespace)
         .create(&PostParams::default(), &lumigo("lumigo", true))
         .await?;
+    mark_token_verified(&client, &namespace, "lumigo").await?;
 
     let configuration_name = format!("lumigo-admission-{operator_namespace}");
     let tls = TlsOptions {

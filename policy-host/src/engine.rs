@@ -16,8 +16,11 @@ use crate::error::{Error, Result};
 /// Instances alive at once; more concurrent evaluations than this fail (and are admitted
 /// unchanged by the caller), so callers bound their concurrency below it.
 const POOLED_INSTANCES: u32 = 128;
-/// A policy evaluation needs a few MiB; this bounds a runaway one.
-const MAX_MEMORY_BYTES: usize = 256 << 20;
+/// A policy evaluation needs a few MiB, and one of a 3 MiB object (the apiserver's limit) a few
+/// times that. This bounds a runaway or hostile one: a request whose parse would not fit fails
+/// (and is admitted unchanged by the caller) instead of growing the host. What the host allocates
+/// for a request is then bounded too, as it parses only what an evaluation that fit returned.
+const MAX_MEMORY_BYTES: usize = 64 << 20;
 /// With fast reset (see `fast_memory_reset`), what an evaluation dirtied (its stack and heap)
 /// stays mapped in a slot that is given back, and only the dirtied pages are found and reset
 /// with memset. Returning them with madvise instead, and faulting them in again on the next

@@ -223,7 +223,14 @@ impl CertificateManager {
     ) -> Result<Self> {
         let secrets = Api::namespaced(client.clone(), &options.secret_namespace);
         let configurations = Api::all(client);
-        let served = current_certificate(&secrets, &options).await?;
+        let served = current_certificate(&secrets, &options)
+            .await
+            .map_err(|error| {
+                Error::Certificate(format!(
+                    "loading or storing the serving certificate in the Secret {}/{}: {error}",
+                    options.secret_namespace, options.secret_name
+                ))
+            })?;
         let resolver = Arc::new(CertificateResolver {
             current: RwLock::new(Arc::new(served.certified_key(&provider)?)),
         });

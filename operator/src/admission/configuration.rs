@@ -9,6 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use kube::api::ObjectMeta;
 use lumigo_mutation::WorkloadKind;
 
+use crate::settings::ProtectedNamespaces;
+
 pub const WEBHOOK_NAME: &str = "injection.operator.lumigo.io";
 pub const MUTATE_PATH: &str = "/mutate";
 
@@ -26,8 +28,8 @@ pub enum WebhookTarget {
 }
 
 /// The configuration for every kind the policy mutates, on CREATE and UPDATE. It never blocks:
-/// failurePolicy Ignore, and a timeout well under the apiserver's own. kube-system and the
-/// operator's namespace are left out so that the operator can always be repaired. `ca_bundle` is
+/// failurePolicy Ignore, and a timeout well under the apiserver's own. The protected namespaces
+/// (the cluster's own and the operator's) are left out so that the operator can always be repaired. `ca_bundle` is
 /// what the operator keeps current; `None` until it publishes one.
 pub fn webhook_configuration(
     name: &str,
@@ -78,7 +80,7 @@ pub fn webhook_configuration(
                 match_expressions: Some(vec![LabelSelectorRequirement {
                     key: "kubernetes.io/metadata.name".into(),
                     operator: "NotIn".into(),
-                    values: Some(vec!["kube-system".into(), operator_namespace.into()]),
+                    values: Some(ProtectedNamespaces::new(operator_namespace).names()),
                 }]),
                 ..Default::default()
             }),
@@ -141,7 +143,9 @@ mod tests {
             (excluded.operator.as_str(), excluded.values.as_deref()),
             (
                 "NotIn",
-                Some(&["kube-system".to_owned(), "ops".to_owned()][..])
+                Some(
+                    &["kube-system", "kube-public", "kube-node-lease", "ops"].map(String::from)[..]
+                )
             )
         );
         assert_eq!(

@@ -19,10 +19,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
 use kube::{Api, Client};
+use lumigo_mutation::WorkloadKind;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::review::{GroupVersionKind, GroupVersionResource};
 use crate::metrics::Metrics;
 
 /// Distinct (object, reason) pairs waiting for the next flush; beyond this, new ones are dropped.
@@ -43,8 +43,7 @@ const MAX_SERIES: usize = 4096;
 
 #[derive(Clone)]
 pub(crate) struct AdmittedObject {
-    pub kind: GroupVersionKind,
-    pub resource: GroupVersionResource,
+    pub kind: WorkloadKind,
     pub namespace: String,
     pub name: String,
     pub uid: Option<String>,
@@ -71,7 +70,7 @@ impl AdmissionEvent {
             reason,
             note: format!(
                 "pod template changed by the Lumigo admission webhook; trigger: {operation} of this {}",
-                object.kind.kind
+                object.kind.name()
             ),
         }
     }
@@ -79,7 +78,7 @@ impl AdmissionEvent {
     pub fn cannot_add(object: &AdmittedObject, warnings: String, operation: &str) -> Self {
         let mut note = format!(
             "{warnings}; trigger: {operation} of this {}",
-            object.kind.kind
+            object.kind.name()
         );
         // The Events API caps the note at 1 kB.
         if note.len() > 1000 {
@@ -100,8 +99,7 @@ impl AdmissionEvent {
     fn key(&self) -> SeriesKey {
         SeriesKey {
             namespace: self.object.namespace.clone(),
-            group: self.object.kind.group.clone(),
-            kind: self.object.kind.kind.clone(),
+            kind: self.object.kind,
             name: self.object.name.clone(),
             reason: self.reason,
         }
@@ -112,8 +110,7 @@ impl AdmissionEvent {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct SeriesKey {
     namespace: String,
-    group: String,
-    kind: String,
+    kind: WorkloadKind,
     name: String,
     reason: &'static str,
 }
@@ -296,7 +293,7 @@ impl SeriesRecorder {
             .insert(key.clone(), Series::Creating { meanwhile: 0 });
         let Some(reference) = self.reference(&event.object).await else {
             self.series().remove(key);
-            tracing::debug!(kind = %event.object.kind.kind, name = %event.object.name, "admitted object never appeared; no event");
+            tracing::debug!(kind = %event.object.kind, name = %event.object.name, "admitted object never appeared, or is not the one the request named; no event");
             return Ok(());
         };
         let created = self.new_event(event, reference, count, now);
@@ -388,18 +385,17 @@ impl SeriesRecorder {
         }
     }
 
+    /// A reference to the object the event is about, once it exists: its uid is read from the
+    /// API, so that a review forged by whoever can reach the webhook cannot attach events to
+    /// objects that do not exist, and one claiming a uid must claim the stored object's.
     async fn reference(&self, object: &AdmittedObject) -> Option<ObjectReference> {
-        let api_version = match object.kind.group.as_str() {
-            "" => object.kind.version.clone(),
-            group => format!("{group}/{}", object.kind.version),
-        };
-        let uid = match object.uid.clone() {
-            Some(uid) => uid,
-            None => uid_once_created(self.client.clone(), object, &api_version).await?,
-        };
+        let uid = stored_uid(self.client.clone(), object).await?;
+        if object.uid.as_ref().is_some_and(|claimed| *claimed != uid) {
+            return None;
+        }
         Some(ObjectReference {
-            api_version: Some(api_version),
-            kind: Some(object.kind.kind.clone()),
+            api_version: Some(object.kind.api_version().into()),
+            kind: Some(object.kind.name().into()),
             namespace: Some(object.namespace.clone()),
             name: Some(object.name.clone()),
             uid: Some(uid),
@@ -408,29 +404,33 @@ impl SeriesRecorder {
     }
 }
 
-async fn uid_once_created(
-    client: Client,
-    object: &AdmittedObject,
-    api_version: &str,
-) -> Option<String> {
+/// The uid of the stored object, waiting up to [`APPEAR_WITHIN`] for one being created.
+async fn stored_uid(client: Client, object: &AdmittedObject) -> Option<String> {
+    let kind = object.kind;
+    let (group, version) = kind
+        .api_version()
+        .rsplit_once('/')
+        .unwrap_or(("", kind.api_version()));
     let resource = ApiResource {
-        group: object.kind.group.clone(),
-        version: object.kind.version.clone(),
-        api_version: api_version.to_owned(),
-        kind: object.kind.kind.clone(),
-        plural: object.resource.resource.clone(),
+        group: group.into(),
+        version: version.into(),
+        api_version: kind.api_version().into(),
+        kind: kind.name().into(),
+        plural: kind.plural().into(),
     };
     let api: Api<DynamicObject> = Api::namespaced_with(client, &object.namespace, &resource);
     let started = Instant::now();
     let mut pause = Duration::from_millis(50);
-    while started.elapsed() < APPEAR_WITHIN {
-        tokio::time::sleep(pause).await;
+    loop {
         if let Ok(Some(found)) = api.get_metadata_opt(&object.name).await {
             return found.metadata.uid;
         }
+        if started.elapsed() >= APPEAR_WITHIN {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));
     }
-    None
 }
 
 #[cfg(test)]
@@ -439,14 +439,7 @@ mod tests {
 
     fn admitted(name: &str) -> AdmittedObject {
         AdmittedObject {
-            kind: GroupVersionKind {
-                group: "apps".into(),
-                version: "v1".into(),
-                kind: "Deployment".into(),
-            },
-            resource: GroupVersionResource {
-                resource: "deployments".into(),
-            },
+            kind: WorkloadKind::Deployment,
             namespace: "shop".into(),
             name: name.into(),
             uid: None,

@@ -4,13 +4,14 @@
 //! the watch cache. It never denies: no settings, a failure or a timeout all admit the object
 //! unchanged, the latter two with a warning.
 //!
-//! Wiring: run a reflector of `Lumigo` (all namespaces) and pass its `Store`; then
-//! `admission::serve(options, store, operator_settings, client).await`.
+//! Wiring: `admission::serve(options, lumigo_cache(client), operator_settings, client).await`.
+//! Every replica serves, from its own cache: the webhook needs no leadership.
 
 mod certificates;
 pub mod compile;
 mod configuration;
 mod events;
+mod limits;
 mod review;
 
 use std::convert::Infallible;
@@ -18,10 +19,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::Store;
 use kube::Client;
@@ -31,16 +32,16 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 pub use configuration::{webhook_configuration, WebhookTarget, MUTATE_PATH, WEBHOOK_NAME};
+pub use limits::AdmissionLimits;
 
 use crate::crd::Lumigo;
 use crate::metrics::Metrics;
-use crate::settings::OperatorSettings;
+use crate::settings::{OperatorSettings, ProtectedNamespaces};
 use certificates::CertificateManager;
 use events::EventSink;
+use limits::{ByteBudget, ConnectionGate};
 use review::{Evaluator, Reviewer};
 
-/// An AdmissionReview carries the object and, on UPDATE, the old one; objects are at most ~3 MiB.
-const MAX_BODY: usize = 16 << 20;
 /// A client that does not finish its TLS handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -56,6 +57,11 @@ pub enum Error {
     Tls(#[from] rustls::Error),
     #[error("loading the policy module: {0}")]
     Module(#[from] lumigo_policy_host::Error),
+    #[error("reading the policy module {}: {source}", path.display())]
+    ReadModule {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("listening on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -82,8 +88,11 @@ pub struct AdmissionOptions {
     pub max_concurrent_evaluations: usize,
     /// Who the admission events say recorded them.
     pub reporter: Reporter,
-    /// Where dropped admission events are counted.
+    /// Where dropped admission events and refused requests are counted.
     pub metrics: Arc<Metrics>,
+    pub limits: AdmissionLimits,
+    /// Namespaces admission never injects into, whatever their resources say.
+    pub protected: ProtectedNamespaces,
 }
 
 /// The serving certificate: where it is kept, whom it names, and the configuration that must trust it.
@@ -156,6 +165,8 @@ pub struct AdmissionServer {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     reviewer: Arc<Reviewer>,
+    limits: AdmissionLimits,
+    metrics: Arc<Metrics>,
     certificates: CertificateManager,
     record_events: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
@@ -196,12 +207,16 @@ impl AdmissionServer {
             .wait_until_ready()
             .await
             .map_err(|_| Error::CacheNotReady)?;
-        let (events, record_events) = EventSink::start(client, options.reporter, options.metrics);
+        let (events, record_events) =
+            EventSink::start(client, options.reporter, options.metrics.clone());
         let reviewer = Reviewer {
             evaluator: Evaluator::new(engine, options.max_concurrent_evaluations, options.deadline),
             lumigos,
             operator,
+            protected: options.protected,
             events,
+            budget: ByteBudget::new(&options.limits),
+            metrics: options.metrics.clone(),
         };
         let listener = TcpListener::bind(options.listen)
             .await
@@ -213,6 +228,8 @@ impl AdmissionServer {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             reviewer: Arc::new(reviewer),
+            limits: options.limits,
+            metrics: options.metrics,
             certificates,
             record_events: Box::pin(record_events),
         })
@@ -230,9 +247,15 @@ impl AdmissionServer {
             listener,
             acceptor,
             reviewer,
+            limits,
+            metrics,
             certificates,
             record_events,
         } = self;
+        let gate = ConnectionGate::new(&limits);
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
         let mut tasks = JoinSet::new();
         tasks.spawn(certificates.run());
         tasks.spawn(record_events);
@@ -248,9 +271,19 @@ impl AdmissionServer {
                     continue;
                 }
             };
+            let slot = match gate.enter(peer.ip()) {
+                Ok(slot) => slot,
+                Err(refused) => {
+                    // Closed at once: the client learns now, not after a timeout.
+                    metrics.admission_refused(refused.limit());
+                    tracing::debug!(%peer, limit = refused.limit(), "admission connection refused");
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, reviewer) = (acceptor.clone(), reviewer.clone());
+            let (acceptor, reviewer, http) = (acceptor.clone(), reviewer.clone(), http.clone());
             tasks.spawn(async move {
+                let _slot = slot;
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(tls)) => tls,
@@ -259,15 +292,26 @@ impl AdmissionServer {
                 };
                 let service =
                     hyper::service::service_fn(move |request| answer(reviewer.clone(), request));
-                if let Err(error) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await
-                {
+                if let Err(error) = http.serve_connection(TokioIo::new(tls), service).await {
                     tracing::debug!(%error, %peer, "admission connection ended with an error");
                 }
             });
         }
     }
+}
+
+/// A cache of every `Lumigo` resource, fed by a watch through `client` on the current runtime.
+pub fn lumigo_cache(client: Client) -> Store<Lumigo> {
+    use futures::StreamExt;
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(kube::Api::<Lumigo>::all(client), watcher::Config::default()),
+    )
+    .default_backoff();
+    tokio::spawn(stream.for_each(|_| async {}));
+    store
 }
 
 /// Binds and serves the webhook; see [`AdmissionServer::bind`].
@@ -293,16 +337,24 @@ async fn answer(
             format!("only POST {MUTATE_PATH} is served"),
         ));
     }
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(error) => {
-            return Ok(plain(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {error}"),
-            ))
+    let declared = hyper::body::Body::size_hint(request.body()).exact();
+    let body = match reviewer.budget.read(declared, request.into_body()).await {
+        Ok(body) => body,
+        Err(refused) => {
+            reviewer.metrics.admission_refused(refused.limit());
+            // Counted, not logged at warn: a client flooding the webhook would flood the log. The
+            // object is admitted unchanged, and the rollout injects it when it sees it.
+            tracing::debug!(error = %refused, "admission request refused");
+            let status = match refused {
+                limits::BodyRefused::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                limits::BodyRefused::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+                limits::BodyRefused::Slow(_) => StatusCode::REQUEST_TIMEOUT,
+                limits::BodyRefused::Unreadable(_) => StatusCode::BAD_REQUEST,
+            };
+            return Ok(plain(status, refused.to_string()));
         }
     };
-    Ok(match reviewer.review(&body).await {
+    Ok(match reviewer.review(&body.bytes).await {
         Ok(response) => {
             let json =
                 serde_json::to_vec(&response.into_review()).expect("an AdmissionReview serializes");

@@ -17,9 +17,11 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::crd::Lumigo;
-use crate::settings::{injection_config, instrumenting, rollout_halted, OperatorSettings};
+use crate::metrics::Metrics;
+use crate::settings::{admission_settings, OperatorSettings, ProtectedNamespaces};
 
 use super::events::{AdmissionEvent, EventSink};
+use super::limits::ByteBudget;
 
 const WARNING_PREFIX: &str = "lumigo";
 /// A request up to this size is evaluated on the runtime thread that read it: its evaluation takes
@@ -44,8 +46,7 @@ struct RequestHead<'a> {
     namespace: String,
     #[serde(default)]
     name: String,
-    kind: GroupVersionKind,
-    resource: GroupVersionResource,
+    kind: GroupKind,
     #[serde(default)]
     operation: String,
     #[serde(borrow, default)]
@@ -54,23 +55,61 @@ struct RequestHead<'a> {
     dry_run: bool,
 }
 
+impl RequestHead<'_> {
+    /// The namespace must be a DNS label, the name (empty when generated) a DNS subdomain.
+    fn check_names(&self) -> Result<(), String> {
+        if !self.namespace.is_empty() && !is_dns_label(&self.namespace) {
+            return Err(format!(
+                "the request's namespace {:?} is not a Kubernetes namespace name",
+                truncated(&self.namespace)
+            ));
+        }
+        if !self.name.is_empty() && !is_dns_subdomain(&self.name) {
+            return Err(format!(
+                "the request's name {:?} is not a Kubernetes object name",
+                truncated(&self.name)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// RFC 1123 label, as namespaces are: at most 63 of `a-z`, `0-9` and `-`, alphanumeric at both
+/// ends.
+fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let alphanumeric = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (1..=63).contains(&bytes.len())
+        && bytes.iter().all(|b| alphanumeric(b) || *b == b'-')
+        && bytes.first().is_some_and(alphanumeric)
+        && bytes.last().is_some_and(alphanumeric)
+}
+
+/// RFC 1123 subdomain, as most object names are: labels joined by dots, at most 253 in all.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
+/// A name quoted in a warning: enough to recognise, never the whole of a hostile one.
+fn truncated(text: &str) -> &str {
+    let mut end = text.len().min(64);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// What is left to read of a request whose head is malformed, to answer it.
 #[derive(Deserialize)]
 struct RequestUid {
     uid: String,
 }
 
-#[derive(Deserialize, Clone)]
-pub(crate) struct GroupVersionKind {
+#[derive(Deserialize)]
+struct GroupKind {
     #[serde(default)]
-    pub group: String,
-    pub version: String,
-    pub kind: String,
-}
-
-#[derive(Deserialize, Clone)]
-pub(crate) struct GroupVersionResource {
-    pub resource: String,
+    group: String,
+    kind: String,
 }
 
 /// Kubewarden's ValidationResponse: only what the host uses.
@@ -112,10 +151,14 @@ impl AdmissionResponse {
     }
 }
 
-/// Evaluates the module on the blocking pool, at most `permits` at a time.
+/// Evaluates the module, at most `permits` at a time, and one large request at a time: what an
+/// evaluation allocates grows with its request (the module's memory up to its limit, then the
+/// host's parse of the object and of the answer), and two large ones at once could take what
+/// the operator's memory limit leaves.
 pub(crate) struct Evaluator {
     engine: Arc<PolicyEngine>,
     permits: Arc<Semaphore>,
+    large: Arc<Semaphore>,
     /// How long a request may wait for a permit: past it the apiserver would give up on us anyway.
     queue_timeout: Duration,
 }
@@ -126,16 +169,24 @@ impl Evaluator {
         Evaluator {
             engine: Arc::new(engine),
             permits: Arc::new(Semaphore::new(permits)),
+            large: Arc::new(Semaphore::new(1)),
             queue_timeout,
         }
     }
 
     async fn validate(&self, payload: Vec<u8>) -> Result<Vec<u8>, String> {
-        let permit = tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| format!("no evaluation slot free within {:?}", self.queue_timeout))?
-            .map_err(|_| "the evaluator is shutting down".to_owned())?;
-        if payload.len() <= INLINE_PAYLOAD {
+        let slot = |permits: Arc<Semaphore>| async move {
+            tokio::time::timeout(self.queue_timeout, permits.acquire_owned())
+                .await
+                .map_err(|_| format!("no evaluation slot free within {:?}", self.queue_timeout))?
+                .map_err(|_| "the evaluator is shutting down".to_owned())
+        };
+        let large = match payload.len() > INLINE_PAYLOAD {
+            true => Some(slot(self.large.clone()).await?),
+            false => None,
+        };
+        let permit = slot(self.permits.clone()).await?;
+        if large.is_none() {
             let _permit = permit;
             return self
                 .engine
@@ -144,7 +195,7 @@ impl Evaluator {
         }
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _permits = (permit, large);
             engine.call("validate", &payload)
         })
         .await
@@ -158,7 +209,10 @@ pub(crate) struct Reviewer {
     pub evaluator: Evaluator,
     pub lumigos: Store<Lumigo>,
     pub operator: OperatorSettings,
+    pub protected: ProtectedNamespaces,
     pub events: EventSink,
+    pub budget: ByteBudget,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a body got no AdmissionReview answer: without a request uid there is nothing to answer.
@@ -180,6 +234,14 @@ impl Reviewer {
                 return Ok(warn(uid, format!("{WARNING_PREFIX}: cannot read the admission request, admitted unchanged: {error}")));
             }
         };
+        if let Err(problem) = head.check_names() {
+            // Anyone who reaches the webhook can send a review; what it names reaches API paths
+            // (the events' lookups), so it must be a Kubernetes name or nothing is done with it.
+            return Ok(warn(
+                head.uid,
+                format!("{WARNING_PREFIX}: {problem}, admitted unchanged"),
+            ));
+        }
         let Some(settings) = self.settings_for(&head.namespace) else {
             return Ok(AdmissionResponse::allowed(head.uid));
         };
@@ -226,7 +288,7 @@ impl Reviewer {
                 );
                 if !head.dry_run {
                     self.events.send(AdmissionEvent::changed(
-                        &head_reference(&head, &mutated),
+                        &admitted_object(&head, kind, &mutated),
                         reason,
                         &head.operation,
                     ));
@@ -234,10 +296,10 @@ impl Reviewer {
             }
         }
         // Events are the webhook's only side effect, and a dry run must have none.
-        if !response.warnings.is_empty() && kind.is_some() && !head.dry_run {
+        if let Some(kind) = kind.filter(|_| !response.warnings.is_empty() && !head.dry_run) {
             let note = response.warnings.join("; ");
             self.events.send(AdmissionEvent::cannot_add(
-                &head_reference(&head, &object),
+                &admitted_object(&head, kind, &object),
                 note,
                 &head.operation,
             ));
@@ -245,8 +307,8 @@ impl Reviewer {
         response
     }
 
-    /// The injection settings of the namespace's `Lumigo` resource, from the watch cache; of
-    /// several, the one the reconciler lets instrument the namespace.
+    /// The injection settings of the namespace's `Lumigo` resource, from the watch cache, by the
+    /// rule the rollout follows too.
     fn settings_for(&self, namespace: &str) -> Option<InjectionConfig> {
         if namespace.is_empty() {
             return None;
@@ -254,8 +316,12 @@ impl Reviewer {
         let in_namespace = self
             .lumigos
             .state_filter(|lumigo| lumigo.metadata.namespace.as_deref() == Some(namespace));
-        let winner = instrumenting(in_namespace.iter().map(|lumigo| lumigo.as_ref()))?;
-        injection_config(winner, &self.operator).filter(|config| !rollout_halted(winner, config))
+        admission_settings(
+            namespace,
+            in_namespace.iter().map(|lumigo| lumigo.as_ref()),
+            &self.operator,
+            &self.protected,
+        )
     }
 }
 
@@ -292,16 +358,29 @@ fn change_reason(before: &Value, after: &Value, kind: WorkloadKind) -> &'static 
     }
 }
 
-fn head_reference(head: &RequestHead, object: &Value) -> super::events::AdmittedObject {
-    let name = object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or(&head.name);
+/// The object an event is about: its kind from the table of workload kinds (never the request's
+/// strings), its namespace and name as checked, and the uid the request claims, which the event
+/// recorder compares with the stored object's.
+fn admitted_object(
+    head: &RequestHead,
+    kind: WorkloadKind,
+    object: &Value,
+) -> super::events::AdmittedObject {
     super::events::AdmittedObject {
-        kind: head.kind.clone(),
-        resource: head.resource.clone(),
+        kind,
         namespace: head.namespace.clone(),
-        name: name.to_owned(),
+        // The head's name was checked. The apiserver leaves it empty only on a CREATE with a
+        // generated name, which has no event; another client may leave it out, and then the
+        // object's is used if it is a name at all.
+        name: match head.name.as_str() {
+            "" => object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .filter(|name| is_dns_subdomain(name))
+                .unwrap_or_default()
+                .to_owned(),
+            name => name.to_owned(),
+        },
         uid: object
             .pointer("/metadata/uid")
             .and_then(Value::as_str)
@@ -320,6 +399,57 @@ mod tests {
             review,
             json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {"uid": "abc", "allowed": true}})
         );
+    }
+
+    #[test]
+    fn names_are_checked_as_kubernetes_checks_them() {
+        for good in ["shop", "a", "team-1", &"x".repeat(63)] {
+            assert!(is_dns_label(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Shop",
+            "-shop",
+            "shop-",
+            "a.b",
+            "../etc",
+            "a/b",
+            "caf\u{e9}",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+        assert!(is_dns_subdomain("api.v2-7d9f"));
+        assert!(!is_dns_subdomain("api..v2"));
+        assert!(!is_dns_subdomain("x/../../secrets"));
+        assert!(!is_dns_subdomain(&format!(
+            "{}.{}",
+            "a".repeat(63),
+            "b".repeat(190)
+        )));
+        let head = |namespace: &str, name: &str| RequestHead {
+            uid: "u".into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            kind: GroupKind {
+                group: "apps".into(),
+                kind: "Deployment".into(),
+            },
+            operation: "CREATE".into(),
+            object: None,
+            dry_run: false,
+        };
+        assert!(
+            head("shop", "").check_names().is_ok(),
+            "a generated name is empty"
+        );
+        let long = "ä".repeat(200);
+        let problem = head(&long, "web").check_names().unwrap_err();
+        assert!(
+            problem.len() < 200,
+            "a hostile name is not echoed whole: {problem}"
+        );
+        assert!(head("shop", "web/../../x").check_names().is_err());
     }
 
     #[test]

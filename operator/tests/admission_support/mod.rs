@@ -19,9 +19,9 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, CustomResourceExt};
 use lumigo_operator::admission::compile::PolicyCompiler;
-use lumigo_operator::admission::{AdmissionOptions, TlsOptions};
+use lumigo_operator::admission::{AdmissionLimits, AdmissionOptions, TlsOptions};
 use lumigo_operator::crd::{Lumigo, LumigoSpec};
-use lumigo_operator::settings::OperatorSettings;
+use lumigo_operator::settings::{OperatorSettings, ProtectedNamespaces};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
@@ -62,8 +62,13 @@ pub fn options(tls: TlsOptions, module: Vec<u8>, deadline: Duration) -> Admissio
         max_concurrent_evaluations: std::thread::available_parallelism().map_or(2, |n| n.get()),
         reporter: reporter(),
         metrics: Default::default(),
+        limits: AdmissionLimits::default(),
+        protected: ProtectedNamespaces::new(OPERATOR_NAMESPACE),
     }
 }
+
+/// The namespace the tests' webhook hosts take as the operator's: never injected.
+pub const OPERATOR_NAMESPACE: &str = "lumigo-system";
 
 pub fn lumigo(name: &str, injection_enabled: bool) -> Lumigo {
     let spec: LumigoSpec = serde_json::from_value(json!({
@@ -72,6 +77,35 @@ pub fn lumigo(name: &str, injection_enabled: bool) -> Lumigo {
     }))
     .expect("a valid Lumigo spec");
     Lumigo::new(name, spec)
+}
+
+/// The status the reconciler writes once it found the resource's token valid: admission injects
+/// only then, as the rollout does.
+pub fn token_verified_status() -> Value {
+    json!({"conditions": [{
+        "type": "Active", "status": "True", "reason": "Instrumenting",
+        "message": "the token is valid", "lastTransitionTime": "2026-01-01T00:00:00Z"
+    }]})
+}
+
+/// `lumigo` as the reconciler leaves it once its token is found valid.
+pub fn verified(mut lumigo: Lumigo) -> Lumigo {
+    lumigo.status = Some(serde_json::from_value(token_verified_status()).expect("a valid status"));
+    lumigo
+}
+
+/// Writes, as the reconciler would, that the resource's token is valid.
+pub async fn mark_token_verified(client: &Client, namespace: &str, name: &str) -> Result<()> {
+    use kube::api::{Patch, PatchParams};
+    Api::<Lumigo>::namespaced(client.clone(), namespace)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": token_verified_status()})),
+        )
+        .await
+        .context("writing the Lumigo resource's status")?;
+    Ok(())
 }
 
 /// The Lumigo CRD, served and established.
@@ -143,7 +177,7 @@ pub async fn start_loopback_host(
             module,
             deadline,
         ),
-        fixed_lumigos(vec![active]),
+        fixed_lumigos(vec![verified(active)]),
         operator_settings(),
         client.clone(),
     )
@@ -170,26 +204,34 @@ pub struct ReviewClient {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
+/// A TLS connection to the webhook, trusting only `ca_pem`, for speaking HTTP by hand.
+pub async fn tls_connect(
+    address: SocketAddr,
+    ca_pem: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(address).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::IpAddress(address.ip().into());
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?)
+}
+
 impl ReviewClient {
     pub async fn connect(address: SocketAddr, ca_pem: &str) -> Result<Self> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, ServerName};
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert?)?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let tcp = TcpStream::connect(address).await?;
-        tcp.set_nodelay(true)?;
-        let name = ServerName::IpAddress(address.ip().into());
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await?;
+        let tls = tls_connect(address, ca_pem).await?;
         let (sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
         tokio::spawn(connection);

@@ -72,12 +72,10 @@ pub fn start_operator_with_webhook(
     let webhook_port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_lumigo-operator"));
     command
-        .args([
-            "run",
-            "--leader-election=false",
-            &format!("--probe-address={probe_address}"),
-        ])
+        .args(["run", &format!("--probe-address={probe_address}")])
         .env("KUBECONFIG", cp.kubeconfig())
+        // One operator per suite unless a suite elects a leader among several (`extra_env`).
+        .env("LUMIGO_LEADER_ELECTION", "false")
         .env("POD_NAMESPACE", "default")
         .env("LUMIGO_POLICY_MODULE", policy_module())
         .env("LUMIGO_WEBHOOK_LOOPBACK", "true")
