@@ -13,22 +13,16 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use admission_support::ReviewClient;
 use anyhow::{bail, ensure, Context, Result};
 use hyper::body::Bytes;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use kube::api::{Api, PostParams};
 use lumigo_e2e::ControlPlane;
-use lumigo_operator::admission::{webhook_configuration, WebhookTarget};
 use serde_json::{json, Value};
 use support::*;
 
 const CONCURRENCY: [usize; 3] = [1, 4, 16];
 const MEASURE: &str = "10s";
-const WAIT: Duration = Duration::from_secs(60);
-const CONFIGURATION: &str = "lumigo-operator";
 const FIXTURE: &str = "../policies/fixtures/deployment-create.json";
 
 /// User plus system CPU time of a process, in seconds.
@@ -46,19 +40,6 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     // SAFETY: a plain query.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks / per_second)
-}
-
-fn peak_rss_mib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .context("VmHWM in /proc status")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kib / 1024)
 }
 
 /// What one `oha` run measured.
@@ -164,37 +145,8 @@ async fn main() -> Result<()> {
     );
     let pid = operator.id();
     let url = format!("https://127.0.0.1:{port}/mutate");
-    let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    configurations
-        .create(
-            &PostParams::default(),
-            &webhook_configuration(
-                CONFIGURATION,
-                &WebhookTarget::Url(format!("https://127.0.0.1:{port}")),
-                "default",
-                None,
-            ),
-        )
-        .await?;
-    create_secret(
-        &client,
-        &namespace,
-        "lumigo-credentials",
-        &[("token", TOKEN)],
-    )
-    .await;
-    create_lumigo(
-        &client,
-        &namespace,
-        "lumigo",
-        default_spec("lumigo-credentials"),
-    )
-    .await;
-    eventually("the Lumigo resource to be active", WAIT, || async {
-        let status = lumigo_status(&client, &namespace, "lumigo").await?;
-        (condition(&status, "Active")?["status"] == "True").then_some(())
-    })
-    .await;
+    let ca = register_loopback_webhook(&client, port).await;
+    active_lumigo(&client, &namespace).await;
 
     let mut request: Value = serde_json::from_str(&std::fs::read_to_string(FIXTURE)?)?;
     request["namespace"] = json!(namespace);
@@ -204,17 +156,6 @@ async fn main() -> Result<()> {
     let body = cp.dir().join("review.json");
     std::fs::write(&body, serde_json::to_vec(&review)?)?;
     // The answer must carry the injection, or the figures would be those of a pass-through.
-    let ca = eventually("the operator to publish its CA", WAIT, || async {
-        let configuration = configurations.get(CONFIGURATION).await.ok()?;
-        let bundle = configuration
-            .webhooks?
-            .first()?
-            .client_config
-            .ca_bundle
-            .clone()?;
-        String::from_utf8(bundle.0).ok()
-    })
-    .await;
     let mut client = ReviewClient::connect(([127, 0, 0, 1], port).into(), &ca).await?;
     let (status, answer) = client.post(Bytes::from(std::fs::read(&body)?)).await?;
     if status != 200 || answer["response"]["patchType"] != "JSONPatch" {
@@ -245,7 +186,7 @@ async fn main() -> Result<()> {
             cpu / answered.max(1) as f64 * 1e6
         );
     }
-    println!("operator peak RSS: {} MiB", peak_rss_mib(pid)?);
+    println!("operator peak RSS: {} MiB", peak_rss_mib(pid));
 
     // Large and hostile reviews, in the order of what they cost; the peak RSS after each.
     println!();
@@ -295,7 +236,7 @@ async fn main() -> Result<()> {
             "{what:<58} {concurrency:>11} {:>10.1} {:>8.0} {answers:>22} {:>5} MiB",
             run.per_second,
             run.p99_ms,
-            peak_rss_mib(pid)?
+            peak_rss_mib(pid)
         );
     }
     Ok(())

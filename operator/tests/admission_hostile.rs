@@ -18,12 +18,10 @@ use std::time::{Duration, Instant};
 use admission_support::{admission_review, deployment, tls_connect, ReviewClient};
 use anyhow::{ensure, Context, Result};
 use hyper::body::Bytes;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::Client;
 use lumigo_e2e::ControlPlane;
-use lumigo_operator::admission::{webhook_configuration, WebhookTarget};
 use serde_json::{json, Value};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,18 +55,8 @@ impl Webhook {
         Ok((status, body["response"].clone()))
     }
 
-    fn peak_rss_mib(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .context("the operator process is gone")?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .context("VmHWM")?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()?;
-        Ok(kib / 1024)
+    fn peak_rss_mib(&self) -> u64 {
+        peak_rss_mib(self.pid)
     }
 
     /// The webhook still injects a plain Deployment, on a new connection.
@@ -118,29 +106,7 @@ async fn hostile_clients_neither_exhaust_nor_crash_the_webhook() -> Result<()> {
         ],
         "127.0.0.1:0",
     );
-    let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    configurations
-        .create(
-            &PostParams::default(),
-            &webhook_configuration(
-                "lumigo-operator",
-                &WebhookTarget::Url(format!("https://127.0.0.1:{port}")),
-                "default",
-                None,
-            ),
-        )
-        .await?;
-    let ca = eventually("the operator to publish its CA", WAIT, || async {
-        let configuration = configurations.get("lumigo-operator").await.ok()?;
-        let bundle = configuration
-            .webhooks?
-            .first()?
-            .client_config
-            .ca_bundle
-            .clone()?;
-        String::from_utf8(bundle.0).ok()
-    })
-    .await;
+    let ca = register_loopback_webhook(&client, port).await;
     active_lumigo(&client, &instrumented).await;
     let webhook = Webhook {
         address: ([127, 0, 0, 1], port).into(),
@@ -149,56 +115,40 @@ async fn hostile_clients_neither_exhaust_nor_crash_the_webhook() -> Result<()> {
         instrumented,
     };
     webhook.still_injects("start").await?;
-    let at_start = webhook.peak_rss_mib()?;
+    let at_start = webhook.peak_rss_mib();
 
     large_and_malformed_bodies(&webhook)
         .await
         .context("large and malformed bodies")?;
     println!(
         "peak RSS after large_and_malformed_bodies: {} MiB",
-        webhook.peak_rss_mib()?
+        webhook.peak_rss_mib()
     );
     slow_and_greedy_clients(&webhook)
         .await
         .context("slow and greedy clients")?;
     println!(
         "peak RSS after slow_and_greedy_clients: {} MiB",
-        webhook.peak_rss_mib()?
+        webhook.peak_rss_mib()
     );
     forged_requests(&webhook, &client)
         .await
         .context("forged requests")?;
     println!(
         "peak RSS after forged_requests: {} MiB",
-        webhook.peak_rss_mib()?
+        webhook.peak_rss_mib()
     );
     namespaces_the_rollout_leaves_alone(&webhook, &cp, &client)
         .await
         .context("namespaces the rollout leaves alone")?;
 
-    let peak = webhook.peak_rss_mib()?;
+    let peak = webhook.peak_rss_mib();
     println!("operator peak RSS: {at_start} MiB after start, {peak} MiB after every hostile phase");
     ensure!(
         peak < MEMORY_LIMIT_MIB,
         "the operator's peak RSS {peak} MiB reached the chart's limit of {MEMORY_LIMIT_MIB} MiB"
     );
     Ok(())
-}
-
-async fn active_lumigo(client: &Client, namespace: &str) {
-    create_secret(client, namespace, "lumigo-credentials", &[("token", TOKEN)]).await;
-    create_lumigo(
-        client,
-        namespace,
-        "lumigo",
-        default_spec("lumigo-credentials"),
-    )
-    .await;
-    eventually("the Lumigo resource to be active", WAIT, || async {
-        let status = lumigo_status(client, namespace, "lumigo").await?;
-        (condition(&status, "Active")?["status"] == "True").then_some(())
-    })
-    .await;
 }
 
 /// A Deployment whose first container carries `args`.
@@ -430,10 +380,7 @@ async fn namespaces_the_rollout_leaves_alone(
     client: &Client,
 ) -> Result<()> {
     // A resource in kube-system is refused by the reconciler, and admission agrees.
-    active_or_refused_lumigo(client, "kube-system").await;
-    let status = lumigo_status(client, "kube-system", "lumigo")
-        .await
-        .context("a status")?;
+    let status = lumigo_with_status(client, "kube-system").await;
     ensure!(
         condition(&status, "Active").context("Active")?["reason"] == "ProtectedNamespace",
         "{status}"
@@ -474,22 +421,4 @@ async fn namespaces_the_rollout_leaves_alone(
         );
     }
     webhook.still_injects("namespaces left alone").await
-}
-
-/// A `Lumigo` resource with a valid token in `namespace`, once the reconciler has given it a
-/// status (active or not).
-async fn active_or_refused_lumigo(client: &Client, namespace: &str) {
-    create_secret(client, namespace, "lumigo-credentials", &[("token", TOKEN)]).await;
-    create_lumigo(
-        client,
-        namespace,
-        "lumigo",
-        default_spec("lumigo-credentials"),
-    )
-    .await;
-    eventually("the Lumigo resource to have a status", WAIT, || async {
-        let status = lumigo_status(client, namespace, "lumigo").await?;
-        condition(&status, "Active").map(drop)
-    })
-    .await;
 }

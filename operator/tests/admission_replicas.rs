@@ -11,14 +11,12 @@ use std::time::{Duration, Instant};
 
 use admission_support::{admission_review, deployment, ReviewClient};
 use anyhow::{ensure, Result};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::Client;
 use lumigo_e2e::{ControlPlane, Process};
 use lumigo_mutation::WorkloadKind;
-use lumigo_operator::admission::{webhook_configuration, WebhookTarget};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -70,50 +68,6 @@ impl Replica {
     }
 }
 
-async fn register_webhook(client: &Client, port: u16) -> Result<String> {
-    let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    configurations
-        .create(
-            &PostParams::default(),
-            &webhook_configuration(
-                "lumigo-operator",
-                &WebhookTarget::Url(format!("https://127.0.0.1:{port}")),
-                "default",
-                None,
-            ),
-        )
-        .await?;
-    Ok(
-        eventually("the operator to publish its CA", WAIT, || async {
-            let configuration = configurations.get("lumigo-operator").await.ok()?;
-            let bundle = configuration
-                .webhooks?
-                .first()?
-                .client_config
-                .ca_bundle
-                .clone()?;
-            String::from_utf8(bundle.0).ok()
-        })
-        .await,
-    )
-}
-
-async fn active_lumigo(client: &Client, namespace: &str) {
-    create_secret(client, namespace, "lumigo-credentials", &[("token", TOKEN)]).await;
-    create_lumigo(
-        client,
-        namespace,
-        "lumigo",
-        default_spec("lumigo-credentials"),
-    )
-    .await;
-    eventually("the Lumigo resource to be active", WAIT, || async {
-        let status = lumigo_status(client, namespace, "lumigo").await?;
-        (condition(&status, "Active")?["status"] == "True").then_some(())
-    })
-    .await;
-}
-
 async fn lease_holder(client: &Client) -> Option<String> {
     Api::<Lease>::namespaced(client.clone(), "default")
         .get_opt("lumigo-operator")
@@ -135,7 +89,7 @@ async fn every_replica_admits_and_the_standby_takes_over_within_the_lease() -> R
     })
     .await;
     let second = replica(&cp, "replica-b", &[("LUMIGO_LEASE_DURATION", &lease)]);
-    let ca = register_webhook(&client, first.webhook_port).await?;
+    let ca = register_loopback_webhook(&client, first.webhook_port).await;
     let namespace = cp.create_namespace("shop", &[]).await?;
     active_lumigo(&client, &namespace).await;
 

@@ -338,3 +338,88 @@ pub fn workload_writes(metrics_url: &str) -> u64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
+
+/// A token Secret and a `Lumigo` resource in `namespace`, once the reconciler has given the
+/// resource a status with an `Active` condition (true, or false with its reason).
+pub async fn lumigo_with_status(client: &Client, namespace: &str) -> Value {
+    create_secret(client, namespace, "lumigo-credentials", &[("token", TOKEN)]).await;
+    create_lumigo(
+        client,
+        namespace,
+        "lumigo",
+        default_spec("lumigo-credentials"),
+    )
+    .await;
+    eventually(
+        "the Lumigo resource to have a status",
+        WAIT_FOR_STATUS,
+        || async {
+            let status = lumigo_status(client, namespace, "lumigo").await?;
+            condition(&status, "Active").is_some().then_some(status)
+        },
+    )
+    .await
+}
+
+/// The same, once the resource is active (its token valid, its namespace not protected).
+pub async fn active_lumigo(client: &Client, namespace: &str) {
+    lumigo_with_status(client, namespace).await;
+    eventually(
+        "the Lumigo resource to be active",
+        WAIT_FOR_STATUS,
+        || async {
+            let status = lumigo_status(client, namespace, "lumigo").await?;
+            (condition(&status, "Active")?["status"] == "True").then_some(())
+        },
+    )
+    .await;
+}
+
+const WAIT_FOR_STATUS: Duration = Duration::from_secs(60);
+
+/// Registers the operator's webhook on `https://127.0.0.1:port` as the configuration the
+/// operator keeps (`lumigo-operator`), and returns the CA the operator publishes into it.
+pub async fn register_loopback_webhook(client: &Client, port: u16) -> String {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use lumigo_operator::admission::{webhook_configuration, WebhookTarget};
+    let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    configurations
+        .create(
+            &PostParams::default(),
+            &webhook_configuration(
+                "lumigo-operator",
+                &WebhookTarget::Url(format!("https://127.0.0.1:{port}")),
+                "default",
+                None,
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the operator to publish its CA",
+        WAIT_FOR_STATUS,
+        || async {
+            let configuration = configurations.get("lumigo-operator").await.ok()?;
+            let bundle = configuration
+                .webhooks?
+                .first()?
+                .client_config
+                .ca_bundle
+                .clone()?;
+            String::from_utf8(bundle.0).ok()
+        },
+    )
+    .await
+}
+
+/// The peak resident memory of process `pid` so far (VmHWM), in MiB.
+pub fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading the status of process {pid}: {e}"));
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib / 1024
+}
