@@ -40,7 +40,7 @@ impl Default for AdmissionLimits {
     fn default() -> Self {
         AdmissionLimits {
             max_request_bytes: 7 << 20,
-            max_in_flight_bytes: 32 << 20,
+            max_in_flight_bytes: 16 << 20,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(10),
             max_connections: 512,
