@@ -150,6 +150,10 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
         vec!["update", "leases", "-n", &app_ns],
         vec!["create", "secrets", "-n", &app_ns],
         vec!["update", "mutatingwebhookconfigurations/someone-elses"],
+        vec!["patch", "mutatingwebhookconfigurations/lumigo-operator"],
+        vec!["update", "validatingwebhookconfigurations/someone-elses"],
+        vec!["update", "validatingadmissionpolicies/someone-elses"],
+        vec!["update", "lumigoes", "-n", &app_ns],
         vec!["create", "clusterroles"],
         vec![
             "create",
@@ -163,6 +167,14 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
             "the operator's identity may {denied:?}"
         );
     }
+    assert!(
+        can_i(
+            &cp,
+            &kubeconfig,
+            &["update", "mutatingwebhookconfigurations/lumigo-operator"]
+        ),
+        "the caBundle of its own webhook configuration"
+    );
     // And a real request is refused by the apiserver.
     let output = run(Command::new(cp.kubectl_path())
         .arg("--kubeconfig")
@@ -374,6 +386,22 @@ async fn the_kubewarden_engine_runs_under_the_charts_rbac_for_that_engine() {
         &kubeconfig,
         &["create", "clusteradmissionpolicies.policies.kubewarden.io"]
     ));
+    // Server-side apply and delete are all it does with them: it never reads them back.
+    for verb in ["get", "list", "watch", "update"] {
+        assert!(
+            !can_i(
+                &cp,
+                &kubeconfig,
+                &[
+                    verb,
+                    "admissionpolicies.policies.kubewarden.io",
+                    "-n",
+                    &app_ns
+                ]
+            ),
+            "{verb} admissionpolicies"
+        );
+    }
     assert!(
         !can_i(&cp, &kubeconfig, &["create", "secrets", "-n", &release_ns]),
         "no certificate Secret with kubewarden"
