@@ -1,7 +1,8 @@
 //! The Helm chart: `helm lint` is clean, both admission engines render, the real apiserver accepts
 //! every rendered object (server-side dry run), the webhook the chart registers is the operator's
-//! own definition, the containers are hardened, values.yaml is documented key by key, and the
-//! Artifact Hub metadata (Chart.yaml annotations, artifacthub-pkg.yml) follows Artifact Hub's schema.
+//! own definition, the containers are hardened, the admission guard names the operator's identity,
+//! values.yaml is documented key by key, and the Artifact Hub metadata (Chart.yaml annotations,
+//! artifacthub-pkg.yml) follows Artifact Hub's schema.
 
 mod chart_support;
 
@@ -428,6 +429,127 @@ fn the_proxy_counts_spans_where_the_operator_reads_them() {
         let env = operator["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
         assert!(!env.contains("LUMIGO_TELEMETRY_PROXY_SELECTOR"), "{off}");
     }
+}
+
+// ---- The admission guard ------------------------------------------------------------------------
+
+/// The admission guard names the chart's own ServiceAccount and the protected namespaces (with the
+/// release namespace), and goes away when switched off. operator/tests/rbac.rs sends it requests.
+#[test]
+fn the_admission_guard_names_the_operators_identity_and_the_protected_namespaces() {
+    let docs = documents(&render("shop-ops", &["--set", "fullnameOverride=tracing"]));
+    let policy = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "tracing-protected-namespaces",
+    );
+    let binding = find(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "tracing-protected-namespaces",
+    );
+    assert_eq!(
+        binding["spec"]["policyName"],
+        "tracing-protected-namespaces"
+    );
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        r#"request.userInfo.username == "system:serviceaccount:shop-ops:tracing""#
+    );
+    let service_account = find(&docs, "ServiceAccount", "tracing");
+    assert_eq!(service_account["metadata"]["namespace"], "shop-ops");
+    assert_eq!(
+        policy["spec"]["variables"][0]["expression"],
+        r#"["kube-system","kube-public","kube-node-lease","shop-ops"]"#
+    );
+    let resources: BTreeSet<&str> = policy["spec"]["matchConstraints"]["resourceRules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| {
+            assert_eq!(rule["operations"], json!(["CREATE", "UPDATE", "DELETE"]));
+            rule["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap())
+        })
+        .collect();
+    for kind in [
+        "pods",
+        "replicationcontrollers",
+        "deployments",
+        "daemonsets",
+        "statefulsets",
+        "replicasets",
+        "jobs",
+        "cronjobs",
+    ] {
+        assert!(
+            resources.contains(kind) && resources.contains(format!("{kind}/*").as_str()),
+            "{kind}"
+        );
+    }
+
+    // The webhook configuration: only its own, by name, only the caBundle; none with kubewarden.
+    let webhook = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "tracing-webhook-ca-only",
+    );
+    assert_eq!(
+        webhook["spec"]["matchConstraints"]["resourceRules"][0]["resourceNames"],
+        json!(["tracing"])
+    );
+    assert_eq!(
+        webhook["spec"]["matchConditions"],
+        policy["spec"]["matchConditions"]
+    );
+    find(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "tracing-webhook-ca-only",
+    );
+    let kubewarden = documents(&render(
+        "shop-ops",
+        &["--set", "admission.engine=kubewarden"],
+    ));
+    assert!(kubewarden.iter().all(|d| !d["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .ends_with("webhook-ca-only")));
+    find(
+        &kubewarden,
+        "ValidatingAdmissionPolicy",
+        "lumigo-operator-protected-namespaces",
+    );
+
+    let docs = documents(&render(
+        "lumigo-system",
+        &[
+            "--set-json",
+            r#"protectedNamespaces.namespaces=["kube-system","lumigo-system"]"#,
+        ],
+    ));
+    let policy = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "lumigo-operator-protected-namespaces",
+    );
+    assert_eq!(
+        policy["spec"]["variables"][0]["expression"], r#"["kube-system","lumigo-system"]"#,
+        "the release namespace once"
+    );
+    let docs = documents(&render(
+        "lumigo-system",
+        &["--set", "protectedNamespaces.enabled=false"],
+    ));
+    assert!(docs.iter().all(|d| !d["kind"]
+        .as_str()
+        .unwrap()
+        .starts_with("ValidatingAdmissionPolicy")));
 }
 
 /// The token given at install is rendered in one Secret of the release namespace and nowhere else
