@@ -1,7 +1,9 @@
 //! The Helm chart: `helm lint` is clean, both admission engines render, the real apiserver accepts
 //! every rendered object (server-side dry run), the webhook the chart registers is the operator's
-//! own definition, the containers are hardened, values.yaml is documented key by key, and the
-//! Artifact Hub metadata (Chart.yaml annotations, artifacthub-pkg.yml) follows Artifact Hub's schema.
+//! own definition, the containers are hardened, the NetworkPolicies admit each port only from who
+//! needs it, the admission guard names the operator's identity, values.yaml is documented key by
+//! key, and the Artifact Hub metadata (Chart.yaml annotations, artifacthub-pkg.yml) follows Artifact
+//! Hub's schema.
 
 mod chart_support;
 
@@ -428,6 +430,353 @@ fn the_proxy_counts_spans_where_the_operator_reads_them() {
         let env = operator["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
         assert!(!env.contains("LUMIGO_TELEMETRY_PROXY_SELECTOR"), "{off}");
     }
+}
+
+// ---- NetworkPolicies and the admission guard ----------------------------------------------------
+
+/// The ports a NetworkPolicy rule admits (by name) and its peers (`None`: any source).
+fn ingress_rules(policy: &Value) -> Vec<(Vec<String>, Option<Value>)> {
+    policy["spec"]["ingress"]
+        .as_array()
+        .unwrap_or_else(|| panic!("ingress is a list: {policy}"))
+        .iter()
+        .map(|rule| {
+            let ports = rule["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    assert_eq!(p["protocol"], "TCP");
+                    p["port"].as_str().unwrap().to_owned()
+                })
+                .collect();
+            (ports, rule.get("from").cloned())
+        })
+        .collect()
+}
+
+fn container_port_names(deployment: &Value) -> BTreeSet<String> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn pod_labels(deployment: &Value) -> Value {
+    deployment["spec"]["template"]["metadata"]["labels"].clone()
+}
+
+/// `selector` (matchLabels) selects pods labelled `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    selector["matchLabels"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .all(|(key, value)| &labels[key] == value)
+}
+
+const PROMETHEUS: &str = r#"[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}},"podSelector":{"matchLabels":{"app.kubernetes.io/name":"prometheus"}}}]"#;
+
+/// Each listening port of the chart's pods admits only who needs it: the webhook any source (the
+/// apiserver's addresses are not selectable), the operator's metrics only configured scrapers, the
+/// proxy's OTLP port every pod, its span counts the operator's pods and configured scrapers; the
+/// probes' ports are left to the kubelet (host traffic), and egress is not restricted.
+#[test]
+fn network_policies_admit_each_port_only_from_who_needs_it() {
+    let docs = documents(&render("lumigo-system", &[]));
+    let operator = find(&docs, "Deployment", "lumigo-operator");
+    let proxy = find(&docs, "Deployment", "lumigo-operator-telemetry-proxy");
+    let policy = find(&docs, "NetworkPolicy", "lumigo-operator");
+    let proxy_policy = find(&docs, "NetworkPolicy", "lumigo-operator-telemetry-proxy");
+    for (policy, pods) in [(policy, operator), (proxy_policy, proxy)] {
+        assert_eq!(policy["metadata"]["namespace"], "lumigo-system");
+        assert_eq!(
+            policy["spec"]["policyTypes"],
+            json!(["Ingress"]),
+            "egress stays open"
+        );
+        assert!(policy["spec"].get("egress").is_none());
+        assert!(selects(&policy["spec"]["podSelector"], &pod_labels(pods)));
+        // Every port a rule names is a container port of the pods it selects.
+        let names = container_port_names(pods);
+        for (ports, _) in ingress_rules(policy) {
+            assert!(
+                ports.iter().all(|p| names.contains(p)),
+                "{ports:?} in {names:?}"
+            );
+        }
+    }
+    // The operator and its proxy select each other's pods not.
+    assert!(!selects(&policy["spec"]["podSelector"], &pod_labels(proxy)));
+    assert!(!selects(
+        &proxy_policy["spec"]["podSelector"],
+        &pod_labels(operator)
+    ));
+
+    assert_eq!(
+        ingress_rules(policy),
+        vec![(vec!["webhook".to_owned()], None)],
+        "the webhook from anywhere, and nothing else (metrics: no scraper by default)"
+    );
+    let proxy_rules = ingress_rules(proxy_policy);
+    assert_eq!(
+        proxy_rules[0],
+        (
+            vec!["otlp-http".to_owned()],
+            Some(json!([{"namespaceSelector": {}}]))
+        ),
+        "OTLP from every pod of every namespace"
+    );
+    assert_eq!(proxy_rules[1].0, vec!["span-counts".to_owned()]);
+    let readers = proxy_rules[1].1.clone().unwrap();
+    assert_eq!(readers.as_array().unwrap().len(), 1, "{readers}");
+    assert!(
+        readers[0].get("namespaceSelector").is_none(),
+        "the release namespace only"
+    );
+    assert!(selects(&readers[0]["podSelector"], &pod_labels(operator)));
+    assert_eq!(proxy_rules.len(), 2, "health (the probes) is not opened");
+
+    // Configured scrapers, and the kubewarden engine (no webhook port).
+    let docs = documents(&render(
+        "lumigo-system",
+        &[
+            "--set",
+            "admission.engine=kubewarden",
+            "--set-json",
+            &format!("networkPolicy.metricsFrom={PROMETHEUS}"),
+            "--set-json",
+            &format!("networkPolicy.telemetryProxy.metricsFrom={PROMETHEUS}"),
+            "--set-json",
+            "networkPolicy.telemetryProxy.otlpFrom=[]",
+        ],
+    ));
+    let prometheus: Value = serde_json::from_str(PROMETHEUS).unwrap();
+    assert_eq!(
+        ingress_rules(find(&docs, "NetworkPolicy", "lumigo-operator")),
+        vec![(vec!["http-metrics".to_owned()], Some(prometheus.clone()))]
+    );
+    let proxy_rules = ingress_rules(find(
+        &docs,
+        "NetworkPolicy",
+        "lumigo-operator-telemetry-proxy",
+    ));
+    assert_eq!(
+        proxy_rules[0],
+        (vec!["otlp-http".to_owned()], None),
+        "otlpFrom=[]: any source"
+    );
+    assert_eq!(proxy_rules[1].1.as_ref().unwrap()[1], prometheus[0]);
+    let docs = documents(&render(
+        "lumigo-system",
+        &["--set", "admission.engine=kubewarden"],
+    ));
+    assert_eq!(
+        find(&docs, "NetworkPolicy", "lumigo-operator")["spec"]["ingress"],
+        json!([]),
+        "nothing but the kubelet reaches the operator"
+    );
+
+    // Span counts off: no rule for a port that does not exist.
+    let docs = documents(&render(
+        "lumigo-system",
+        &["--set", "tracingVerification.enabled=false"],
+    ));
+    let proxy_rules = ingress_rules(find(
+        &docs,
+        "NetworkPolicy",
+        "lumigo-operator-telemetry-proxy",
+    ));
+    assert_eq!(proxy_rules.len(), 1);
+    // Switched off, or no proxy.
+    let docs = documents(&render(
+        "lumigo-system",
+        &["--set", "networkPolicy.enabled=false"],
+    ));
+    assert!(docs.iter().all(|d| d["kind"] != "NetworkPolicy"));
+    let docs = documents(&render(
+        "lumigo-system",
+        &["--set", "telemetryProxy.enabled=false"],
+    ));
+    let policies: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "NetworkPolicy")
+        .collect();
+    assert_eq!(policies.len(), 1);
+    assert_eq!(policies[0]["metadata"]["name"], "lumigo-operator");
+}
+
+/// The rendered NetworkPolicies installed (not a dry run) on the real apiserver, read back as it
+/// stores them. The e2e node's CNI (Debian's bridge plugins) does not enforce NetworkPolicy, so no
+/// test sends traffic through them: what is proven is that the apiserver accepts them as rendered
+/// (named ports, peers) and keeps the rules unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_apiserver_stores_the_network_policies_as_rendered() {
+    let cp = ControlPlane::shared().await.unwrap();
+    for args in [
+        vec![],
+        vec![
+            "--set-json".to_owned(),
+            format!("networkPolicy.metricsFrom={PROMETHEUS}"),
+            "--set-json".to_owned(),
+            format!("networkPolicy.telemetryProxy.metricsFrom={PROMETHEUS}"),
+        ],
+        vec!["--set".to_owned(), "admission.engine=kubewarden".to_owned()],
+    ] {
+        let namespace = cp.create_namespace("lumigo-netpol", &[]).await.unwrap();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let docs = documents(&render(&namespace, &args));
+        let policies: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "NetworkPolicy")
+            .collect();
+        assert_eq!(policies.len(), 2, "{args:?}");
+        let output = run_with_stdin(cp.kubectl().args(["apply", "-f", "-"]), &to_yaml(&policies));
+        assert!(output.status.success(), "{args:?}: {}", text(&output));
+        for policy in policies {
+            let name = policy["metadata"]["name"].as_str().unwrap();
+            let output = run(cp.kubectl().args([
+                "get",
+                "networkpolicy",
+                name,
+                "-n",
+                &namespace,
+                "-o",
+                "json",
+            ]));
+            assert!(output.status.success(), "{}", text(&output));
+            let stored: Value = serde_json::from_slice(&output.stdout).unwrap();
+            assert_eq!(stored["spec"]["podSelector"], policy["spec"]["podSelector"]);
+            assert_eq!(stored["spec"]["policyTypes"], policy["spec"]["policyTypes"]);
+            // An empty ingress list is stored as no list: both mean nothing is admitted.
+            let rules = |p: &Value| match &p["spec"]["ingress"] {
+                Value::Null => json!([]),
+                rules => rules.clone(),
+            };
+            assert_eq!(rules(&stored), rules(policy), "{args:?}: {name}");
+        }
+    }
+}
+
+/// The admission guard names the chart's own ServiceAccount and the protected namespaces (with the
+/// release namespace), and goes away when switched off. operator/tests/rbac.rs sends it requests.
+#[test]
+fn the_admission_guard_names_the_operators_identity_and_the_protected_namespaces() {
+    let docs = documents(&render("shop-ops", &["--set", "fullnameOverride=tracing"]));
+    let policy = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "tracing-protected-namespaces",
+    );
+    let binding = find(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "tracing-protected-namespaces",
+    );
+    assert_eq!(
+        binding["spec"]["policyName"],
+        "tracing-protected-namespaces"
+    );
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        r#"request.userInfo.username == "system:serviceaccount:shop-ops:tracing""#
+    );
+    let service_account = find(&docs, "ServiceAccount", "tracing");
+    assert_eq!(service_account["metadata"]["namespace"], "shop-ops");
+    assert_eq!(
+        policy["spec"]["variables"][0]["expression"],
+        r#"["kube-system","kube-public","kube-node-lease","shop-ops"]"#
+    );
+    let resources: BTreeSet<&str> = policy["spec"]["matchConstraints"]["resourceRules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| {
+            assert_eq!(rule["operations"], json!(["CREATE", "UPDATE", "DELETE"]));
+            rule["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap())
+        })
+        .collect();
+    for kind in [
+        "pods",
+        "replicationcontrollers",
+        "deployments",
+        "daemonsets",
+        "statefulsets",
+        "replicasets",
+        "jobs",
+        "cronjobs",
+    ] {
+        assert!(
+            resources.contains(kind) && resources.contains(format!("{kind}/*").as_str()),
+            "{kind}"
+        );
+    }
+
+    // The webhook configuration: only its own, by name, only the caBundle; none with kubewarden.
+    let webhook = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "tracing-webhook-ca-only",
+    );
+    assert_eq!(
+        webhook["spec"]["matchConstraints"]["resourceRules"][0]["resourceNames"],
+        json!(["tracing"])
+    );
+    assert_eq!(
+        webhook["spec"]["matchConditions"],
+        policy["spec"]["matchConditions"]
+    );
+    find(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "tracing-webhook-ca-only",
+    );
+    let kubewarden = documents(&render(
+        "shop-ops",
+        &["--set", "admission.engine=kubewarden"],
+    ));
+    assert!(kubewarden.iter().all(|d| !d["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .ends_with("webhook-ca-only")));
+    find(
+        &kubewarden,
+        "ValidatingAdmissionPolicy",
+        "lumigo-operator-protected-namespaces",
+    );
+
+    let docs = documents(&render(
+        "lumigo-system",
+        &[
+            "--set-json",
+            r#"protectedNamespaces.namespaces=["kube-system","lumigo-system"]"#,
+        ],
+    ));
+    let policy = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "lumigo-operator-protected-namespaces",
+    );
+    assert_eq!(
+        policy["spec"]["variables"][0]["expression"], r#"["kube-system","lumigo-system"]"#,
+        "the release namespace once"
+    );
+    let docs = documents(&render(
+        "lumigo-system",
+        &["--set", "protectedNamespaces.enabled=false"],
+    ));
+    assert!(docs.iter().all(|d| !d["kind"]
+        .as_str()
+        .unwrap()
+        .starts_with("ValidatingAdmissionPolicy")));
 }
 
 /// The token given at install is rendered in one Secret of the release namespace and nowhere else

@@ -3,17 +3,22 @@
 //! ServiceAccount (TokenRequest), and the operator binary runs under that identity through a
 //! Lumigo lifecycle (rollout, events, status, leader lease, removal) and then `uninstall` (what the
 //! pre-delete hook runs). Its log holds no "forbidden"; requests it has no business making are denied.
+//! What RBAC cannot refuse, the chart's ValidatingAdmissionPolicies do: with the same identity,
+//! writes to workloads of protected namespaces, changes to its own webhook configuration other than
+//! the caBundle, and (RBAC) writes to other webhook configurations are sent and refused, while the
+//! very same requests succeed as admin (or in a namespace that is not protected).
 
 mod chart_support;
 mod support;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use base64::Engine;
 use chart_support::*;
-use kube::api::{Api, DeleteParams};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use lumigo_e2e::{ControlPlane, Process};
 use lumigo_mutation::WorkloadKind;
 use lumigo_operator::crd::Lumigo;
@@ -79,8 +84,9 @@ fn assert_not_forbidden(log: &Path) {
     );
 }
 
-/// Installs the chart's operator identity (rendered with `args`, full name `name`) and returns a
-/// kubeconfig that authenticates as its ServiceAccount.
+/// Installs the chart's operator identity (rendered with `args`, full name `name`) with the
+/// admission policy that guards it, and returns a kubeconfig that authenticates as its
+/// ServiceAccount.
 fn install_identity(
     cp: &ControlPlane,
     release_ns: &str,
@@ -88,25 +94,41 @@ fn install_identity(
     args: &[&str],
 ) -> std::path::PathBuf {
     let docs = documents(&render(release_ns, args));
-    let identity: Vec<&Value> = docs
-        .iter()
-        .filter(|d| {
-            [
-                "ServiceAccount",
-                "ClusterRole",
-                "ClusterRoleBinding",
-                "Role",
-                "RoleBinding",
-            ]
-            .contains(&d["kind"].as_str().unwrap())
-                && d["metadata"]["name"] == name
-        })
-        .collect();
+    let is_identity = |d: &Value| {
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        ]
+        .contains(&d["kind"].as_str().unwrap())
+            && d["metadata"]["name"] == name
+    };
+    let is_guard = |d: &Value| {
+        d["kind"]
+            .as_str()
+            .unwrap()
+            .starts_with("ValidatingAdmissionPolicy")
+            && d["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{name}-"))
+    };
+    let identity: Vec<&Value> = docs.iter().filter(|d| is_identity(d)).collect();
     assert_eq!(
         identity.len(),
         5,
         "ServiceAccount, ClusterRole, ClusterRoleBinding, Role, RoleBinding"
     );
+    let guard: Vec<&Value> = docs.iter().filter(|d| is_guard(d)).collect();
+    assert!(
+        guard
+            .iter()
+            .any(|d| d["metadata"]["name"] == format!("{name}-protected-namespaces")),
+        "the protected namespaces' policy"
+    );
+    let identity: Vec<&Value> = identity.into_iter().chain(guard).collect();
     let output = run_with_stdin(cp.kubectl().args(["apply", "-f", "-"]), &to_yaml(&identity));
     assert!(output.status.success(), "{}", text(&output));
 
@@ -150,6 +172,17 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
         vec!["update", "leases", "-n", &app_ns],
         vec!["create", "secrets", "-n", &app_ns],
         vec!["update", "mutatingwebhookconfigurations/someone-elses"],
+        vec!["patch", "mutatingwebhookconfigurations/lumigo-operator"],
+        vec!["update", "validatingwebhookconfigurations/someone-elses"],
+        vec![
+            "delete",
+            "validatingadmissionpolicybindings/lumigo-operator-protected-namespaces",
+        ],
+        vec![
+            "update",
+            "validatingadmissionpolicies/lumigo-operator-protected-namespaces",
+        ],
+        vec!["update", "lumigoes", "-n", &app_ns],
         vec!["create", "clusterroles"],
         vec![
             "create",
@@ -163,6 +196,14 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
             "the operator's identity may {denied:?}"
         );
     }
+    assert!(
+        can_i(
+            &cp,
+            &kubeconfig,
+            &["update", "mutatingwebhookconfigurations/lumigo-operator"]
+        ),
+        "the caBundle of its own webhook configuration"
+    );
     // And a real request is refused by the apiserver.
     let output = run(Command::new(cp.kubectl_path())
         .arg("--kubeconfig")
@@ -196,6 +237,20 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
     )
     .await;
     let before = spec_bytes(&client, &app_ns, WorkloadKind::Deployment, "deployment").await;
+    // The chart's webhook configuration, whose caBundle the operator publishes under the
+    // admission policy that lets it change nothing else. Its webhook selects no object: no Service
+    // serves it here, and the other tests' admissions need not try.
+    let mut webhooks = documents(&render(&release_ns, &[]))
+        .into_iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .unwrap();
+    webhooks["webhooks"][0]["objectSelector"] =
+        serde_json::json!({"matchLabels": {"rbac-test.lumigo.io/never": "true"}});
+    let output = run_with_stdin(
+        cp.kubectl().args(["apply", "-f", "-"]),
+        &to_yaml(&[&webhooks]),
+    );
+    assert!(output.status.success(), "{}", text(&output));
 
     let log = cp
         .dir()
@@ -221,6 +276,17 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
         let status = lumigo_status(&client, &app_ns, "lumigo").await?;
         (status["instrumentedCount"] == 3 && condition(&status, "Active")?["status"] == "True")
             .then_some(())
+    })
+    .await;
+    eventually("the caBundle published by the operator", WAIT, || async {
+        let output = run(cp.kubectl().args([
+            "get",
+            "mutatingwebhookconfiguration",
+            "lumigo-operator",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ]));
+        (!output.stdout.is_empty()).then_some(())
     })
     .await;
     assert_not_forbidden(&log);
@@ -310,6 +376,11 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
 
     assert_not_forbidden(&log);
     assert_not_forbidden(&uninstall_log);
+    let output =
+        run(cp
+            .kubectl()
+            .args(["delete", "mutatingwebhookconfiguration", "lumigo-operator"]));
+    assert!(output.status.success(), "{}", text(&output));
 }
 
 /// The kubewarden engine's rules: the operator keeps the namespace's AdmissionPolicy under the
@@ -374,6 +445,22 @@ async fn the_kubewarden_engine_runs_under_the_charts_rbac_for_that_engine() {
         &kubeconfig,
         &["create", "clusteradmissionpolicies.policies.kubewarden.io"]
     ));
+    // Server-side apply and delete are all it does with them: it never reads them back.
+    for verb in ["get", "list", "watch", "update"] {
+        assert!(
+            !can_i(
+                &cp,
+                &kubeconfig,
+                &[
+                    verb,
+                    "admissionpolicies.policies.kubewarden.io",
+                    "-n",
+                    &app_ns
+                ]
+            ),
+            "{verb} admissionpolicies"
+        );
+    }
     assert!(
         !can_i(&cp, &kubeconfig, &["create", "secrets", "-n", &release_ns]),
         "no certificate Secret with kubewarden"
@@ -448,4 +535,282 @@ async fn the_kubewarden_engine_runs_under_the_charts_rbac_for_that_engine() {
     })
     .await;
     assert_not_forbidden(&log);
+}
+
+/// `kubectl --kubeconfig <kubeconfig> <args>` (the stdin, if any, as the object to send).
+fn kubectl_as(cp: &ControlPlane, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut command = Command::new(cp.kubectl_path());
+    command.arg("--kubeconfig").arg(kubeconfig).args(args);
+    match stdin {
+        Some(input) => run_with_stdin(&mut command, input),
+        None => run(&mut command),
+    }
+}
+
+/// Reads the Deployment with `kubeconfig`'s identity and writes it back (update, the only write
+/// verb the chart grants on workloads) with a changed label.
+fn relabel_deployment(
+    cp: &ControlPlane,
+    kubeconfig: &Path,
+    namespace: &str,
+    name: &str,
+    value: &str,
+) -> Output {
+    let read = kubectl_as(
+        cp,
+        kubeconfig,
+        &["get", "deployment", name, "-n", namespace, "-o", "json"],
+        None,
+    );
+    assert!(read.status.success(), "get: {}", text(&read));
+    let mut object: Value = serde_json::from_slice(&read.stdout).unwrap();
+    object["metadata"]["labels"]["guard-test"] = Value::from(value);
+    kubectl_as(
+        cp,
+        kubeconfig,
+        &["replace", "-f", "-"],
+        Some(&object.to_string()),
+    )
+}
+
+/// A change of a webhook of the configuration, with a value new on each attempt.
+type WebhookChange = fn(&mut Value, usize);
+
+/// Sent to more namespaces than the chart's.
+fn widen(webhook: &mut Value, attempt: usize) {
+    webhook["namespaceSelector"] =
+        serde_json::json!({"matchLabels": {"guard-test": attempt.to_string()}});
+}
+
+/// Sent to a server of someone else's choice.
+fn redirect(webhook: &mut Value, attempt: usize) {
+    webhook["clientConfig"] =
+        serde_json::json!({"url": format!("https://attacker.example.com/mutate/{attempt}")});
+}
+
+/// What a stolen operator token can no longer do, each tried for real on the apiserver with that
+/// token: write a workload of kube-system or of the release namespace (RBAC allows the update, the
+/// chart's ValidatingAdmissionPolicy refuses it), and touch a webhook configuration or admission
+/// policy that is not its own (RBAC). Each refused request is also sent as admin, or in a namespace
+/// that is not protected, and succeeds there: the refusal is the guard's, not a broken request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stolen_operator_token_cannot_write_system_workloads_or_other_webhook_configurations() {
+    let cp = ControlPlane::shared().await.unwrap();
+    let client = cp.client().unwrap();
+    let release_ns = cp.create_namespace("lumigo-guard", &[]).await.unwrap();
+    let app_ns = cp.create_namespace("guard-app", &[]).await.unwrap();
+    // Its own full name: its cluster-wide objects (ClusterRole, the policy and its binding, the
+    // webhook configuration named in the ClusterRole) stay apart from the other tests'.
+    let name = "lumigo-guard";
+    let fullname = format!("--set=fullnameOverride={name}");
+    let kubeconfig = install_identity(&cp, &release_ns, name, &[&fullname]);
+    let admin = cp.kubeconfig().to_owned();
+    let guard = format!("{name}-protected-namespaces");
+    let deployment = format!("guard-{}", std::process::id());
+    for namespace in ["kube-system", release_ns.as_str(), app_ns.as_str()] {
+        create(
+            &client,
+            namespace,
+            WorkloadKind::Deployment,
+            manifest(WorkloadKind::Deployment, &deployment, 0),
+        )
+        .await;
+    }
+
+    // The policy is in force once the apiserver has loaded it and its binding (asynchronously):
+    // until then the update goes through, so it is tried again until refused.
+    for namespace in ["kube-system", release_ns.as_str()] {
+        let mut attempt = 0;
+        let refused = eventually(
+            &format!("the operator's update in {namespace} to be refused"),
+            WAIT,
+            || {
+                attempt += 1;
+                let output = relabel_deployment(
+                    &cp,
+                    &kubeconfig,
+                    namespace,
+                    &deployment,
+                    &format!("operator-{attempt}"),
+                );
+                async move { (!output.status.success()).then(|| text(&output)) }
+            },
+        )
+        .await;
+        assert!(
+            refused.contains(&format!(
+                "ValidatingAdmissionPolicy '{guard}'"
+            )) && refused.contains(&format!(
+                "the Lumigo operator may not UPDATE deployments in the protected namespace {namespace}"
+            )),
+            "refused by the policy, with its message: {refused}"
+        );
+        let output = relabel_deployment(&cp, &admin, namespace, &deployment, "admin");
+        assert!(
+            output.status.success(),
+            "the same update as admin in {namespace}: {}",
+            text(&output)
+        );
+    }
+    // The identity may still write workloads where users instrument them.
+    let output = relabel_deployment(&cp, &kubeconfig, &app_ns, &deployment, "operator");
+    assert!(
+        output.status.success(),
+        "the operator's update in {app_ns}: {}",
+        text(&output)
+    );
+
+    // Webhook configurations: only its own, by name, and only get/update (the caBundle).
+    // The chart's own configuration, and another one like it. Their webhook selects no object, so
+    // that no admission of the other tests goes through a webhook nobody serves.
+    let mut own = documents(&render(&release_ns, &[&fullname]))
+        .into_iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .unwrap();
+    own["webhooks"][0]["objectSelector"] =
+        serde_json::json!({"matchLabels": {"guard-test.lumigo.io/never": "true"}});
+    let someone_elses = format!("someone-elses-{}", std::process::id());
+    let mut other = own.clone();
+    other["metadata"] = serde_json::json!({"name": someone_elses});
+    let output = run_with_stdin(
+        cp.kubectl().args(["apply", "-f", "-"]),
+        &to_yaml(&[&own, &other]),
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    // A PATCH request as such (kubectl would read the object first, and be refused that instead).
+    let patch_other = |client: kube::Client| {
+        let name = someone_elses.clone();
+        async move {
+            Api::<MutatingWebhookConfiguration>::all(client)
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        serde_json::json!({"metadata": {"labels": {"guard-test": "patched"}}}),
+                    ),
+                )
+                .await
+        }
+    };
+    let operator_client = {
+        let config = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    };
+    match patch_other(operator_client).await {
+        Err(kube::Error::Api(status)) => assert!(
+            status.code == 403
+                && status.message.contains(
+                    "cannot patch resource \"mutatingwebhookconfigurations\" in API group \"admissionregistration.k8s.io\""
+                ),
+            "patching another webhook configuration: {status:?}"
+        ),
+        other => panic!("patching another webhook configuration: {other:?}"),
+    }
+    if let Err(error) = patch_other(client.clone()).await {
+        panic!("the same patch as admin: {error}");
+    }
+    let patch = r#"{"metadata":{"labels":{"guard-test":"patched"}}}"#;
+    for args in [
+        vec![
+            "get",
+            "mutatingwebhookconfiguration",
+            someone_elses.as_str(),
+        ],
+        vec![
+            "delete",
+            "mutatingwebhookconfiguration",
+            someone_elses.as_str(),
+        ],
+        vec![
+            "patch",
+            "mutatingwebhookconfiguration",
+            name,
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+        vec!["delete", "validatingadmissionpolicybinding", &guard],
+        vec!["delete", "validatingadmissionpolicy", &guard],
+    ] {
+        let output = kubectl_as(&cp, &kubeconfig, &args, None);
+        assert!(
+            !output.status.success() && text(&output).contains("Forbidden"),
+            "{args:?}: {}",
+            text(&output)
+        );
+    }
+    // Its own configuration it reads and writes back with a new caBundle, as the certificate's
+    // publication does; any other change of its webhook is refused by the second policy.
+    let rewrite = |kubeconfig: &Path, change: &dyn Fn(&mut Value)| {
+        let read = kubectl_as(
+            &cp,
+            kubeconfig,
+            &["get", "mutatingwebhookconfiguration", name, "-o", "json"],
+            None,
+        );
+        assert!(read.status.success(), "{}", text(&read));
+        let mut object: Value = serde_json::from_slice(&read.stdout).unwrap();
+        change(&mut object["webhooks"][0]);
+        kubectl_as(
+            &cp,
+            kubeconfig,
+            &["replace", "-f", "-"],
+            Some(&object.to_string()),
+        )
+    };
+    let ca = base64::engine::general_purpose::STANDARD.encode(cp.ca_pem());
+    let output = rewrite(&kubeconfig, &|webhook| {
+        webhook["clientConfig"]["caBundle"] = Value::from(ca.clone())
+    });
+    assert!(
+        output.status.success(),
+        "publishing the caBundle of its own webhook configuration: {}",
+        text(&output)
+    );
+    // A new value each attempt: one that went through before the policy was in force must not
+    // make the next attempt a no-op.
+    let changes: [(&str, WebhookChange); 2] = [("widened", widen), ("redirected", redirect)];
+    for (what, change) in changes {
+        let mut attempt = 0;
+        let refused = eventually(&format!("its webhook {what} to be refused"), WAIT, || {
+            attempt += 1;
+            let output = rewrite(&kubeconfig, &|webhook| change(webhook, attempt));
+            async move { (!output.status.success()).then(|| text(&output)) }
+        })
+        .await;
+        assert!(
+            refused.contains(&format!(
+                "ValidatingAdmissionPolicy '{name}-webhook-ca-only'"
+            )) && refused.contains("may change only the caBundle"),
+            "{what}: {refused}"
+        );
+        let output = rewrite(&admin, &|webhook| change(webhook, 0));
+        assert!(
+            output.status.success(),
+            "{what} as admin: {}",
+            text(&output)
+        );
+    }
+
+    for args in [
+        vec![
+            "delete",
+            "deployment",
+            deployment.as_str(),
+            "-n",
+            "kube-system",
+        ],
+        vec![
+            "delete",
+            "mutatingwebhookconfiguration",
+            name,
+            someone_elses.as_str(),
+        ],
+    ] {
+        let output = run(cp.kubectl().args(&args));
+        assert!(output.status.success(), "{}", text(&output));
+    }
 }
