@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use lumigo_mutation::config::{DEFAULT_LOGS_ENDPOINT, DEFAULT_TRACES_ENDPOINT};
 
 use crate::admission::AdmissionLimits;
-use crate::settings::OperatorSettings;
+use crate::settings::{OperatorSettings, ProtectedNamespaces};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -218,6 +218,10 @@ pub struct RunArgs {
     pub evaluation_deadline: Duration,
     #[command(flatten)]
     pub webhook_limits: WebhookLimitArgs,
+    /// Namespaces never instrumented besides kube-system, kube-public, kube-node-lease and the
+    /// operator's own (comma-separated): the chart passes its `protectedNamespaces.namespaces`.
+    #[arg(long, env = "LUMIGO_PROTECTED_NAMESPACES", default_value = "")]
+    pub protected_namespaces: String,
     /// How long the operator waits for the API server's answer to one request (a watch excepted),
     /// so that a hung connection cannot stall a lease renewal or a reconcile.
     #[arg(long, env = "LUMIGO_API_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -248,6 +252,15 @@ pub struct WebhookLimitArgs {
     /// Connections open at once from one client address.
     #[arg(long, env = "LUMIGO_WEBHOOK_MAX_CONNECTIONS_PER_CLIENT", default_value_t = AdmissionLimits::default().max_connections_per_client)]
     pub webhook_max_connections_per_client: usize,
+}
+
+impl RunArgs {
+    pub fn protected(&self) -> ProtectedNamespaces {
+        ProtectedNamespaces::with_others(
+            &self.namespace,
+            self.protected_namespaces.split(',').map(str::trim),
+        )
+    }
 }
 
 impl WebhookLimitArgs {

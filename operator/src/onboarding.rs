@@ -100,6 +100,8 @@ pub struct Onboarding {
     pub excluded: BTreeSet<String>,
     /// The install's namespace: it holds the token Secret and is never selected.
     pub install_namespace: String,
+    /// Never selected: the rollout would not instrument them.
+    pub protected: ProtectedNamespaces,
     /// The Secret of the install's namespace holding the token, and its key.
     pub token_secret: Option<(String, String)>,
     /// When this operator started: an uninstall started later stops it creating anything.
@@ -116,10 +118,7 @@ impl Onboarding {
         labels: &BTreeMap<String, String>,
         deleting: bool,
     ) -> bool {
-        if deleting
-            || ProtectedNamespaces::new(&self.install_namespace).contains(namespace)
-            || self.excluded.contains(namespace)
-        {
+        if deleting || self.protected.contains(namespace) || self.excluded.contains(namespace) {
             return false;
         }
         match &self.selection {
@@ -477,6 +476,7 @@ mod tests {
             selection: Selection::parse(selection).unwrap(),
             excluded: BTreeSet::from(["sandbox".to_owned()]),
             install_namespace: "lumigo-system".to_owned(),
+            protected: ProtectedNamespaces::new("lumigo-system"),
             token_secret: None,
             started: Timestamp::now(),
             lease: String::new(),

@@ -31,7 +31,7 @@ use crate::workloads::WorkloadApi;
 pub fn context(
     client: Client,
     injection: &crate::cli::InjectionArgs,
-    operator_namespace: &str,
+    protected: ProtectedNamespaces,
     instance: Option<String>,
     kubewarden_module: Option<String>,
     tracing: TracingWatch,
@@ -40,7 +40,7 @@ pub fn context(
         tracing,
         client: client.clone(),
         operator: injection.operator_settings(),
-        protected: ProtectedNamespaces::new(operator_namespace),
+        protected,
         workloads: WorkloadApi::new(client.clone()),
         events: Events::new(client, instance),
         metrics: Arc::new(Metrics::default()),
@@ -75,7 +75,7 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
     let ctx = Arc::new(context(
         client.clone(),
         &args.injection,
-        &args.namespace,
+        args.protected(),
         Some(args.identity.clone()),
         kubewarden_module,
         tracing_watch(&args),
@@ -220,6 +220,7 @@ fn onboarding(args: &RunArgs) -> Option<Onboarding> {
             .map(str::to_owned)
             .collect(),
         install_namespace: args.namespace.clone(),
+        protected: args.protected(),
         token_secret: args
             .onboarding
             .token_secret
@@ -286,7 +287,7 @@ fn admission_options(
         },
         metrics,
         limits: args.webhook_limits.limits(),
-        protected: ProtectedNamespaces::new(&args.namespace),
+        protected: args.protected(),
     })
 }
 
@@ -295,7 +296,7 @@ pub async fn uninstall(args: crate::cli::UninstallArgs) -> Result<()> {
     let ctx = context(
         client,
         &args.injection,
-        &args.namespace,
+        ProtectedNamespaces::new(&args.namespace),
         None,
         None,
         TracingWatch::disabled(),

@@ -6,34 +6,47 @@ use lumigo_mutation::{InjectionConfig, SecretKeyRef};
 use crate::crd::Lumigo;
 use crate::status::ACTIVE;
 
-/// Namespaces nothing is injected into, by the rollout or at admission: the cluster's own, and the
-/// operator's (the webhook configuration does not send their requests, so that a broken webhook can
-/// always be repaired; the rollout honours the same list, so the two never disagree).
+/// Namespaces nothing is injected into, by the rollout or at admission: the cluster's own, the
+/// operator's, and those the install adds (the chart's `protectedNamespaces.namespaces`, where its
+/// ValidatingAdmissionPolicy refuses the operator's writes). The webhook configuration does not
+/// send their requests, so that a broken webhook can always be repaired; the rollout honours the
+/// same list, so the two never disagree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtectedNamespaces {
-    operator_namespace: String,
+    names: Vec<String>,
 }
 
 impl ProtectedNamespaces {
     pub const SYSTEM: [&'static str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
     pub fn new(operator_namespace: &str) -> Self {
-        ProtectedNamespaces {
-            operator_namespace: operator_namespace.to_owned(),
+        Self::with_others(operator_namespace, std::iter::empty::<String>())
+    }
+
+    pub fn with_others(
+        operator_namespace: &str,
+        others: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        let mut names: Vec<String> = Self::SYSTEM.iter().map(|name| (*name).to_owned()).collect();
+        for name in others
+            .into_iter()
+            .map(Into::into)
+            .chain(std::iter::once(operator_namespace.to_owned()))
+        {
+            if !name.is_empty() && !names.contains(&name) {
+                names.push(name);
+            }
         }
+        ProtectedNamespaces { names }
     }
 
     pub fn contains(&self, namespace: &str) -> bool {
-        namespace == self.operator_namespace || Self::SYSTEM.contains(&namespace)
+        self.names.iter().any(|name| name == namespace)
     }
 
     /// Every protected namespace, for the webhook configuration's namespace selector.
-    pub fn names(&self) -> Vec<String> {
-        Self::SYSTEM
-            .iter()
-            .map(|name| (*name).to_owned())
-            .chain(std::iter::once(self.operator_namespace.clone()))
-            .collect()
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 }
 
@@ -222,9 +235,20 @@ mod tests {
     fn the_webhook_selector_lists_every_protected_namespace() {
         let protected = ProtectedNamespaces::new("ops");
         for name in protected.names() {
-            assert!(protected.contains(&name));
+            assert!(protected.contains(name));
         }
         assert_eq!(protected.names().len(), 4);
         assert!(!protected.contains("shop"));
+        let more = ProtectedNamespaces::with_others("ops", ["billing", "kube-system", ""]);
+        assert_eq!(
+            more.names(),
+            [
+                "kube-system",
+                "kube-public",
+                "kube-node-lease",
+                "billing",
+                "ops"
+            ]
+        );
     }
 }

@@ -757,7 +757,7 @@ fn the_admission_guard_names_the_operators_identity_and_the_protected_namespaces
         "lumigo-system",
         &[
             "--set-json",
-            r#"protectedNamespaces.namespaces=["kube-system","lumigo-system"]"#,
+            r#"protectedNamespaces.namespaces=["billing","lumigo-system"]"#,
         ],
     ));
     let policy = find(
@@ -765,10 +765,33 @@ fn the_admission_guard_names_the_operators_identity_and_the_protected_namespaces
         "ValidatingAdmissionPolicy",
         "lumigo-operator-protected-namespaces",
     );
+    let protected = [
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "billing",
+        "lumigo-system",
+    ];
     assert_eq!(
-        policy["spec"]["variables"][0]["expression"], r#"["kube-system","lumigo-system"]"#,
-        "the release namespace once"
+        policy["spec"]["variables"][0]["expression"],
+        serde_json::to_string(&protected).unwrap(),
+        "the cluster's namespaces always, the release namespace once"
     );
+    // The one list: the webhook is not sent it, and the operator's rollout leaves it alone.
+    let webhook = find(&docs, "MutatingWebhookConfiguration", "lumigo-operator");
+    assert_eq!(
+        webhook["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
+        json!(protected)
+    );
+    let operator = find(&docs, "Deployment", "lumigo-operator");
+    let env = operator["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let passed = env
+        .iter()
+        .find(|e| e["name"] == "LUMIGO_PROTECTED_NAMESPACES")
+        .expect("the operator is told the protected namespaces");
+    assert_eq!(passed["value"], protected.join(","));
     let docs = documents(&render(
         "lumigo-system",
         &["--set", "protectedNamespaces.enabled=false"],

@@ -75,6 +75,16 @@ http://{{ include "lumigo.proxyName" . }}.{{ .Release.Namespace }}.svc.cluster.l
 {{- $engine }}
 {{- end }}
 
+{{/*
+The namespaces nothing is instrumented in, as a JSON list: the cluster's own (always, whatever the
+values say: the operator protects them too), protectedNamespaces.namespaces, and the release namespace.
+The webhook is not sent their requests, the operator's rollout leaves them alone
+(LUMIGO_PROTECTED_NAMESPACES), and templates/admission-guard.yaml refuses its writes there.
+*/}}
+{{- define "lumigo.protectedNamespaces" -}}
+{{- concat (list "kube-system" "kube-public" "kube-node-lease") .Values.protectedNamespaces.namespaces (list .Release.Namespace) | uniq | toJson }}
+{{- end }}
+
 {{/* The restricted-profile security context every container of the chart runs with. */}}
 {{- define "lumigo.containerSecurityContext" -}}
 allowPrivilegeEscalation: false

@@ -80,7 +80,11 @@ pub fn webhook_configuration(
                 match_expressions: Some(vec![LabelSelectorRequirement {
                     key: "kubernetes.io/metadata.name".into(),
                     operator: "NotIn".into(),
-                    values: Some(ProtectedNamespaces::new(operator_namespace).names()),
+                    values: Some(
+                        ProtectedNamespaces::new(operator_namespace)
+                            .names()
+                            .to_vec(),
+                    ),
                 }]),
                 ..Default::default()
             }),
