@@ -31,27 +31,43 @@ fill() { # fill CACHE_DIR COMMAND...: runs COMMAND with $tmp, once per CACHE_DIR
   mv "$tmp" "$final"
 }
 
+# The Node.js and Python trees are installed from the locks lock.sh writes (`just injector::lock`)
+# and from nothing else: every archive is checked against its recorded hash, and nothing is
+# resolved here, so every build of a version gets the same files. A lock that does not name the
+# version pinned above was not regenerated after a bump.
+stale_lock() { echo "payload: $1 does not pin $2; run 'just injector::lock'" >&2; exit 1; }
+lock_hash() { cat "$@" | sha256sum | cut -c1-16; }
+node_lock=$here/payload/nodejs
+grep -qF "\"@lumigo/opentelemetry\": \"$NODE_DISTRO_VERSION\"" "$node_lock/package.json" ||
+  stale_lock "$node_lock/package.json" "@lumigo/opentelemetry $NODE_DISTRO_VERSION"
 node_fetch() {
-  npm install --silent --no-audit --no-fund --omit=dev --ignore-scripts --prefix "$tmp" \
-    "@lumigo/opentelemetry@$NODE_DISTRO_VERSION"
+  cp "$node_lock/package.json" "$node_lock/package-lock.json" "$tmp/" &&
+    (cd "$tmp" && npm ci --silent --no-audit --no-fund --omit=dev --ignore-scripts)
 }
 # Compiled dependencies make the Python tree specific to one interpreter version and CPU.
 py_tag=$(python3 -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-pip_quiet=(--quiet --disable-pip-version-check)
+py_lock=$here/payload/python/lock/$py_tag
+[[ -f $py_lock/wheels.txt ]] ||
+  { echo "payload: no Python lock for $py_tag; add its version to PYTHON_VERSIONS and run injector/scripts/lock.sh" >&2; exit 1; }
+grep -qxF "lumigo-opentelemetry==$PYTHON_DISTRO_VERSION \\" "$py_lock/wheels.txt" ||
+  stale_lock "$py_lock/wheels.txt" "lumigo-opentelemetry $PYTHON_DISTRO_VERSION"
+pip_quiet=(--quiet --disable-pip-version-check --root-user-action=ignore)
 python_fetch() {
-  local spec="lumigo-opentelemetry==$PYTHON_DISTRO_VERSION"
-  if [[ $arch == "$(uname -m)" ]]; then
-    python3 -m pip install "${pip_quiet[@]}" --root-user-action=ignore --target "$tmp" "$spec"
-    return
-  fi
-  # A foreign CPU can only take prebuilt wheels; the few dependencies published as source only
-  # (pure Python) are first built into wheels here, where the platform-specific ones are ignored.
-  local wheels rc=0
-  wheels=$(mktemp -d)
-  python3 -m pip wheel "${pip_quiet[@]}" -w "$wheels" "$spec" &&
-    python3 -m pip install "${pip_quiet[@]}" --root-user-action=ignore --target "$tmp" --find-links "$wheels" \
-      --platform "manylinux2014_$arch" --only-binary=:all: --python-version "${py_tag#cp}" "$spec" || rc=$?
-  rm -rf "$wheels"
+  # The wheels of the target CPU whichever CPU builds, so a native and a cross build install the
+  # same files.
+  python3 -m pip install "${pip_quiet[@]}" --require-hashes --no-deps --only-binary=:all: \
+    --platform "manylinux2014_$arch" --implementation cp --python-version "${py_tag#cp}" \
+    --target "$tmp" -r "$py_lock/wheels.txt" || return
+  grep -q '^[^#]' "$py_lock/sdists.txt" || return 0
+  # The source-only dependencies are pure Python, so building them here suits any CPU. Build
+  # isolation would fetch an unpinned setuptools; the locked one is put on the path instead.
+  local backend rc=0
+  backend=$(mktemp -d)
+  python3 -m pip install "${pip_quiet[@]}" --require-hashes --no-deps --only-binary=:all: \
+    --target "$backend" -r "$py_lock/build.txt" &&
+    PYTHONPATH=$backend python3 -m pip install "${pip_quiet[@]}" --require-hashes --no-deps \
+      --no-binary=:all: --no-build-isolation --use-pep517 --target "$tmp" -r "$py_lock/sdists.txt" || rc=$?
+  rm -rf "$backend"
   return "$rc"
 }
 maven_fetch() { # maven_fetch GROUP_PATH ARTIFACT VERSION FILE: one jar from Maven Central, sha1-checked
@@ -103,8 +119,11 @@ PY
   return "$rc"
 }
 
-fill "$cache/nodejs-$NODE_DISTRO_VERSION" node_fetch
-fill "$cache/python-$PYTHON_DISTRO_VERSION-$py_tag-$arch" python_fetch
+# Keyed by the lock's contents too: a regenerated lock of the same version installs anew.
+node_out=$cache/nodejs-$NODE_DISTRO_VERSION-$(lock_hash "$node_lock/package-lock.json")
+python_out=$cache/python-$PYTHON_DISTRO_VERSION-$py_tag-$arch-$(lock_hash "$py_lock"/*.txt)
+fill "$node_out" node_fetch
+fill "$python_out" python_fetch
 # The Java agent is optional: the tree is complete without it, and the injector leaves
 # JAVA_TOOL_OPTIONS alone when the jar is absent. Without the extension (no javac, say) it is
 # left out too: the bare upstream agent would export to localhost. The built jar is keyed by
@@ -128,9 +147,9 @@ fi
 rm -rf "$dest/injector" "$dest/nodejs" "$dest/python" "$dest/java"
 mkdir -p "$dest/injector" "$dest/nodejs" "$dest/python/bootstrap"
 cp "$so" "$dest/injector/lumigo_injector.so"
-cp -r "$cache/nodejs-$NODE_DISTRO_VERSION/node_modules" "$dest/nodejs/"
+cp -r "$node_out/node_modules" "$dest/nodejs/"
 cp "$here/payload/nodejs/register.js" "$dest/nodejs/register.js"
-cp -r "$cache/python-$PYTHON_DISTRO_VERSION-$py_tag-$arch" "$dest/python/packages"
+cp -r "$python_out" "$dest/python/packages"
 cp "$here/payload/python/sitecustomize.py" "$dest/python/bootstrap/sitecustomize.py"
 if [[ -n $java_ok ]]; then
   mkdir -p "$dest/java"
