@@ -42,7 +42,7 @@ grep -qF "\"@lumigo/opentelemetry\": \"$NODE_DISTRO_VERSION\"" "$node_lock/packa
   stale_lock "$node_lock/package.json" "@lumigo/opentelemetry $NODE_DISTRO_VERSION"
 node_fetch() {
   cp "$node_lock/package.json" "$node_lock/package-lock.json" "$tmp/" &&
-    (cd "$tmp" && npm ci --silent --no-audit --no-fund --omit=dev --ignore-scripts)
+    (cd "$tmp" && npm ci --loglevel=error --no-audit --no-fund --omit=dev --ignore-scripts)
 }
 # Compiled dependencies make the Python tree specific to one interpreter version and CPU.
 py_tag=$(python3 -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
@@ -70,11 +70,25 @@ python_fetch() {
   rm -rf "$backend"
   return "$rc"
 }
+maven_path() { echo "$1/$2/$3/$2-$3.jar"; } # maven_path GROUP_PATH ARTIFACT VERSION
 maven_fetch() { # maven_fetch GROUP_PATH ARTIFACT VERSION FILE: one jar from Maven Central, sha1-checked
-  local url="https://repo1.maven.org/maven2/$1/$2/$3/$2-$3.jar"
+  local url
+  url="https://repo1.maven.org/maven2/$(maven_path "$1" "$2" "$3")"
   local sha1
   curl -fsSL --retry 3 -o "$tmp/$4" "$url" && sha1=$(curl -fsSL --retry 3 "$url.sha1") &&
     echo "$sha1  $tmp/$4" | sha1sum -c --quiet
+}
+# The sha1 beside a jar on Maven Central only tells that a download is whole; the sha256 lock.sh
+# recorded tells it is the jar that was locked. Checked on the cached copy too, on every run (a
+# few milliseconds): a jar that differs stops the build rather than leave the tree without Java.
+maven_lock=$here/payload/maven.sha256
+maven_check() { # maven_check FILE GROUP_PATH ARTIFACT VERSION
+  local path want got
+  path=$(maven_path "$2" "$3" "$4")
+  want=$(awk -v p="$path" '$2 == p { print $1 }' "$maven_lock")
+  [[ -n $want ]] || stale_lock "$maven_lock" "$path"
+  got=$(sha256sum "$1" | cut -d' ' -f1)
+  [[ $got == "$want" ]] || { echo "payload: $1 ($path) has sha256 $got, the lock says $want" >&2; return 1; }
 }
 java_fetch() { maven_fetch io/opentelemetry/javaagent opentelemetry-javaagent "$JAVA_AGENT_VERSION" javaagent.jar; }
 java_spi_fetch() {
@@ -135,6 +149,9 @@ if ! command -v javac >/dev/null; then
   java_ok=; echo "payload: javac not found, Java agent skipped" >&2
 elif ! fill "$cache/java-$JAVA_AGENT_VERSION" java_fetch || ! fill "$cache/java-spi-$JAVA_SPI_VERSION" java_spi_fetch; then
   java_ok=; echo "payload: Java agent unavailable, skipped" >&2
+elif ! maven_check "$cache/java-$JAVA_AGENT_VERSION/javaagent.jar" io/opentelemetry/javaagent opentelemetry-javaagent "$JAVA_AGENT_VERSION" ||
+  ! maven_check "$cache/java-spi-$JAVA_SPI_VERSION/autoconfigure-spi.jar" io/opentelemetry opentelemetry-sdk-extension-autoconfigure-spi "$JAVA_SPI_VERSION"; then
+  exit 1
 elif ! fill "$java_out" java_build; then
   java_ok=; echo "payload: Lumigo Java extension did not build, Java agent skipped" >&2
 else
