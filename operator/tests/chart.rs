@@ -968,6 +968,29 @@ fn the_image_recipes_use_what_exists_and_run_as_the_chart_expects() {
         "ENV TARGET_DIRECTORY={}",
         lumigo_mutation::names::INIT_TARGET_DIRECTORY
     )));
+    // payload.sh installs from the committed locks: a build context without them cannot build.
+    let ignored = read("images/autotrace.Dockerfile.dockerignore");
+    for needed in [
+        "injector/payload/nodejs/package-lock.json",
+        "injector/payload/python/lock/cp311/wheels.txt",
+    ] {
+        assert!(repo().join(needed).is_file(), "{needed} exists");
+        let components: Vec<&str> = needed.split('/').collect();
+        for pattern in ignored.lines().map(str::trim) {
+            if pattern.is_empty() || pattern.starts_with('#') {
+                continue;
+            }
+            let pattern = pattern.trim_end_matches('/');
+            let excluded = match pattern.strip_prefix("**/") {
+                Some(name) => components.contains(&name),
+                None => needed == pattern || needed.starts_with(&format!("{pattern}/")),
+            };
+            assert!(
+                !excluded,
+                "the autotrace build context excludes {needed} ({pattern})"
+            );
+        }
+    }
     assert!(autotrace.contains("cp -R /opt/lumigo/. \\\"$TARGET_DIRECTORY\\\"/"));
     assert!(autotrace.contains(&format!(
         "test -f /out{}",
