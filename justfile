@@ -13,7 +13,12 @@ mod chart "charts/justfile"
 mod operator "operator/justfile"
 
 # Run every test of the project.
-test: setup policy::test injector::test e2e::test chart::test operator::test operator::test-cluster
+test: deny setup policy::test injector::test e2e::test chart::test operator::test operator::test-cluster
+
+# cargo deny (deny.toml) over both workspaces: licenses, sources and bans always; advisories when the
+# RustSec database can be fetched or a copy is in $LUMIGO_ADVISORY_DBS, else a notice says they were not.
+deny:
+    scripts/deny.sh
 
 # Install the toolchain parts the tests need (idempotent).
 setup:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds and pushes the release images with docker buildx (linux/amd64 + linux/arm64), and the
-# annotated policy module as an OCI artifact. Not runnable on the development machine (no Docker
-# engine); CI runs it on release.
+# Builds and pushes the release images with docker buildx (linux/amd64 + linux/arm64), recording
+# each one's digest, and the annotated policy module as an OCI artifact. Not runnable on the
+# development machine (no Docker engine); CI runs it on release.
 #   usage: images/build.sh operator|autotrace|policy|all [REGISTRY]   (REGISTRY default ghcr.io/lumigo-rs)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,9 +12,20 @@ chart_version="$(awk '/^appVersion:/ { gsub(/"/, "", $2); print $2 }' "$repo/cha
 [[ "$version" == "$chart_version" ]] || { echo "Cargo.toml $version != Chart.yaml appVersion $chart_version" >&2; exit 1; }
 platforms=linux/amd64,linux/arm64
 
+# Each pushed image's digest (of its multi-platform index: what a pod reference pins) is printed
+# and recorded in $out/<name>.digest, e.g. for the chart's `injector.image.digest`.
+# Under target/, which neither git nor the build contexts take in.
+out=${IMAGES_OUT:-$repo/target/images}
 image() { # image NAME DOCKERFILE
+    local metadata="$out/$1.metadata.json" digest
+    mkdir -p "$out"
     docker buildx build --file "$repo/images/$2" --platform "$platforms" \
-        --tag "$registry/$1:$version" --provenance=true --sbom=true --push "$repo"
+        --tag "$registry/$1:$version" --provenance=true --sbom=true --push \
+        --metadata-file "$metadata" "$repo"
+    digest=$(sed -n 's/.*"containerimage\.digest": *"\([^"]*\)".*/\1/p' "$metadata")
+    [[ $digest =~ ^sha256:[0-9a-f]{64}$ ]] || { echo "no image digest in $metadata" >&2; exit 1; }
+    echo "$digest" >"$out/$1.digest"
+    echo "pushed $registry/$1:$version@$digest (recorded in $out/$1.digest)"
 }
 
 policy() {

@@ -499,17 +499,31 @@ pub fn operator_name() -> String {
     )
 }
 
-/// Every image a cluster test or the demo runs, written into `dir`; returns the archives.
+/// The reference that pins a built image by its manifest digest, `name@sha256:…`, printed and
+/// written to `<archive>.digest` (the digest alone, as the chart's `injector.image.digest`
+/// takes it), as `images/build.sh` records a pushed image's.
+pub fn record_digest(info: &ImageInfo, archive: &Path) -> Result<PathBuf> {
+    let path = archive.with_extension("digest");
+    std::fs::write(&path, format!("{}\n", info.manifest_digest))
+        .context(|| format!("writing {}", path.display()))?;
+    eprintln!("image {}@{}", info.name, info.manifest_digest);
+    Ok(path)
+}
+
+/// Every image a cluster test or the demo runs, written into `dir`; returns the archives. The
+/// product's own images' digests are recorded beside them ([`record_digest`]).
 pub fn build_all(artifacts: &Artifacts, dir: &Path) -> Result<Vec<PathBuf>> {
     let cache = cache_dir()?;
     let archive = |name: &str| dir.join(format!("{name}.tar"));
-    autotrace(&autotrace_name(), &artifacts.payload, &archive("autotrace"))?;
-    operator(
+    let built = autotrace(&autotrace_name(), &artifacts.payload, &archive("autotrace"))?;
+    record_digest(&built, &archive("autotrace"))?;
+    let built = operator(
         &operator_name(),
         &artifacts.operator,
         &artifacts.policy_module,
         &archive("operator"),
     )?;
+    record_digest(&built, &archive("operator"))?;
     collector(
         &format!("{COLLECTOR_REPOSITORY}:{}", artifacts.collector_tag),
         &artifacts.collector,

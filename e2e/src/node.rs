@@ -334,24 +334,46 @@ impl Node {
 
 /// `ctr images import`, with the CRI plugin's pin label on every image the archive names.
 fn import(ctr: &Path, socket: &Path, archive: &Path) -> Result<()> {
-    let output = Command::new(ctr)
-        .arg("--address")
-        .arg(socket)
-        .args(["--namespace", "k8s.io", "images", "import"])
-        .args(["--label", "io.cri-containerd.pinned=pinned"])
-        .arg(archive)
-        .output()
-        .context(|| format!("running {}", ctr.display()))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Node(format!(
-            "ctr images import {} failed ({}): {}",
-            archive.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
+    let ctr_run = |args: &[&str], archive_arg: Option<&Path>| -> Result<()> {
+        let mut command = Command::new(ctr);
+        command
+            .arg("--address")
+            .arg(socket)
+            .args(["--namespace", "k8s.io", "images"])
+            .args(args);
+        command.args(archive_arg);
+        let output = command
+            .output()
+            .context(|| format!("running {}", ctr.display()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Node(format!(
+                "ctr images {} {} failed ({}): {}",
+                args.join(" "),
+                archive.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        }
+    };
+    ctr_run(
+        &["import", "--label", "io.cri-containerd.pinned=pinned"],
+        Some(archive),
+    )?;
+    // Also under `repository@<manifest digest>`, the name a pull from a registry records and the
+    // one the CRI looks a digest reference up by (it drops the tag of `repository:tag@sha256:…`).
+    // (`import --digests` would name the archive's index.json instead, which no registry serves.)
+    let (name, digest) = crate::oci::archive_image(archive)?;
+    let repository = match name.rfind(':') {
+        // A registry port's colon comes before the last `/`.
+        Some(colon) if colon > name.rfind('/').unwrap_or(0) => &name[..colon],
+        _ => name.as_str(),
+    };
+    ctr_run(
+        &["tag", "--force", &name, &format!("{repository}@{digest}")],
+        None,
+    )
 }
 
 /// The janitor process (see the module docs): holds the machine's node lock while it lives.

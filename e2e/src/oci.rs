@@ -859,6 +859,42 @@ pub enum EntryKind {
     },
 }
 
+/// The `io.containerd.image.name` of an archive [`ImageBuilder::write`] wrote and the digest of
+/// its manifest, read from its `index.json` alone (the archive's second member), not the blobs.
+pub fn archive_image(path: &Path) -> Result<(String, String)> {
+    let what = || format!("reading {}", path.display());
+    let bad = |why: &str| Error::Image(format!("{}: {why}", path.display()));
+    let mut archive = tar::Archive::new(File::open(path).context(what)?);
+    for entry in archive.entries().context(what)? {
+        let mut entry = entry.context(what)?;
+        if entry
+            .path()
+            .context(what)?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            != "index.json"
+        {
+            continue;
+        }
+        let mut index = Vec::new();
+        entry.read_to_end(&mut index).context(what)?;
+        let index: serde_json::Value =
+            serde_json::from_slice(&index).map_err(|e| bad(&format!("index.json: {e}")))?;
+        let field = |pointer: &str| {
+            index
+                .pointer(pointer)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| bad(&format!("index.json has no {pointer}")))
+        };
+        return Ok((
+            field("/manifests/0/annotations/io.containerd.image.name")?,
+            field("/manifests/0/digest")?,
+        ));
+    }
+    Err(bad("no index.json"))
+}
+
 impl OciArchive {
     /// Reads an archive as [`ImageBuilder::write`] writes it: one manifest, uncompressed layers.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {

@@ -64,6 +64,17 @@ fn the_autotrace_image_is_the_one_its_dockerfile_declares() {
     assert_eq!(archive.name.as_deref(), Some(built.name.as_str()));
     assert_eq!(built.name, images::autotrace_name());
     assert_matches(&archive, &dockerfile_of("autotrace.Dockerfile"));
+    // The recorded digest is the archive's manifest, checked blob by blob when read back.
+    let recorded = images::record_digest(&built, &out).unwrap();
+    assert_eq!(recorded, dir.path().join("autotrace.digest"));
+    let digest = std::fs::read_to_string(&recorded).unwrap();
+    assert_eq!(digest, format!("{}\n", archive.manifest_digest));
+    assert!(
+        digest
+            .strip_prefix("sha256:")
+            .is_some_and(|hex| hex.trim_end().len() == 64),
+        "{digest:?}"
+    );
 
     let so = archive
         .entry("/opt/lumigo/injector/lumigo_injector.so")

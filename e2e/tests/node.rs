@@ -1,7 +1,8 @@
 //! The node's acceptance tests: pods are scheduled and run in real containers from images built
 //! here; an init container shares an emptyDir with the app; a pod reaches a Service through
 //! kube-proxy, resolves cluster names through CoreDNS, and calls the apiserver through the
-//! `kubernetes` Service with its ServiceAccount token; `kubectl logs` reaches the kubelet.
+//! `kubernetes` Service with its ServiceAccount token; `kubectl logs` reaches the kubelet; the
+//! autotrace image runs when referenced by digest, as the chart's `injector.image.digest` has it.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use lumigo_e2e::{images, Cluster};
 const PROBE: &str = r#"
 import json, os, socket, ssl, time, urllib.error, urllib.request
 print("init wrote:", open("/shared/greeting").read().strip())
+print("autotrace copied:", open("/opt/lumigo/nodejs/register.js").read().strip())
 print("kubernetes resolves to", socket.gethostbyname("kubernetes.default.svc.cluster.local"))
 sa = "/var/run/secrets/kubernetes.io/serviceaccount"
 token = open(f"{sa}/token").read()
@@ -43,6 +45,15 @@ async fn a_pod_runs_and_reaches_services_dns_and_the_apiserver() {
     images::static_app(&web).unwrap();
     cluster.import_image(&python).unwrap();
     cluster.import_image(&web).unwrap();
+    // The autotrace image of a stand-in payload, pulled by `name:tag@digest`.
+    let payload = images_dir.path().join("payload");
+    std::fs::create_dir_all(payload.join("nodejs")).unwrap();
+    std::fs::write(payload.join("nodejs/register.js"), "// by digest\n").unwrap();
+    let autotrace_archive = images_dir.path().join("autotrace.tar");
+    let autotrace =
+        images::autotrace(&images::autotrace_name(), &payload, &autotrace_archive).unwrap();
+    cluster.import_image(&autotrace_archive).unwrap();
+    let autotrace_by_digest = format!("{}@{}", autotrace.name, autotrace.manifest_digest);
 
     let namespace = cp.create_namespace("node", &[]).await.unwrap();
     let manifest = format!(
@@ -73,20 +84,24 @@ kind: Pod
 metadata: {{name: probe}}
 spec:
   restartPolicy: Never
-  volumes: [{{name: shared, emptyDir: {{}}}}]
+  volumes: [{{name: shared, emptyDir: {{}}}}, {{name: payload, emptyDir: {{}}}}]
   initContainers:
     - name: init
       image: "{web}"
       imagePullPolicy: Never
       command: [/bin/busybox, sh, -c, "echo hello from init > /shared/greeting"]
       volumeMounts: [{{name: shared, mountPath: /shared}}]
+    - name: autotrace
+      image: "{autotrace_by_digest}"
+      imagePullPolicy: Never
+      volumeMounts: [{{name: payload, mountPath: /target}}]
   containers:
     - name: probe
       image: "{python}"
       imagePullPolicy: Never
       command: [/usr/bin/python3.11, -c, {probe}]
       env: [{{name: NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}]
-      volumeMounts: [{{name: shared, mountPath: /shared}}]
+      volumeMounts: [{{name: shared, mountPath: /shared}}, {{name: payload, mountPath: /opt/lumigo}}]
 "#,
         web = images::STATIC_APP,
         python = images::PYTHON_APP,
@@ -109,15 +124,16 @@ spec:
 
     let pods: Api<Pod> = Api::namespaced(cp.client().unwrap(), &namespace);
     let started = Instant::now();
-    let phase = loop {
-        let pod = pods.get("probe").await.unwrap();
-        let phase = pod
-            .status
-            .and_then(|status| status.phase)
-            .unwrap_or_default();
+    let (phase, init_statuses) = loop {
+        let status = pods.get("probe").await.unwrap().status.unwrap_or_default();
+        let phase = status.phase.unwrap_or_default();
         if phase == "Succeeded" || phase == "Failed" || started.elapsed() > Duration::from_secs(120)
         {
-            break phase;
+            // What a stuck init container waits for (an image not found, say).
+            break (
+                phase,
+                serde_json::to_string(&status.init_container_statuses).unwrap(),
+            );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
@@ -125,12 +141,27 @@ spec:
     let logs = cp
         .run_kubectl(&["logs", "-n", &namespace, "probe", "-c", "probe"], None)
         .unwrap_or_else(|error| error.to_string());
-    assert_eq!(phase, "Succeeded", "the probe pod:\n{logs}");
+    assert_eq!(
+        phase, "Succeeded",
+        "the probe pod:\n{logs}\ninit containers: {init_statuses}"
+    );
     println!(
         "probe pod ran in {:.1} s:\n{logs}",
         started.elapsed().as_secs_f64()
     );
     assert!(logs.contains("init wrote: hello from init"), "{logs}");
+    assert!(logs.contains("autotrace copied: // by digest"), "{logs}");
+    let init_image = pods
+        .get("probe")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .init_containers
+        .unwrap()[1]
+        .image
+        .clone();
+    assert_eq!(init_image.as_deref(), Some(autotrace_by_digest.as_str()));
     assert!(logs.contains("kubernetes resolves to 10.0.0.1"), "{logs}");
     assert!(logs.contains("apiserver says 200 APIVersions"), "{logs}");
     assert!(logs.contains("web says 200 pong"), "{logs}");

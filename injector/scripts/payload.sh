@@ -31,34 +31,64 @@ fill() { # fill CACHE_DIR COMMAND...: runs COMMAND with $tmp, once per CACHE_DIR
   mv "$tmp" "$final"
 }
 
+# The Node.js and Python trees are installed from the locks lock.sh writes (`just injector::lock`)
+# and from nothing else: every archive is checked against its recorded hash, and nothing is
+# resolved here, so every build of a version gets the same files. A lock that does not name the
+# version pinned above was not regenerated after a bump.
+stale_lock() { echo "payload: $1 does not pin $2; run 'just injector::lock'" >&2; exit 1; }
+lock_hash() { cat "$@" | sha256sum | cut -c1-16; }
+node_lock=$here/payload/nodejs
+grep -qF "\"@lumigo/opentelemetry\": \"$NODE_DISTRO_VERSION\"" "$node_lock/package.json" ||
+  stale_lock "$node_lock/package.json" "@lumigo/opentelemetry $NODE_DISTRO_VERSION"
 node_fetch() {
-  npm install --silent --no-audit --no-fund --omit=dev --ignore-scripts --prefix "$tmp" \
-    "@lumigo/opentelemetry@$NODE_DISTRO_VERSION"
+  cp "$node_lock/package.json" "$node_lock/package-lock.json" "$tmp/" &&
+    (cd "$tmp" && npm ci --loglevel=error --no-audit --no-fund --omit=dev --ignore-scripts)
 }
 # Compiled dependencies make the Python tree specific to one interpreter version and CPU.
 py_tag=$(python3 -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-pip_quiet=(--quiet --disable-pip-version-check)
+py_lock=$here/payload/python/lock/$py_tag
+[[ -f $py_lock/wheels.txt ]] ||
+  { echo "payload: no Python lock for $py_tag; add its version to PYTHON_VERSIONS and run injector/scripts/lock.sh" >&2; exit 1; }
+grep -qxF "lumigo-opentelemetry==$PYTHON_DISTRO_VERSION \\" "$py_lock/wheels.txt" ||
+  stale_lock "$py_lock/wheels.txt" "lumigo-opentelemetry $PYTHON_DISTRO_VERSION"
+pip_quiet=(--quiet --disable-pip-version-check --root-user-action=ignore)
 python_fetch() {
-  local spec="lumigo-opentelemetry==$PYTHON_DISTRO_VERSION"
-  if [[ $arch == "$(uname -m)" ]]; then
-    python3 -m pip install "${pip_quiet[@]}" --root-user-action=ignore --target "$tmp" "$spec"
-    return
-  fi
-  # A foreign CPU can only take prebuilt wheels; the few dependencies published as source only
-  # (pure Python) are first built into wheels here, where the platform-specific ones are ignored.
-  local wheels rc=0
-  wheels=$(mktemp -d)
-  python3 -m pip wheel "${pip_quiet[@]}" -w "$wheels" "$spec" &&
-    python3 -m pip install "${pip_quiet[@]}" --root-user-action=ignore --target "$tmp" --find-links "$wheels" \
-      --platform "manylinux2014_$arch" --only-binary=:all: --python-version "${py_tag#cp}" "$spec" || rc=$?
-  rm -rf "$wheels"
+  # The wheels of the target CPU whichever CPU builds, so a native and a cross build install the
+  # same files.
+  python3 -m pip install "${pip_quiet[@]}" --require-hashes --no-deps --only-binary=:all: \
+    --platform "manylinux2014_$arch" --implementation cp --python-version "${py_tag#cp}" \
+    --target "$tmp" -r "$py_lock/wheels.txt" || return
+  grep -q '^[^#]' "$py_lock/sdists.txt" || return 0
+  # The source-only dependencies are pure Python, so building them here suits any CPU. Build
+  # isolation would fetch an unpinned setuptools; the locked one is put on the path instead.
+  local backend rc=0
+  backend=$(mktemp -d)
+  python3 -m pip install "${pip_quiet[@]}" --require-hashes --no-deps --only-binary=:all: \
+    --target "$backend" -r "$py_lock/build.txt" &&
+    PYTHONPATH=$backend python3 -m pip install "${pip_quiet[@]}" --require-hashes --no-deps \
+      --no-binary=:all: --no-build-isolation --use-pep517 --target "$tmp" -r "$py_lock/sdists.txt" || rc=$?
+  rm -rf "$backend"
   return "$rc"
 }
+maven_path() { echo "$1/$2/$3/$2-$3.jar"; } # maven_path GROUP_PATH ARTIFACT VERSION
 maven_fetch() { # maven_fetch GROUP_PATH ARTIFACT VERSION FILE: one jar from Maven Central, sha1-checked
-  local url="https://repo1.maven.org/maven2/$1/$2/$3/$2-$3.jar"
+  local url
+  url="https://repo1.maven.org/maven2/$(maven_path "$1" "$2" "$3")"
   local sha1
   curl -fsSL --retry 3 -o "$tmp/$4" "$url" && sha1=$(curl -fsSL --retry 3 "$url.sha1") &&
     echo "$sha1  $tmp/$4" | sha1sum -c --quiet
+}
+# The sha1 beside a jar on Maven Central only tells that a download is whole; the sha256 lock.sh
+# recorded tells it is the jar that was locked. Checked on the cached copy too, on every run (a
+# few milliseconds): a jar that differs stops the build rather than leave the tree without Java.
+maven_lock=$here/payload/maven.sha256
+maven_check() { # maven_check FILE GROUP_PATH ARTIFACT VERSION
+  local path want got
+  path=$(maven_path "$2" "$3" "$4")
+  want=$(awk -v p="$path" '$2 == p { print $1 }' "$maven_lock")
+  [[ -n $want ]] || stale_lock "$maven_lock" "$path"
+  got=$(sha256sum "$1" | cut -d' ' -f1)
+  [[ $got == "$want" ]] || { echo "payload: $1 ($path) has sha256 $got, the lock says $want" >&2; return 1; }
 }
 java_fetch() { maven_fetch io/opentelemetry/javaagent opentelemetry-javaagent "$JAVA_AGENT_VERSION" javaagent.jar; }
 java_spi_fetch() {
@@ -103,8 +133,11 @@ PY
   return "$rc"
 }
 
-fill "$cache/nodejs-$NODE_DISTRO_VERSION" node_fetch
-fill "$cache/python-$PYTHON_DISTRO_VERSION-$py_tag-$arch" python_fetch
+# Keyed by the lock's contents too: a regenerated lock of the same version installs anew.
+node_out=$cache/nodejs-$NODE_DISTRO_VERSION-$(lock_hash "$node_lock/package-lock.json")
+python_out=$cache/python-$PYTHON_DISTRO_VERSION-$py_tag-$arch-$(lock_hash "$py_lock"/*.txt)
+fill "$node_out" node_fetch
+fill "$python_out" python_fetch
 # The Java agent is optional: the tree is complete without it, and the injector leaves
 # JAVA_TOOL_OPTIONS alone when the jar is absent. Without the extension (no javac, say) it is
 # left out too: the bare upstream agent would export to localhost. The built jar is keyed by
@@ -116,6 +149,9 @@ if ! command -v javac >/dev/null; then
   java_ok=; echo "payload: javac not found, Java agent skipped" >&2
 elif ! fill "$cache/java-$JAVA_AGENT_VERSION" java_fetch || ! fill "$cache/java-spi-$JAVA_SPI_VERSION" java_spi_fetch; then
   java_ok=; echo "payload: Java agent unavailable, skipped" >&2
+elif ! maven_check "$cache/java-$JAVA_AGENT_VERSION/javaagent.jar" io/opentelemetry/javaagent opentelemetry-javaagent "$JAVA_AGENT_VERSION" ||
+  ! maven_check "$cache/java-spi-$JAVA_SPI_VERSION/autoconfigure-spi.jar" io/opentelemetry opentelemetry-sdk-extension-autoconfigure-spi "$JAVA_SPI_VERSION"; then
+  exit 1
 elif ! fill "$java_out" java_build; then
   java_ok=; echo "payload: Lumigo Java extension did not build, Java agent skipped" >&2
 else
@@ -128,9 +164,9 @@ fi
 rm -rf "$dest/injector" "$dest/nodejs" "$dest/python" "$dest/java"
 mkdir -p "$dest/injector" "$dest/nodejs" "$dest/python/bootstrap"
 cp "$so" "$dest/injector/lumigo_injector.so"
-cp -r "$cache/nodejs-$NODE_DISTRO_VERSION/node_modules" "$dest/nodejs/"
+cp -r "$node_out/node_modules" "$dest/nodejs/"
 cp "$here/payload/nodejs/register.js" "$dest/nodejs/register.js"
-cp -r "$cache/python-$PYTHON_DISTRO_VERSION-$py_tag-$arch" "$dest/python/packages"
+cp -r "$python_out" "$dest/python/packages"
 cp "$here/payload/python/sitecustomize.py" "$dest/python/bootstrap/sitecustomize.py"
 if [[ -n $java_ok ]]; then
   mkdir -p "$dest/java"

@@ -111,16 +111,52 @@ fn check_image(image: &str) -> Result<(), &'static str> {
     if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain whitespace");
     }
-    if image.contains('@') {
-        return Ok(());
+    // `repo@sha256:…` or `repo:tag@sha256:…`: the digest pins it, whatever the tag says, so the
+    // reference is passed to the pod as it is; only a malformed digest, which the kubelet would
+    // reject at pull time on every pod, is refused here.
+    let (name, digest) = match image.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (image, None),
+    };
+    if let Some(digest) = digest {
+        check_digest(digest)?;
+        if name.is_empty() {
+            return Err("has a digest but no repository");
+        }
     }
-    let last_component = image.rsplit('/').next().unwrap_or(image);
-    match last_component.split_once(':') {
-        None => Err("must be pinned by a tag or a digest (an untagged image means `latest`)"),
-        Some((_, "")) => Err("has an empty tag"),
-        Some((_, "latest")) => Err("must be pinned: `latest` changes under running workloads"),
-        Some(_) => Ok(()),
+    let last_component = name.rsplit('/').next().unwrap_or(name);
+    match (last_component.split_once(':'), digest) {
+        (Some((_, "")), _) => Err("has an empty tag"),
+        (_, Some(_)) => Ok(()),
+        (None, None) => {
+            Err("must be pinned by a tag or a digest (an untagged image means `latest`)")
+        }
+        (Some((_, "latest")), None) => {
+            Err("must be pinned: `latest` changes under running workloads")
+        }
+        (Some(_), None) => Ok(()),
     }
+}
+
+/// An OCI content digest of an algorithm registries serve: `sha256:` and 64 lowercase hex digits
+/// (or `sha512:` and 128).
+fn check_digest(digest: &str) -> Result<(), &'static str> {
+    let (algorithm, hex) = digest
+        .split_once(':')
+        .ok_or("has a digest without an algorithm (sha256:…)")?;
+    let length = match algorithm {
+        "sha256" => 64,
+        "sha512" => 128,
+        _ => return Err("has a digest of an algorithm other than sha256 or sha512"),
+    };
+    if hex.len() != length
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err("has a malformed digest (sha256: and 64 lowercase hex digits)");
+    }
+    Ok(())
 }
 
 fn is_dns_subdomain(name: &str) -> bool {
@@ -243,21 +279,38 @@ mod tests {
 
     #[test]
     fn images_must_be_pinned() {
+        let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
         for good in [
-            "registry:5000/lumigo/autotrace:1.0",
-            "autotrace@sha256:abcd",
-            "a/b:v2",
+            "registry:5000/lumigo/autotrace:1.0".to_owned(),
+            "a/b:v2".to_owned(),
+            format!("ghcr.io/lumigo-rs/autotrace@{digest}"),
+            format!("ghcr.io/lumigo-rs/autotrace:0.1.0@{digest}"),
+            format!("registry:5000/autotrace@{digest}"),
+            // The digest pins it, so a moving tag beside it moves nothing.
+            format!("autotrace:latest@{digest}"),
+            format!("autotrace@sha512:{}", "ab".repeat(64)),
         ] {
-            assert_eq!(check_image(good), Ok(()), "{good}");
+            assert_eq!(check_image(&good), Ok(()), "{good}");
         }
         for bad in [
-            "",
-            "registry:5000/lumigo/autotrace",
-            "autotrace:latest",
-            "autotrace:",
-            "auto trace:1",
+            "".to_owned(),
+            "registry:5000/lumigo/autotrace".to_owned(),
+            "autotrace:latest".to_owned(),
+            "autotrace:".to_owned(),
+            "auto trace:1".to_owned(),
+            "autotrace@sha256:abcd".to_owned(),
+            "autotrace@".to_owned(),
+            format!("autotrace@{}", "0123456789abcdef".repeat(4)),
+            format!("autotrace@md5:{}", "0123456789abcdef".repeat(4)),
+            format!(
+                "autotrace@{}",
+                digest.to_uppercase().replace("SHA256", "sha256")
+            ),
+            format!("autotrace:@{digest}"),
+            format!("@{digest}"),
+            format!("autotrace@{digest}@{digest}"),
         ] {
-            assert!(check_image(bad).is_err(), "{bad}");
+            assert!(check_image(&bad).is_err(), "{bad}");
         }
     }
 

@@ -288,6 +288,52 @@ fn another_version_or_other_settings_are_reinjected() {
     );
 }
 
+/// A digest-pinned image (the chart's `injector.image.digest`) is the init container's image as
+/// given; moving from the tag to the digest re-injects, and removal restores the original.
+#[test]
+fn a_digest_pinned_injector_image_is_injected_as_given() {
+    let original = deployment(json!([{"name": "app", "image": "node:22"}]));
+    let digest = format!("sha256:{}", "e3b0c44298fc1c14".repeat(4));
+    let mut pinned = config();
+    pinned.injector_image = format!("ghcr.io/lumigo-rs/autotrace:0.1.0@{digest}");
+    assert_eq!(pinned.validate(), Ok(()));
+
+    let mut object = original.clone();
+    inject(
+        &mut object,
+        WorkloadKind::Deployment,
+        &config(),
+        Operation::Create,
+    );
+    assert!(matches!(
+        reconcile(
+            &mut object,
+            WorkloadKind::Deployment,
+            &pinned,
+            Operation::Update
+        ),
+        Outcome::Changed(Change::Reinjected { .. })
+    ));
+    let init = &object["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(init["name"], INJECTOR_NAME);
+    assert_eq!(init["image"], pinned.injector_image.as_str());
+    // The version comes from the label, not from parsing the image reference.
+    let inspection = inspect(&object, WorkloadKind::Deployment);
+    assert!(inspection.injected);
+    assert_eq!(inspection.version.as_deref(), Some("0.1.0"));
+    assert_eq!(
+        reconcile(
+            &mut object,
+            WorkloadKind::Deployment,
+            &pinned,
+            Operation::Update
+        ),
+        Outcome::Unchanged(Reason::AlreadyInjected)
+    );
+    remove(&mut object, WorkloadKind::Deployment, Operation::Update);
+    assert_eq!(bytes(&object), bytes(&original));
+}
+
 #[test]
 fn owned_objects_are_left_to_their_owner() {
     let owner = |kind: &str, api_version: &str| {

@@ -251,4 +251,28 @@ mod tests {
             ]
         );
     }
+
+    /// The chart's `injector.image.digest` makes the image `repo:tag@sha256:…`: it must reach the
+    /// settings, and so the pods, as given, with the operator's version still from its own.
+    #[test]
+    fn a_digest_pinned_injector_image_is_passed_through_unchanged() {
+        let image = format!(
+            "ghcr.io/lumigo-rs/autotrace:0.1.0@sha256:{}",
+            "9f86d081884c7d65".repeat(4)
+        );
+        let operator = OperatorSettings {
+            injector_image: image.clone(),
+            ..operator()
+        };
+        let config =
+            injection_config(&lumigo("a", "2026-01-01T00:00:00Z", false), &operator).unwrap();
+        assert_eq!(config.injector_image, image);
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.label_value(), "lumigo-operator.v0.1.0");
+        // Another digest is other settings: a halted rollout does not hold the new one back.
+        let mut repinned = config.clone();
+        repinned.injector_image = image.replace("9f86", "0000");
+        assert_eq!(repinned.validate(), Ok(()));
+        assert_ne!(repinned.fingerprint(), config.fingerprint());
+    }
 }

@@ -49,6 +49,58 @@ fn an_unknown_engine_or_a_latest_injector_is_refused() {
     }
 }
 
+/// `injector.image.digest` pins the injected image by digest, in the operator and in the
+/// uninstall hook alike (both carry LUMIGO_INJECTOR_IMAGE); a malformed digest does not render.
+#[test]
+fn an_injector_digest_pins_the_injected_image() {
+    let app_version = yaml_file(&chart_dir().join("Chart.yaml"))["appVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let digest = format!("sha256:{}", "5891b5b522d5df08".repeat(4));
+    let injector_images = |args: &[&str]| -> Vec<String> {
+        let docs = documents(&render("lumigo-system", args));
+        let mut images = Vec::new();
+        for doc in &docs {
+            let pod = match doc["kind"].as_str() {
+                Some("Deployment") | Some("Job") => &doc["spec"]["template"]["spec"],
+                _ => continue,
+            };
+            for container in pod["containers"].as_array().into_iter().flatten() {
+                for env in container["env"].as_array().into_iter().flatten() {
+                    if env["name"] == "LUMIGO_INJECTOR_IMAGE" {
+                        images.push(env["value"].as_str().unwrap().to_owned());
+                    }
+                }
+            }
+        }
+        images
+    };
+    let by_digest = format!("ghcr.io/lumigo-rs/autotrace:{app_version}@{digest}");
+    assert_eq!(
+        injector_images(&["--set", &format!("injector.image.digest={digest}")]),
+        [by_digest.clone(), by_digest]
+    );
+    let by_tag = format!("ghcr.io/lumigo-rs/autotrace:{app_version}");
+    assert_eq!(injector_images(&[]), [by_tag.clone(), by_tag]);
+    for bad in [
+        "sha256:abcd".to_owned(),
+        digest.to_uppercase().replace("SHA256", "sha256"),
+        digest.trim_start_matches("sha256:").to_owned(),
+        format!("sha512:{}", "ab".repeat(64)),
+    ] {
+        let output = run(Command::new(helm())
+            .args(["template", "x"])
+            .arg(chart_dir())
+            .args(["--set", &format!("injector.image.digest={bad}")]));
+        assert!(
+            !output.status.success() && text(&output).contains("injector.image.digest"),
+            "digest {bad:?} should not render: {}",
+            text(&output)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_apiserver_accepts_every_rendered_object_for_both_engines() {
     let cp = ControlPlane::shared().await.unwrap();
@@ -1340,6 +1392,29 @@ fn the_image_recipes_use_what_exists_and_run_as_the_chart_expects() {
         "ENV TARGET_DIRECTORY={}",
         lumigo_mutation::names::INIT_TARGET_DIRECTORY
     )));
+    // payload.sh installs from the committed locks: a build context without them cannot build.
+    let ignored = read("images/autotrace.Dockerfile.dockerignore");
+    for needed in [
+        "injector/payload/nodejs/package-lock.json",
+        "injector/payload/python/lock/cp311/wheels.txt",
+    ] {
+        assert!(repo().join(needed).is_file(), "{needed} exists");
+        let components: Vec<&str> = needed.split('/').collect();
+        for pattern in ignored.lines().map(str::trim) {
+            if pattern.is_empty() || pattern.starts_with('#') {
+                continue;
+            }
+            let pattern = pattern.trim_end_matches('/');
+            let excluded = match pattern.strip_prefix("**/") {
+                Some(name) => components.contains(&name),
+                None => needed == pattern || needed.starts_with(&format!("{pattern}/")),
+            };
+            assert!(
+                !excluded,
+                "the autotrace build context excludes {needed} ({pattern})"
+            );
+        }
+    }
     assert!(autotrace.contains("cp -R /opt/lumigo/. \\\"$TARGET_DIRECTORY\\\"/"));
     assert!(autotrace.contains(&format!(
         "test -f /out{}",

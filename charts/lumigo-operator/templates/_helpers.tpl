@@ -40,8 +40,15 @@ app.kubernetes.io/component: telemetry-proxy
 
 {{- define "lumigo.injectorImage" -}}
 {{- $tag := default .Chart.AppVersion .Values.injector.image.tag }}
+{{- $digest := .Values.injector.image.digest | default "" }}
+{{- if $digest }}
+{{- /* The digest pins the image; the tag beside it only tells a reader the version. */}}
+{{- if not (regexMatch "^sha256:[0-9a-f]{64}$" $digest) }}{{ fail "injector.image.digest must be sha256: and 64 lowercase hex digits" }}{{ end }}
+{{- .Values.injector.image.repository }}:{{ $tag }}@{{ $digest }}
+{{- else }}
 {{- if eq $tag "latest" }}{{ fail "injector.image.tag must be pinned, not latest" }}{{ end }}
 {{- .Values.injector.image.repository }}:{{ $tag }}
+{{- end }}
 {{- end }}
 
 {{- define "lumigo.serviceAccountName" -}}
