@@ -27,8 +27,6 @@ pub enum Error {
     Timeout(String),
     #[error("leader election: {0}")]
     Leadership(String),
-    #[error("admission webhook: {0}")]
-    Admission(#[source] Box<crate::admission::Error>),
     #[error("serving {0}")]
     Serve(std::io::Error),
 }

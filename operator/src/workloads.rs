@@ -135,6 +135,26 @@ impl WorkloadApi {
         Ok(with_type(kind, object))
     }
 
+    /// The stored object's uid, or `None` when there is no such object.
+    pub async fn uid(
+        &self,
+        kind: WorkloadKind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>> {
+        let request = kube::core::Request::new(collection_path(kind, Some(namespace)))
+            .get_metadata(name, &Default::default())?;
+        match self
+            .client
+            .request::<kube::core::PartialObjectMeta<kube::api::DynamicObject>>(request)
+            .await
+        {
+            Ok(found) => Ok(found.metadata.uid),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Replaces the object; the API server refuses (409) when its `resourceVersion` is stale,
     /// so a concurrent change is never overwritten.
     pub async fn replace(&self, kind: WorkloadKind, object: &Value) -> Result<Value> {

@@ -20,7 +20,8 @@ use kube::{Api, Client};
 use lumigo_e2e::ControlPlane;
 use lumigo_mutation::{inspect, WorkloadKind};
 use lumigo_operator::admission::{
-    webhook_configuration, AdmissionOptions, AdmissionServer, TlsOptions, WebhookTarget,
+    lumigo_cache, webhook_configuration, AdmissionOptions, AdmissionServer, TlsOptions,
+    WebhookTarget,
 };
 use lumigo_operator::crd::Lumigo;
 use lumigo_operator::settings::ProtectedNamespaces;
@@ -64,7 +65,7 @@ async fn start_webhook() -> Result<Webhook> {
                 .unwrap();
             runtime.block_on(async move {
                 let client = Client::try_from(config).expect("a client for the control plane");
-                let lumigos = watched_lumigos(client.clone());
+                let lumigos = lumigo_cache(client.clone());
                 let options = AdmissionOptions {
                     protected,
                     ..options(tls, policy_module(), Duration::from_secs(1))

@@ -18,7 +18,8 @@ use lumigo_e2e::ControlPlane;
 use lumigo_mutation::{inspect, WorkloadKind};
 use lumigo_operator::admission::compile::PolicyCompiler;
 use lumigo_operator::admission::{
-    webhook_configuration, AdmissionOptions, AdmissionServer, TlsOptions, WebhookTarget,
+    lumigo_cache, webhook_configuration, AdmissionOptions, AdmissionServer, TlsOptions,
+    WebhookTarget,
 };
 use lumigo_operator::crd::Lumigo;
 
@@ -99,7 +100,7 @@ async fn the_certificate_is_renewed_before_expiry_and_served_without_a_restart()
     };
     let server = AdmissionServer::bind(
         options(tls.clone(), policy_module(), Duration::from_secs(1)),
-        watched_lumigos(client.clone()),
+        lumigo_cache(client.clone()),
         operator_settings(),
         client.clone(),
     )

@@ -756,16 +756,7 @@ fn the_admission_guard_names_the_operators_identity_and_the_protected_namespaces
                 .map(|r| r.as_str().unwrap())
         })
         .collect();
-    for kind in [
-        "pods",
-        "replicationcontrollers",
-        "deployments",
-        "daemonsets",
-        "statefulsets",
-        "replicasets",
-        "jobs",
-        "cronjobs",
-    ] {
+    for kind in lumigo_mutation::WorkloadKind::ALL.map(|kind| kind.plural()) {
         assert!(
             resources.contains(kind) && resources.contains(format!("{kind}/*").as_str()),
             "{kind}"

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
 use kube::{Api, Client};
 use lumigo_mutation::WorkloadKind;
@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::workloads::WorkloadApi;
 
 /// Distinct (object, reason) pairs waiting for the next flush; beyond this, new ones are dropped.
 const MAX_PENDING: usize = 1024;
@@ -406,24 +407,15 @@ impl SeriesRecorder {
 
 /// The uid of the stored object, waiting up to [`APPEAR_WITHIN`] for one being created.
 async fn stored_uid(client: Client, object: &AdmittedObject) -> Option<String> {
-    let kind = object.kind;
-    let (group, version) = kind
-        .api_version()
-        .rsplit_once('/')
-        .unwrap_or(("", kind.api_version()));
-    let resource = ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: kind.api_version().into(),
-        kind: kind.name().into(),
-        plural: kind.plural().into(),
-    };
-    let api: Api<DynamicObject> = Api::namespaced_with(client, &object.namespace, &resource);
+    let workloads = WorkloadApi::new(client);
     let started = Instant::now();
     let mut pause = Duration::from_millis(50);
     loop {
-        if let Ok(Some(found)) = api.get_metadata_opt(&object.name).await {
-            return found.metadata.uid;
+        if let Ok(Some(uid)) = workloads
+            .uid(object.kind, &object.namespace, &object.name)
+            .await
+        {
+            return Some(uid);
         }
         if started.elapsed() >= APPEAR_WITHIN {
             return None;

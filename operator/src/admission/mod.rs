@@ -4,8 +4,8 @@
 //! the watch cache. It never denies: no settings, a failure or a timeout all admit the object
 //! unchanged, the latter two with a warning.
 //!
-//! Wiring: `admission::serve(options, lumigo_cache(client), operator_settings, client).await`.
-//! Every replica serves, from its own cache: the webhook needs no leadership.
+//! Wiring: `AdmissionServer::bind(options, lumigo_cache(client), operator_settings, client)`,
+//! then `run()`. Every replica serves, from its own cache: the webhook needs no leadership.
 
 mod certificates;
 pub mod compile;
@@ -312,19 +312,6 @@ pub fn lumigo_cache(client: Client) -> Store<Lumigo> {
     .default_backoff();
     tokio::spawn(stream.for_each(|_| async {}));
     store
-}
-
-/// Binds and serves the webhook; see [`AdmissionServer::bind`].
-pub async fn serve(
-    options: AdmissionOptions,
-    lumigos: Store<Lumigo>,
-    operator: OperatorSettings,
-    client: Client,
-) -> Result<()> {
-    AdmissionServer::bind(options, lumigos, operator, client)
-        .await?
-        .run()
-        .await
 }
 
 async fn answer(

@@ -181,9 +181,10 @@ impl Evaluator {
                 .map_err(|_| format!("no evaluation slot free within {:?}", self.queue_timeout))?
                 .map_err(|_| "the evaluator is shutting down".to_owned())
         };
-        let large = match payload.len() > INLINE_PAYLOAD {
-            true => Some(slot(self.large.clone()).await?),
-            false => None,
+        let large = if payload.len() > INLINE_PAYLOAD {
+            Some(slot(self.large.clone()).await?)
+        } else {
+            None
         };
         let permit = slot(self.permits.clone()).await?;
         if large.is_none() {

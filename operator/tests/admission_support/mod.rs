@@ -134,19 +134,6 @@ pub async fn apply_crd(client: &Client) -> Result<()> {
     }
 }
 
-/// A `Lumigo` cache fed by a watch on the control plane, as the operator runs it; the watch runs on
-/// the caller's runtime.
-pub fn watched_lumigos(client: Client) -> Store<Lumigo> {
-    use futures::StreamExt;
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(Api::<Lumigo>::all(client), watcher::Config::default()),
-    );
-    tokio::spawn(stream.for_each(|_| async {}));
-    store
-}
-
 /// A cache holding `lumigos`, for a webhook host that no apiserver calls.
 pub fn fixed_lumigos(lumigos: Vec<Lumigo>) -> Store<Lumigo> {
     let (store, mut writer) = reflector::store();
