@@ -143,10 +143,7 @@ pub struct Inspection {
 }
 
 pub fn inspect(object: &Value, kind: WorkloadKind) -> Inspection {
-    let injected = matches!(
-        template::template(object, kind).map(Record::read),
-        Some(Ok(Some(_)))
-    );
+    let injected = is_injected(object, kind);
     let version = injected_label(object, kind)
         .and_then(|label| label.strip_prefix(INJECTED_VALUE_PREFIX).map(str::to_owned));
     Inspection {
@@ -155,6 +152,15 @@ pub fn inspect(object: &Value, kind: WorkloadKind) -> Inspection {
         opted_out: is_opted_out(object, kind),
         managed_by: kind.managing_owner(object),
     }
+}
+
+/// Whether the object's pod template holds a valid injection record: `inspect(..).injected`
+/// alone, for callers that need nothing else (admission asks it twice per review).
+pub fn is_injected(object: &Value, kind: WorkloadKind) -> bool {
+    matches!(
+        template::template(object, kind).map(Record::read),
+        Some(Ok(Some(_)))
+    )
 }
 
 /// `lumigo.auto-trace: "false"` on the object or on its pod template.

@@ -343,8 +343,7 @@ async fn answer(
     };
     Ok(match reviewer.review(&body.bytes).await {
         Ok(response) => {
-            let json =
-                serde_json::to_vec(&response.into_review()).expect("an AdmissionReview serializes");
+            let json = response.review_json();
             Response::builder()
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(json)))

@@ -9,11 +9,11 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use kube::runtime::reflector::Store;
-use lumigo_mutation::{inspect, InjectionConfig, WorkloadKind};
+use lumigo_mutation::{is_injected, InjectionConfig, WorkloadKind};
 use lumigo_policy_host::PolicyEngine;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::crd::Lumigo;
@@ -146,8 +146,21 @@ impl AdmissionResponse {
         }
     }
 
-    pub fn into_review(self) -> Value {
-        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": self})
+    /// The AdmissionReview that answers with this response, serialised.
+    pub fn review_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct AnsweringReview<'a> {
+            api_version: &'static str,
+            kind: &'static str,
+            response: &'a AdmissionResponse,
+        }
+        serde_json::to_vec(&AnsweringReview {
+            api_version: "admission.k8s.io/v1",
+            kind: "AdmissionReview",
+            response: self,
+        })
+        .expect("an AdmissionReview serializes")
     }
 }
 
@@ -349,10 +362,7 @@ fn warn(uid: String, warning: String) -> AdmissionResponse {
 
 /// What the change did, told by the injection record before and after; the module does not say.
 fn change_reason(before: &Value, after: &Value, kind: WorkloadKind) -> &'static str {
-    match (
-        inspect(before, kind).injected,
-        inspect(after, kind).injected,
-    ) {
+    match (is_injected(before, kind), is_injected(after, kind)) {
         (false, _) => "LumigoAddedInstrumentation",
         (true, true) => "LumigoUpdatedInstrumentation",
         (true, false) => "LumigoRemovedInstrumentation",
@@ -392,10 +402,13 @@ fn admitted_object(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_response_echoes_the_uid_and_omits_empty_fields() {
-        let review = AdmissionResponse::allowed("abc".into()).into_review();
+        let review: Value =
+            serde_json::from_slice(&AdmissionResponse::allowed("abc".into()).review_json())
+                .unwrap();
         assert_eq!(
             review,
             json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {"uid": "abc", "allowed": true}})
