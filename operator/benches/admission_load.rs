@@ -25,8 +25,8 @@ const CONCURRENCY: [usize; 3] = [1, 4, 16];
 const MEASURE: &str = "10s";
 const FIXTURE: &str = "../policies/fixtures/deployment-create.json";
 
-/// User plus system CPU time of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+/// User and system CPU time of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<Cpu> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat
@@ -35,11 +35,83 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
         .1
         .split_whitespace()
         .collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
     // SAFETY: a plain query.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / per_second)
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    Ok(Cpu {
+        user: fields[11].parse::<f64>()? / per_second,
+        system: fields[12].parse::<f64>()? / per_second,
+    })
+}
+
+/// CPU time of the load generators this process has run and waited for, in seconds.
+fn children_cpu_seconds() -> Cpu {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    Cpu {
+        user: seconds(usage.ru_utime),
+        system: seconds(usage.ru_stime),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Cpu {
+    user: f64,
+    system: f64,
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+impl Cpu {
+    /// Microseconds per item, in all and in user and kernel mode.
+    fn per(self, items: u64) -> (f64, f64, f64) {
+        let micros = |seconds: f64| seconds / items.max(1) as f64 * 1e6;
+        (
+            micros(self.user + self.system),
+            micros(self.user),
+            micros(self.system),
+        )
+    }
+}
+
+/// `perf record` sampling a process's call stacks (`just operator::profile-admission`).
+struct Profiler(std::process::Child);
+
+impl Profiler {
+    fn attach(pid: u32, output: &Path) -> Result<Self> {
+        let child = Command::new("perf")
+            // DWARF call stacks: the release build keeps no frame pointers.
+            .args(["record", "--quiet", "-F", "499", "-p", &pid.to_string()])
+            .args(["--call-graph", "dwarf,16384", "-o"])
+            .arg(output)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("running perf (Debian's linux-perf)")?;
+        // perf needs a moment to attach to every thread.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        Ok(Profiler(child))
+    }
+
+    fn finish(mut self) -> Result<()> {
+        // SAFETY: a signal to a child of ours that has not been waited for.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        // perf exits with the signal's status once it has written its file.
+        self.0.wait()?;
+        Ok(())
+    }
 }
 
 /// What one `oha` run measured.
@@ -132,6 +204,7 @@ fn with_args(review: &Value, args: Value, path: &Path) -> Result<u64> {
 async fn main() -> Result<()> {
     let oha = std::env::var("LUMIGO_OHA")
         .context("LUMIGO_OHA must name oha: run the bench through `just`")?;
+    let profile = std::env::var_os("LUMIGO_BENCH_PROFILE").map(std::path::PathBuf::from);
     let cp = ControlPlane::start().await?;
     let client = cp.client()?;
     install_crd(&client).await;
@@ -167,23 +240,40 @@ async fn main() -> Result<()> {
     );
     println!("to the operator's release binary with its built-in webhook (namespace instrumented)");
     println!(
-        "{:>11} {:>9} {:>10} {:>8} {:>8} {:>14}",
-        "concurrency", "reviews", "reviews/s", "p50 ms", "p99 ms", "CPU µs/review"
+        "{:>11} {:>9} {:>10} {:>8} {:>8} {:>25} {:>13}",
+        "concurrency",
+        "reviews",
+        "reviews/s",
+        "p50 ms",
+        "p99 ms",
+        "operator CPU µs/review",
+        "oha µs/review"
     );
+    println!("{:>74} {:>13}", "(all = user + kernel)", "");
     for concurrency in CONCURRENCY {
-        let before = cpu_seconds(pid)?;
+        let (before, oha_before) = (cpu_seconds(pid)?, children_cpu_seconds());
+        // The busiest row is the one to profile: `perf` samples the operator's threads only.
+        let profiler = match (&profile, concurrency) {
+            (Some(output), 16) => Some(Profiler::attach(pid, output)?),
+            _ => None,
+        };
         let run = all_answered(
             load(Path::new(&oha), &url, &body, concurrency)?,
             concurrency,
         )?;
+        if let Some(profiler) = profiler {
+            profiler.finish()?;
+        }
         let answered = run.count("200");
-        let cpu = cpu_seconds(pid)? - before;
+        let (all, user, kernel) = (cpu_seconds(pid)? - before).per(answered);
+        let (oha_all, _, _) = (children_cpu_seconds() - oha_before).per(answered);
         println!(
-            "{concurrency:>11} {answered:>9} {:>10.0} {:>8.2} {:>8.2} {:>14.0}",
+            "{concurrency:>11} {answered:>9} {:>10.0} {:>8.2} {:>8.2} {:>25} {:>13.0}",
             run.per_second,
             run.p50_ms,
             run.p99_ms,
-            cpu / answered.max(1) as f64 * 1e6
+            format!("{all:.0} = {user:.0} + {kernel:.0}"),
+            oha_all
         );
     }
     println!("operator peak RSS: {} MiB", peak_rss_mib(pid));
