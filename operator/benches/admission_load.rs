@@ -253,8 +253,10 @@ async fn main() -> Result<()> {
     for concurrency in CONCURRENCY {
         let (before, oha_before) = (cpu_seconds(pid)?, children_cpu_seconds());
         // The busiest row is the one to profile: `perf` samples the operator's threads only.
-        let profiler = match (&profile, concurrency) {
-            (Some(output), 16) => Some(Profiler::attach(pid, output)?),
+        let profiler = match &profile {
+            Some(output) if Some(&concurrency) == CONCURRENCY.last() => {
+                Some(Profiler::attach(pid, output)?)
+            }
             _ => None,
         };
         let run = all_answered(

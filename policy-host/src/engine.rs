@@ -58,7 +58,7 @@ impl Default for EngineOptions {
 pub struct PolicyEngine {
     pre: WasmtimeEngineProviderPre,
     deadlines: EpochDeadlines,
-    /// Providers made by `pre`, waiting to serve a call: see `Instance`.
+    /// Providers made by `pre`, waiting to serve a call: see `LentProvider`.
     idle: Arc<Mutex<Vec<WasmtimeEngineProvider>>>,
     ticker: EpochTicker,
 }
