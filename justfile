@@ -12,8 +12,13 @@ mod e2e "e2e/justfile"
 mod chart "charts/justfile"
 mod operator "operator/justfile"
 
-# Run every test of the project.
-test: deny setup policy::test injector::test e2e::test chart::test operator::test operator::test-cluster
+# Run every test of the project: the lint gates first, then each part's tests.
+test: lint deny setup policy::test injector::test e2e::test operator::test
+
+# rustfmt and clippy (warnings denied) over both workspaces, and every package covered by a test
+# recipe (scripts/lint.sh).
+lint:
+    scripts/lint.sh
 
 # cargo deny (deny.toml) over both workspaces: licenses, sources and bans always; advisories when the
 # RustSec database can be fetched or a copy is in $LUMIGO_ADVISORY_DBS, else a notice says they were not.

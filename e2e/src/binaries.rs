@@ -1,6 +1,7 @@
 //! The Go-built binaries. `e2e/build-binaries.sh` and `e2e/build-node-binaries.sh` are the single
-//! places that know the pinned versions and the cache layout; this runs them (a no-op when the binaries exist) and uses the directory it
-//! prints, so `cargo test` works on a fresh machine without going through `just`.
+//! places that know the pinned versions and the cache layout; this runs them (a no-op when the
+//! binaries exist) and uses the directory it prints, so `cargo test` works on a fresh machine
+//! without going through `just`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -61,7 +61,7 @@ impl CertificateAuthority {
     /// A TLS server certificate for `hosts` (DNS names or IP addresses, e.g. `"127.0.0.1"`).
     pub fn issue_server_cert(&self, hosts: &[&str]) -> Result<CertifiedKey> {
         let mut params =
-            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())?;
+            CertificateParams::new(hosts.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         params.distinguished_name.push(
             DnType::CommonName,
             hosts.first().copied().unwrap_or("server"),

@@ -1,7 +1,7 @@
-//! etcd + kube-apiserver + kube-controller-manager, started in that order and stopped in the reverse
-//! one. On its own ([`ControlPlane::start`]) it lives on loopback with no scheduler and no kubelet:
-//! Pods stay Pending, which is all the fast suites need to read what admission and the controllers
-//! made of them. [`crate::Cluster`] starts it reachable from pods and adds a node.
+//! etcd + kube-apiserver + kube-controller-manager, started in that order and stopped in the
+//! reverse one. On its own ([`ControlPlane::start`]) it lives on loopback with no scheduler and no
+//! kubelet: Pods stay Pending, which is all the fast suites need to read what admission and the
+//! controllers made of them. [`crate::Cluster`] starts it reachable from pods and adds a node.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -48,7 +48,8 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Builds the binaries if needed (see `e2e/build-binaries.sh`), then starts a fresh control
-    /// plane and returns once the API is ready and the controller-manager is creating ServiceAccounts.
+    /// plane and returns once the API is ready and the controller-manager is creating
+    /// ServiceAccounts.
     pub async fn start() -> Result<Self> {
         Self::start_with(None).await
     }
@@ -65,7 +66,7 @@ impl ControlPlane {
         let write = |name: &str, contents: &str| {
             let file = path(name);
             std::fs::write(&file, contents).context(|| format!("writing {}", file.display()))?;
-            Ok::<_, crate::Error>(file)
+            Ok::<_, Error>(file)
         };
         let arg = |flag: &str, value: &Path| format!("--{flag}={}", value.display());
 
@@ -123,21 +124,23 @@ impl ControlPlane {
         let apiserver_port = free_port()?;
         let server_url = format!("https://127.0.0.1:{apiserver_port}");
         let mut apiserver_args = vec![
-                format!("--etcd-servers={etcd_url}"),
-                format!("--secure-port={apiserver_port}"),
-                arg("tls-cert-file", &serving_crt),
-                arg("tls-private-key-file", &serving_key),
-                arg("client-ca-file", &ca_crt),
-                "--authorization-mode=Node,RBAC".into(),
-                // Most are on by default; these are the ones the project's tests depend on.
-                "--enable-admission-plugins=NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,PodSecurity".into(),
-                "--allow-privileged=true".into(),
-                format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                arg("service-account-key-file", &sa_pub),
-                arg("service-account-signing-key-file", &sa_key),
-                "--profiling=false".into(),
-                "--v=1".into(),
+            format!("--etcd-servers={etcd_url}"),
+            format!("--secure-port={apiserver_port}"),
+            arg("tls-cert-file", &serving_crt),
+            arg("tls-private-key-file", &serving_key),
+            arg("client-ca-file", &ca_crt),
+            "--authorization-mode=Node,RBAC".into(),
+            // Most are on by default; these are the ones the project's tests depend on.
+            "--enable-admission-plugins=NodeRestriction,MutatingAdmissionWebhook,\
+                 ValidatingAdmissionWebhook,PodSecurity"
+                .into(),
+            "--allow-privileged=true".into(),
+            format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            arg("service-account-key-file", &sa_pub),
+            arg("service-account-signing-key-file", &sa_key),
+            "--profiling=false".into(),
+            "--v=1".into(),
         ];
         match node_ip {
             None => apiserver_args.extend([
@@ -252,7 +255,8 @@ impl ControlPlane {
     }
 
     /// One control plane for every test of the calling test binary, started by the first caller and
-    /// stopped when the process exits. Give each test its own namespace ([`Self::create_namespace`]).
+    /// stopped when the process exits. Give each test its own namespace
+    /// ([`Self::create_namespace`]).
     pub async fn shared() -> Result<Arc<Self>> {
         static SHARED: Shared<ControlPlane> = Shared::new();
         extern "C" fn stop_shared() {

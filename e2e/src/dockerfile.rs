@@ -880,7 +880,8 @@ mod tests {
                 "/bin/busybox",
                 "sh",
                 "-c",
-                "/bin/busybox rm -rf \"$TARGET_DIRECTORY\"/* && /bin/busybox cp -R /opt/lumigo/. \"$TARGET_DIRECTORY\"/ && echo \"lumigo: payload copied to $TARGET_DIRECTORY\"",
+                "/bin/busybox rm -rf \"$TARGET_DIRECTORY\"/* && /bin/busybox cp -R /opt/lumigo/. \
+                 \"$TARGET_DIRECTORY\"/ && echo \"lumigo: payload copied to $TARGET_DIRECTORY\"",
             ]))
         );
         assert_eq!(stage.cmd, None);
@@ -1051,7 +1052,8 @@ USER ${NAME}:staff
     #[test]
     fn honours_the_escape_directive() {
         let stage = FinalStage::parse(
-            "# escape=`\nFROM scratch\nLABEL a=\"x\" `\n      b=\"C:\\path\"\nENTRYPOINT [\"/app\"]\n",
+            "# escape=`\nFROM scratch\nLABEL a=\"x\" `\n      b=\"C:\\path\"\n\
+             ENTRYPOINT [\"/app\"]\n",
         )
         .unwrap();
         assert_eq!(stage.labels, map(&[("a", "x"), ("b", "C:\\path")]));

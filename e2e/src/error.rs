@@ -58,7 +58,8 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Attaches what was being attempted to an I/O error, which on its own rarely says which file or port.
+/// Attaches what was being attempted to an I/O error, which on its own rarely says which file or
+/// port.
 pub(crate) trait IoContext<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T>;
 }

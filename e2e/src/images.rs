@@ -1,7 +1,8 @@
 //! The images the e2e node runs, assembled here as OCI archives (no Docker, no registry):
 //! - the product's own, from the same recipes a release builds with `docker buildx`: the final
 //!   stage of `images/autotrace.Dockerfile` and `images/operator.Dockerfile` gives the config and
-//!   the layout, and each `COPY --from=<stage>` is fed the artifact that stage would have built here;
+//!   the layout, and each `COPY --from=<stage>` is fed the artifact that stage would have built
+//!   here;
 //! - the telemetry proxy: the collector built from `tools/otelcol` with the chart's components;
 //! - small application images with real Node.js, Python and Java taken from this machine (a program
 //!   plus the libraries `ldd` lists), and a static binary;
@@ -48,7 +49,8 @@ impl Artifacts {
         let var = |name: &str| {
             std::env::var_os(name).ok_or_else(|| {
                 Error::Image(format!(
-                    "{name} is not set: run through `just` (`eval \"$(e2e/image-inputs.sh)\"` sets it)"
+                    "{name} is not set: run through `just` (`eval \"$(e2e/image-inputs.sh)\"` \
+                     sets it)"
                 ))
             })
         };
@@ -156,7 +158,10 @@ fn base_layer(base: &str, image: &mut ImageBuilder) -> Result<()> {
 fn nonroot_files(layer: &mut LayerBuilder) {
     layer
         .bytes(
-            format!("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{NONROOT}:{NONROOT}:nonroot:/home/nonroot:/sbin/nologin\n"),
+            format!(
+                "root:x:0:0:root:/root:/sbin/nologin\n\
+                 nonroot:x:{NONROOT}:{NONROOT}:nonroot:/home/nonroot:/sbin/nologin\n"
+            ),
             "/etc/passwd",
             0o644,
             0,
@@ -390,7 +395,8 @@ fn libraries_of(objects: &[PathBuf], search: &[PathBuf]) -> Result<BTreeSet<Path
             )));
         }
         for line in listed.lines() {
-            // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"
             let path = match line.split_once("=>") {
                 Some((_, resolved)) => resolved.split_whitespace().next(),
                 None => line.split_whitespace().next(),

@@ -2,10 +2,13 @@
 //! - [`ControlPlane`]: etcd, kube-apiserver and kube-controller-manager on free loopback ports with
 //!   freshly generated certificates, RBAC and the admission plugins the project relies on
 //!   (MutatingAdmissionWebhook, PodSecurity); no node, for the fast suites;
-//! - [`Cluster`]: the control plane reachable from pods plus a real node (kube-scheduler, containerd
-//!   with runc and the CNI plugins, kubelet, kube-proxy, CoreDNS), one per machine;
-//! - [`images`]: the images the node runs, assembled here as OCI archives ([`oci`], [`dockerfile`]);
-//! - [`OtlpSink`]: an OTLP/HTTP receiver standing in for Lumigo's endpoint.
+//! - [`Cluster`]: the control plane reachable from pods plus a real node (kube-scheduler,
+//!   containerd with runc and the CNI plugins, kubelet, kube-proxy, CoreDNS), one per machine;
+//! - [`images`]: the images the node runs, assembled here as OCI archives ([`oci`],
+//!   [`dockerfile`]);
+//! - [`OtlpSink`]: an OTLP/HTTP receiver standing in for Lumigo's endpoint;
+//! - [`testing`]: what every crate's test suites share (opening a suite, waiting, the built policy
+//!   module, hand-written waPC guests).
 //!
 //! ```no_run
 //! # async fn demo() -> lumigo_e2e::Result<()> {
@@ -27,6 +30,7 @@ pub mod oci;
 mod otlp_sink;
 mod process;
 mod shared;
+pub mod testing;
 
 pub use certs::{CertificateAuthority, CertifiedKey};
 pub use control_plane::ControlPlane;

@@ -3,10 +3,10 @@
 //! reach Services and the apiserver, and resolve cluster names.
 //!
 //! A node is a singleton per machine: fixed kubelet and kube-proxy ports, the `cni0` bridge, global
-//! iptables chains, cgroups under `kubepods` and paths the kubelet hard-codes. `e2e/node/janitor.sh`
-//! owns that: it takes a machine-wide lock before anything exists, removes what a dead run left,
-//! and takes the node off the machine when the test stops or dies (it waits for its stdin to close,
-//! which the kernel does when the test process goes, however it goes).
+//! iptables chains, cgroups under `kubepods` and paths the kubelet hard-codes.
+//! `e2e/node/janitor.sh` owns that: it takes a machine-wide lock before anything exists, removes
+//! what a dead run left, and takes the node off the machine when the test stops or dies (it waits
+//! for its stdin to close, which the kernel does when the test process goes, however it goes).
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -29,7 +29,8 @@ use crate::shared::Shared;
 
 /// Where run directories live: on the root filesystem (overlayfs snapshots need a real one).
 const RUNS_ROOT: &str = "/var/lib/lumigo-e2e";
-/// This node's share of [`CLUSTER_CIDR`]: the controller-manager gives the first node the first /24.
+/// This node's share of [`CLUSTER_CIDR`]: the controller-manager gives the first node the first
+/// /24.
 const POD_CIDR: &str = "10.244.0.0/24";
 const CLUSTER_DNS_IP: &str = "10.0.0.10";
 /// CoreDNS runs on the host, on the node's address; the kube-dns Service forwards 53 to it.
@@ -453,7 +454,8 @@ fn preflight() -> Result<()> {
     // SAFETY: a plain syscall.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::Node(
-            "a node needs root (containers, the cni0 bridge, iptables, cgroups): run the tests as root"
+            "a node needs root (containers, the cni0 bridge, iptables, cgroups): run the tests \
+             as root"
                 .into(),
         ));
     }
@@ -535,7 +537,7 @@ fn node_ip() -> Result<Ipv4Addr> {
         .skip(1)
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
         .find(|fields| fields.get(1) == Some(&"00000000"))
-        .and_then(|fields| fields.first().map(|name| name.to_string()))
+        .and_then(|fields| fields.first().map(ToString::to_string))
         .ok_or_else(|| {
             Error::Node("no default route: set LUMIGO_E2E_NODE_IP to this machine's address".into())
         })?;
@@ -583,7 +585,11 @@ fn is_ready(node: &NodeObject) -> bool {
 /// The kube-dns Service, pointing at CoreDNS on the host through an EndpointSlice of our own.
 async fn publish_cluster_dns(client: &kube::Client, ip: Ipv4Addr) -> Result<()> {
     let service: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+        "metadata": {
+            "name": "kube-dns",
+            "namespace": "kube-system",
+            "labels": {"k8s-app": "kube-dns"},
+        },
         "spec": {
             "clusterIP": CLUSTER_DNS_IP,
             "ports": [
@@ -598,7 +604,10 @@ async fn publish_cluster_dns(client: &kube::Client, ip: Ipv4Addr) -> Result<()> 
             "name": "kube-dns-host",
             "namespace": "kube-system",
             // Not the EndpointSlice controller's label: it leaves a slice it does not manage alone.
-            "labels": {"kubernetes.io/service-name": "kube-dns", "endpointslice.kubernetes.io/managed-by": "lumigo-e2e"},
+            "labels": {
+                "kubernetes.io/service-name": "kube-dns",
+                "endpointslice.kubernetes.io/managed-by": "lumigo-e2e",
+            },
         },
         "addressType": "IPv4",
         "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
@@ -675,7 +684,11 @@ fn cni_config() -> String {
       "isGateway": true,
       "ipMasq": false,
       "hairpinMode": true,
-      "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{POD_CIDR}"}}]], "routes": [{{"dst": "0.0.0.0/0"}}]}}
+      "ipam": {{
+        "type": "host-local",
+        "ranges": [[{{"subnet": "{POD_CIDR}"}}]],
+        "routes": [{{"dst": "0.0.0.0/0"}}]
+      }}
     }},
     {{"type": "portmap", "capabilities": {{"portMappings": true}}}}
   ]
@@ -708,7 +721,11 @@ healthzPort: 10248
 readOnlyPort: 0
 serializeImagePulls: false
 # A test machine's disk may be fuller than a node's should be: evict only when it is really full.
-evictionHard: {{memory.available: 100Mi, nodefs.available: {EVICTION_FLOOR_MIB}Mi, imagefs.available: {EVICTION_FLOOR_MIB}Mi, nodefs.inodesFree: 1%}}
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: {EVICTION_FLOOR_MIB}Mi
+  imagefs.available: {EVICTION_FLOOR_MIB}Mi
+  nodefs.inodesFree: 1%
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 shutdownGracePeriod: 0s

@@ -1,11 +1,12 @@
 //! Single-platform OCI image-layout archives assembled without a container engine, for
-//! `ctr -n k8s.io images import FILE.tar`: the e2e cluster runs the same images a release builds with
-//! docker buildx, made here from locally built artifacts.
+//! `ctr -n k8s.io images import FILE.tar`: the e2e cluster runs the same images a release builds
+//! with docker buildx, made here from locally built artifacts.
 //!
-//! Layers are uncompressed tars (`application/vnd.oci.image.layer.v1.tar`): the archive only travels
-//! to a containerd on the same machine, where gzip would cost most of the build time and save nothing.
-//! The output is reproducible (mtime 0, no user or group names, entries and JSON keys sorted), so
-//! unchanged inputs give an unchanged manifest digest and containerd sees nothing new to unpack.
+//! Layers are uncompressed tars (`application/vnd.oci.image.layer.v1.tar`): the archive only
+//! travels to a containerd on the same machine, where gzip would cost most of the build time and
+//! save nothing. The output is reproducible (mtime 0, no user or group names, entries and JSON keys
+//! sorted), so unchanged inputs give an unchanged manifest digest and containerd sees nothing new
+//! to unpack.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -778,7 +779,7 @@ fn spec_error(e: oci_spec::OciSpecError) -> Error {
 /// `io.containerd.image.name` that is not already in that form.
 fn normalize_name(name: &str) -> Result<(String, String)> {
     let invalid = |why: &str| Error::Image(format!("image name {name:?}: {why}"));
-    if name.is_empty() || name.chars().any(|c| c.is_whitespace()) {
+    if name.is_empty() || name.chars().any(char::is_whitespace) {
         return Err(invalid("empty or with whitespace"));
     }
     if name.contains('@') {

@@ -99,7 +99,7 @@ impl OtlpSink {
         // A panic while holding the lock cannot leave the vector half-written.
         self.received
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -156,7 +156,7 @@ async fn handle(request: Request<Incoming>, received: &Mutex<Received>) -> Respo
     };
     let mut received = received
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match path.as_str() {
         "/v1/traces" => match ExportTraceServiceRequest::decode(body.as_slice()) {
             Ok(export) => received.spans.extend(spans_of(export, authorization)),
@@ -169,7 +169,7 @@ async fn handle(request: Request<Incoming>, received: &Mutex<Received>) -> Respo
                     .iter()
                     .flat_map(|resource| &resource.scope_logs)
                     .map(|scope| scope.log_records.len())
-                    .sum::<usize>()
+                    .sum::<usize>();
             }
             Err(_) => return reply(StatusCode::BAD_REQUEST),
         },

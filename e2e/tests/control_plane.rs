@@ -29,7 +29,8 @@ use tokio_rustls::TlsAcceptor;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Retries `attempt` until it yields `Some`, for state that controllers or caches settle eventually.
+/// Retries `attempt` until it yields `Some`, for state that controllers or caches settle
+/// eventually.
 async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -104,7 +105,8 @@ async fn deployment_yields_replicaset_and_pending_pods() -> Result<()> {
             phase == Some("Pending"),
             "no kubelet, so Pods must stay Pending, got {phase:?}"
         );
-        // The ServiceAccount admission plugin mounts the API token: proof the real admission chain ran.
+        // The ServiceAccount admission plugin mounts the API token: proof the real admission chain
+        // ran.
         let volumes = pod
             .spec
             .as_ref()
@@ -203,10 +205,17 @@ async fn pod_security_restricted_rejects_root_and_admits_compliant_pods() -> Res
     let compliant: Pod = from_json(json!({
         "metadata": {"name": "compliant"},
         "spec": {
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"}
+            },
             "containers": [{
                 "name": "app", "image": "registry.invalid/app:1",
-                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]}
+                }
             }]
         }
     }));
@@ -312,8 +321,8 @@ async fn serve_webhook(ca: &CertificateAuthority, calls: Arc<AtomicUsize>) -> Re
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(
-                    move |request: hyper::Request<Incoming>| {
+                let service =
+                    hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                         let calls = calls.clone();
                         async move {
                             calls.fetch_add(1, Ordering::SeqCst);
@@ -321,10 +330,14 @@ async fn serve_webhook(ca: &CertificateAuthority, calls: Arc<AtomicUsize>) -> Re
                                 .into_body()
                                 .collect()
                                 .await
-                                .map(|b| b.to_bytes())
+                                .map(http_body_util::Collected::to_bytes)
                                 .unwrap_or_default();
                             let review: Value = serde_json::from_slice(&body).unwrap_or_default();
-                            let patch = json!([{"op": "add", "path": "/metadata/labels/e2e.lumigo.io~1mutated", "value": "true"}]);
+                            let patch = json!([{
+                                "op": "add",
+                                "path": "/metadata/labels/e2e.lumigo.io~1mutated",
+                                "value": "true"
+                            }]);
                             let answer = json!({
                                 "apiVersion": "admission.k8s.io/v1",
                                 "kind": "AdmissionReview",
@@ -339,8 +352,7 @@ async fn serve_webhook(ca: &CertificateAuthority, calls: Arc<AtomicUsize>) -> Re
                                 answer.to_string(),
                             ))))
                         }
-                    },
-                );
+                    });
                 let io = hyper_util::rt::TokioIo::new(tls);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, service)

@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use lumigo_e2e::{images, Cluster};
 
-const PROBE: &str = r#"
+const PROBE: &str = concat!(
+    r#"
 import json, os, socket, ssl, time, urllib.error, urllib.request
 print("init wrote:", open("/shared/greeting").read().strip())
 print("autotrace copied:", open("/opt/lumigo/nodejs/register.js").read().strip())
@@ -18,7 +19,8 @@ print("kubernetes resolves to", socket.gethostbyname("kubernetes.default.svc.clu
 sa = "/var/run/secrets/kubernetes.io/serviceaccount"
 token = open(f"{sa}/token").read()
 context = ssl.create_default_context(cafile=f"{sa}/ca.crt")
-request = urllib.request.Request("https://kubernetes.default.svc/api", headers={"Authorization": f"Bearer {token}"})
+request = urllib.request.Request("https://kubernetes.default.svc/api", "#,
+    r#"headers={"Authorization": f"Bearer {token}"})
 with urllib.request.urlopen(request, context=context, timeout=10) as response:
     print("apiserver says", response.status, json.load(response)["kind"])
 web = f"http://web.{os.environ['NAMESPACE']}.svc.cluster.local:8080/ping"
@@ -31,7 +33,8 @@ for attempt in range(40):
         break
     except urllib.error.URLError:
         time.sleep(0.5)
-"#;
+"#
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_runs_and_reaches_services_dns_and_the_apiserver() {
@@ -101,7 +104,9 @@ spec:
       imagePullPolicy: Never
       command: [/usr/bin/python3.11, -c, {probe}]
       env: [{{name: NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}]
-      volumeMounts: [{{name: shared, mountPath: /shared}}, {{name: payload, mountPath: /opt/lumigo}}]
+      volumeMounts:
+        - {{name: shared, mountPath: /shared}}
+        - {{name: payload, mountPath: /opt/lumigo}}
 "#,
         web = images::STATIC_APP,
         python = images::PYTHON_APP,

@@ -1,6 +1,6 @@
-//! A node that cannot start says why, at once, and leaves nothing behind. (A test binary of its own:
-//! a node holds the machine-wide node lock while it lives, so it cannot share a process with the
-//! shared cluster of `node.rs`.)
+//! A node that cannot start says why, at once, and leaves nothing behind. (A test binary of its
+//! own: a node holds the machine-wide node lock while it lives, so it cannot share a process with
+//! the shared cluster of `node.rs`.)
 
 use std::net::{Ipv4Addr, TcpListener};
 

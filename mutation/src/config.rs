@@ -67,13 +67,15 @@ impl InjectionConfig {
         }
         if !is_dns_subdomain(&self.token_secret.name) {
             problems.push(format!(
-                "tokenSecret.name {:?} is not a valid Secret name (lowercase letters, digits, '-' and '.', at most 253 characters)",
+                "tokenSecret.name {:?} is not a valid Secret name (lowercase letters, digits, '-' \
+                 and '.', at most 253 characters)",
                 self.token_secret.name
             ));
         }
         if !is_secret_key(&self.token_secret.key) {
             problems.push(format!(
-                "tokenSecret.key {:?} is not a valid Secret key (letters, digits, '-', '_' and '.', at most 253 characters)",
+                "tokenSecret.key {:?} is not a valid Secret key (letters, digits, '-', '_' and \
+                 '.', at most 253 characters)",
                 self.token_secret.key
             ));
         }

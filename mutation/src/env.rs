@@ -37,7 +37,10 @@ pub fn lumigo_variables(
         (
             ENV_TOKEN,
             json!({"name": ENV_TOKEN, "valueFrom": {"secretKeyRef": {
-                "name": config.token_secret.name, "key": config.token_secret.key, "optional": true}}}),
+                "name": config.token_secret.name,
+                "key": config.token_secret.key,
+                "optional": true
+            }}}),
         ),
         (
             ENV_TRACES_ENDPOINT,

@@ -61,7 +61,8 @@ fn prepare_slot(
     }
 }
 
-/// Undoes [`object_at`] / [`array_at`]: once the container is empty again, puts back what was there.
+/// Undoes [`object_at`] / [`array_at`]: once the container is empty again, puts back what was
+/// there.
 pub fn restore_created(parent: &mut Map<String, Value>, key: &str, created: Option<Created>) {
     let Some(created) = created else { return };
     let now_empty = match parent.get(key) {

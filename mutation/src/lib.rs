@@ -23,7 +23,7 @@ pub use outcome::{Change, Outcome, Reason};
 pub use rollback::{roll_back, rollback_marker, Failure, RollbackMarker};
 pub use workload::{Operation, WorkloadKind};
 
-use names::{AUTO_TRACE_LABEL, INJECTED_VALUE_PREFIX, OPT_OUT_VALUE};
+use names::{AUTO_TRACE_LABEL, OPT_OUT_VALUE};
 use record::Record;
 
 /// Brings an object to what its labels ask for: injected, or clean when it opted out.
@@ -91,8 +91,8 @@ pub fn inject(
         });
     }
     let change = match previous {
-        None => outcome::Change::Injected,
-        Some(_) => outcome::Change::Reinjected {
+        None => Change::Injected,
+        Some(_) => Change::Reinjected {
             previous_label: injected_label(object, kind).unwrap_or_default(),
         },
     };
@@ -111,7 +111,7 @@ pub fn remove(object: &mut Value, kind: WorkloadKind, operation: Operation) -> O
     let record = match template::template(object, kind).map(Record::read) {
         None | Some(Ok(None)) if had_marker => {
             *object = candidate;
-            return Outcome::Changed(outcome::Change::Removed);
+            return Outcome::Changed(Change::Removed);
         }
         None | Some(Ok(None)) => return Outcome::Unchanged(Reason::NotInjected),
         Some(Err(reason)) => return Outcome::Unchanged(reason),
@@ -126,30 +126,21 @@ pub fn remove(object: &mut Value, kind: WorkloadKind, operation: Operation) -> O
         return Outcome::Unchanged(reason);
     }
     *object = candidate;
-    Outcome::Changed(outcome::Change::Removed)
+    Outcome::Changed(Change::Removed)
 }
 
-/// What an object's labels and record say about its injection, for status, events and
-/// troubleshooting ("is it injected, by which version, why not").
+/// What an object's record and owners say about its injection, for the rollout's decisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inspection {
     /// Whether it carries the injection (its record annotation).
     pub injected: bool,
-    /// The operator version of the injection, from the `lumigo.auto-trace` label.
-    pub version: Option<String>,
-    pub opted_out: bool,
     /// The controller that is injected in this object's stead.
     pub managed_by: Option<(String, String)>,
 }
 
 pub fn inspect(object: &Value, kind: WorkloadKind) -> Inspection {
-    let injected = is_injected(object, kind);
-    let version = injected_label(object, kind)
-        .and_then(|label| label.strip_prefix(INJECTED_VALUE_PREFIX).map(str::to_owned));
     Inspection {
-        injected,
-        version: version.filter(|_| injected),
-        opted_out: is_opted_out(object, kind),
+        injected: is_injected(object, kind),
         managed_by: kind.managing_owner(object),
     }
 }
@@ -164,7 +155,7 @@ pub fn is_injected(object: &Value, kind: WorkloadKind) -> bool {
 }
 
 /// `lumigo.auto-trace: "false"` on the object or on its pod template.
-pub fn is_opted_out(object: &Value, kind: WorkloadKind) -> bool {
+fn is_opted_out(object: &Value, kind: WorkloadKind) -> bool {
     let opted_out = |metadata_owner: Option<&Value>| {
         metadata_owner
             .and_then(|owner| owner.pointer("/metadata/labels"))

@@ -35,26 +35,12 @@ pub enum Reason {
     TemplateImmutable { kind: String },
     /// Being deleted: changing it would only delay its deletion.
     Terminating,
-    /// Not one of the kinds that carry a pod template.
-    UnsupportedKind(String),
     /// The object is not shaped like its kind (e.g. `containers` is not a list).
     Malformed(String),
     /// Something the user owns uses one of the injection's names, or cannot be composed with it.
     Conflict(String),
     /// Rolled back after it broke the pods, and neither the settings nor the template changed.
     RolledBack(String),
-}
-
-impl Change {
-    /// The Kubernetes event reason recorded on the workload.
-    pub fn event_reason(&self) -> &'static str {
-        match self {
-            Change::Injected => "LumigoAddedInstrumentation",
-            Change::Reinjected { .. } => "LumigoUpdatedInstrumentation",
-            Change::Removed => "LumigoRemovedInstrumentation",
-            Change::RolledBack { .. } => "LumigoRolledBackInstrumentation",
-        }
-    }
 }
 
 impl Reason {
@@ -64,12 +50,6 @@ impl Reason {
             self,
             Reason::TemplateImmutable { .. } | Reason::Malformed(_) | Reason::Conflict(_)
         )
-    }
-}
-
-impl Outcome {
-    pub fn is_changed(&self) -> bool {
-        matches!(self, Outcome::Changed(_))
     }
 }
 
@@ -83,7 +63,9 @@ impl fmt::Display for Change {
             Change::Removed => f.write_str("Lumigo instrumentation removed"),
             Change::RolledBack { failure } => write!(
                 f,
-                "Lumigo instrumentation rolled back, the injected pods failed: {failure}; it stays off until the settings or the pod template change (or the annotation operator.lumigo.io/rolled-back is deleted)"
+                "Lumigo instrumentation rolled back, the injected pods failed: {failure}; it stays \
+                 off until the settings or the pod template change (or the annotation \
+                 operator.lumigo.io/rolled-back is deleted)"
             ),
         }
     }
@@ -104,12 +86,13 @@ impl fmt::Display for Reason {
                 )
             }
             Reason::TemplateImmutable { kind } => {
-                write!(f, "the pod template of a {kind} is immutable after creation; recreate it to change its instrumentation")
+                write!(
+                    f,
+                    "the pod template of a {kind} is immutable after creation; recreate it to \
+                     change its instrumentation"
+                )
             }
             Reason::Terminating => f.write_str("being deleted"),
-            Reason::UnsupportedKind(kind) => {
-                write!(f, "kind {kind:?} has no pod template to instrument")
-            }
             Reason::Malformed(why) => write!(f, "cannot instrument a malformed object: {why}"),
             Reason::Conflict(why) => write!(f, "cannot instrument: {why}"),
             Reason::RolledBack(failure) => {

@@ -75,8 +75,8 @@ impl Record {
         };
         let unreadable = |why: String| {
             Reason::Malformed(format!(
-                "the annotation {RECORD_ANNOTATION} was changed by hand and cannot be read ({why}); \
-                 restore it, or remove the injected items and the annotation together"
+                "the annotation {RECORD_ANNOTATION} was changed by hand and cannot be read \
+                 ({why}); restore it, or remove the injected items and the annotation together"
             ))
         };
         let text = raw
@@ -119,10 +119,13 @@ mod tests {
 
     #[test]
     fn a_tampered_record_is_reported_not_guessed() {
-        let template = json!({"metadata": {"annotations": {RECORD_ANNOTATION: "{\"v\":1,\"volumes\":\"maybe\"}"}}});
-        assert!(
-            matches!(Record::read(&template), Err(Reason::Malformed(why)) if why.contains(RECORD_ANNOTATION))
-        );
+        let template = json!({"metadata": {"annotations": {
+            RECORD_ANNOTATION: "{\"v\":1,\"volumes\":\"maybe\"}"
+        }}});
+        assert!(matches!(
+            Record::read(&template),
+            Err(Reason::Malformed(why)) if why.contains(RECORD_ANNOTATION)
+        ));
         assert_eq!(Record::read(&json!({"metadata": {}})), Ok(None));
     }
 }

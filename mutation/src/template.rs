@@ -172,7 +172,8 @@ fn inject_container(
     });
     if clashes {
         return Err(Reason::Conflict(format!(
-            "container {name} already mounts a volume named {INJECTOR_NAME} or at {PAYLOAD_MOUNT_PATH}"
+            "container {name} already mounts a volume named {INJECTOR_NAME} or at \
+             {PAYLOAD_MOUNT_PATH}"
         )));
     }
     mounts.push(json!({"name": INJECTOR_NAME, "mountPath": PAYLOAD_MOUNT_PATH, "readOnly": true}));
@@ -187,7 +188,8 @@ fn inject_container(
             let entry = &mut env[index];
             if entry.get("valueFrom").is_some() {
                 return Err(Reason::Conflict(format!(
-                    "container {name} takes LD_PRELOAD from valueFrom, which cannot be composed with the injector"
+                    "container {name} takes LD_PRELOAD from valueFrom, which cannot be composed \
+                     with the injector"
                 )));
             }
             let user_value = match entry.get("value") {

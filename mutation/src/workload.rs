@@ -2,8 +2,6 @@
 
 use serde_json::Value;
 
-use crate::outcome::Reason;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum WorkloadKind {
     Pod,
@@ -25,7 +23,8 @@ pub enum Operation {
 }
 
 impl Operation {
-    /// The admission operations the mutation acts on; `DELETE` and `CONNECT` carry nothing to mutate.
+    /// The admission operations the mutation acts on; `DELETE` and `CONNECT` carry nothing to
+    /// mutate.
     pub fn from_admission(operation: &str) -> Option<Self> {
         match operation {
             "CREATE" => Some(Operation::Create),
@@ -127,20 +126,6 @@ impl WorkloadKind {
         Self::from_group_kind(group_of(api_version), kind)
     }
 
-    /// The kind named by an object's own `apiVersion` and `kind`.
-    pub fn of_object(object: &Value) -> Result<Self, Reason> {
-        let kind = object
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let api_version = object
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        Self::from_api_version_kind(api_version, kind)
-            .ok_or_else(|| Reason::UnsupportedKind(kind.to_owned()))
-    }
-
     /// JSON pointer to the pod template (its `metadata` and `spec`); a Pod is its own template.
     pub fn template_pointer(self) -> &'static str {
         match self {
@@ -221,24 +206,29 @@ mod tests {
     #[test]
     fn kinds_are_matched_with_their_group() {
         assert_eq!(
-            WorkloadKind::of_object(&json!({"apiVersion": "apps/v1", "kind": "DaemonSet"})),
-            Ok(WorkloadKind::DaemonSet)
+            WorkloadKind::from_api_version_kind("apps/v1", "DaemonSet"),
+            Some(WorkloadKind::DaemonSet)
         );
         assert_eq!(
-            WorkloadKind::of_object(&json!({"apiVersion": "v1", "kind": "Pod"})),
-            Ok(WorkloadKind::Pod)
+            WorkloadKind::from_api_version_kind("v1", "Pod"),
+            Some(WorkloadKind::Pod)
         );
         assert_eq!(
-            WorkloadKind::of_object(&json!({"apiVersion": "example.com/v1", "kind": "Deployment"})),
-            Err(Reason::UnsupportedKind("Deployment".into()))
+            WorkloadKind::from_api_version_kind("example.com/v1", "Deployment"),
+            None
         );
     }
 
     #[test]
     fn only_known_controllers_take_over() {
         let owned_by = |api_version: &str, kind: &str, controller: bool| {
-            json!({"metadata": {"ownerReferences": [
-                {"apiVersion": api_version, "kind": kind, "name": "owner", "uid": "1", "controller": controller}]}})
+            json!({"metadata": {"ownerReferences": [{
+                "apiVersion": api_version,
+                "kind": kind,
+                "name": "owner",
+                "uid": "1",
+                "controller": controller
+            }]}})
         };
         let deployment_rs = owned_by("apps/v1", "Deployment", true);
         assert_eq!(

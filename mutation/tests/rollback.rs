@@ -12,7 +12,10 @@ fn deployment() -> Value {
     workload(
         WorkloadKind::Deployment,
         json!({"name": "web", "namespace": "shop"}),
-        json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "node:22"}]}}),
+        json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app", "image": "node:22"}]}
+        }),
     )
 }
 
@@ -51,7 +54,10 @@ fn rolled_back() -> Value {
     let mut object = injected();
     let outcome = roll_back_crashed(&mut object);
     assert!(
-        matches!(&outcome, Outcome::Changed(Change::RolledBack { failure }) if failure.contains("exit code 1")),
+        matches!(
+            &outcome,
+            Outcome::Changed(Change::RolledBack { failure }) if failure.contains("exit code 1")
+        ),
         "{outcome:?}"
     );
     object
@@ -85,7 +91,10 @@ fn the_same_settings_do_not_inject_a_rolled_back_workload_again() {
         Operation::Update,
     );
     assert!(
-        matches!(&outcome, Outcome::Unchanged(Reason::RolledBack(why)) if why.starts_with("CrashLoopBackOff")),
+        matches!(
+            &outcome,
+            Outcome::Unchanged(Reason::RolledBack(why)) if why.starts_with("CrashLoopBackOff")
+        ),
         "{outcome:?}"
     );
     assert!(!outcome_is_problem(&outcome), "no warning on every sweep");

@@ -4,15 +4,15 @@
 //! the injection patch. Client and server share the machine.
 //! Run: `just operator::bench-admission`.
 
-#[path = "../tests/admission_support/mod.rs"]
-mod admission_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
-use admission_support::*;
 use anyhow::{ensure, Result};
 use hyper::body::Bytes;
-use lumigo_e2e::ControlPlane;
+use lumigo_e2e::testing::{own_control_plane, policy_module};
+use support::admission::*;
 
 const CONCURRENCY: [usize; 4] = [1, 4, 16, 64];
 const WARMUP: Duration = Duration::from_millis(500);
@@ -20,7 +20,7 @@ const MEASURE: Duration = Duration::from_secs(4);
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cp = ControlPlane::start().await?;
+    let (cp, _) = own_control_plane().await;
     let (address, ca) =
         start_loopback_host(&cp, policy_module(), Duration::from_secs(1), "app").await?;
     let review = Bytes::from(serde_json::to_vec(&admission_review(

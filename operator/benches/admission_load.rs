@@ -6,19 +6,17 @@
 //! a 3 MiB object, one built to explode when parsed), with the peak RSS after each.
 //! Run: `just operator::bench-admission-load`.
 
-#[path = "../tests/admission_support/mod.rs"]
-mod admission_support;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use admission_support::ReviewClient;
 use anyhow::{bail, ensure, Context, Result};
 use hyper::body::Bytes;
-use lumigo_e2e::ControlPlane;
+use lumigo_e2e::testing::own_control_plane;
 use serde_json::{json, Value};
+use support::admission::ReviewClient;
 use support::*;
 
 const CONCURRENCY: [usize; 3] = [1, 4, 16];
@@ -205,20 +203,14 @@ async fn main() -> Result<()> {
     let oha = std::env::var("LUMIGO_OHA")
         .context("LUMIGO_OHA must name oha: run the bench through `just`")?;
     let profile = std::env::var_os("LUMIGO_BENCH_PROFILE").map(std::path::PathBuf::from);
-    let cp = ControlPlane::start().await?;
-    let client = cp.client()?;
-    install_crd(&client).await;
+    let (cp, client) = with_crd(own_control_plane()).await;
     let namespace = cp.create_namespace("load", &[]).await?;
 
-    let (operator, port) = start_operator_with_webhook(
-        &cp,
-        "0.1.0",
-        &[("RUST_LOG", "info,kube=warn")],
-        "127.0.0.1:0",
-    );
+    let (operator, port, ca) =
+        start_operator_with_registered_webhook(&cp, &client, &[("RUST_LOG", "info,kube=warn")])
+            .await;
     let pid = operator.id();
     let url = format!("https://127.0.0.1:{port}/mutate");
-    let ca = register_loopback_webhook(&client, port).await;
     active_lumigo(&client, &namespace).await;
 
     let mut request: Value = serde_json::from_str(&std::fs::read_to_string(FIXTURE)?)?;
@@ -235,7 +227,8 @@ async fn main() -> Result<()> {
         bail!("the webhook did not inject the fixture: {answer}");
     }
     println!(
-        "Deployment CREATE AdmissionReview ({} bytes) from oha over keep-alive HTTPS, {MEASURE} per row,",
+        "Deployment CREATE AdmissionReview ({} bytes) from oha over keep-alive HTTPS, \
+         {MEASURE} per row,",
         std::fs::metadata(&body)?.len()
     );
     println!("to the operator's release binary with its built-in webhook (namespace instrumented)");

@@ -8,10 +8,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
-use kube::api::{Api, DeleteParams};
-use lumigo_e2e::ControlPlane;
+use lumigo_e2e::testing::{eventually, own_control_plane, succeeded};
 use lumigo_mutation::WorkloadKind;
-use lumigo_operator::crd::Lumigo;
 use serde_json::json;
 use support::*;
 
@@ -23,13 +21,7 @@ async fn create_deployments(client: &kube::Client, ns: &str, range: std::ops::Ra
     stream::iter(range)
         .for_each_concurrent(16, |index| async move {
             let name = format!("svc-{index:04}");
-            create(
-                client,
-                ns,
-                WorkloadKind::Deployment,
-                manifest(WorkloadKind::Deployment, &name, 0),
-            )
-            .await;
+            create_manifest(client, ns, WorkloadKind::Deployment, &name, 0).await;
         })
         .await;
 }
@@ -55,12 +47,10 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
 
 #[tokio::main]
 async fn main() {
-    let cp = ControlPlane::start().await.unwrap();
-    let client = cp.client().unwrap();
-    install_crd(&client).await;
+    let (cp, client) = with_crd(own_control_plane()).await;
     let ns = cp.create_namespace("bench", &[]).await.unwrap();
     create_deployments(&client, &ns, 0..FIRST).await;
-    create_secret(&client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
+    create_token_secret(&client, &ns).await;
 
     let port = free_port();
     let metrics_url = format!("http://127.0.0.1:{port}/metrics");
@@ -73,42 +63,21 @@ async fn main() {
     eventually(
         "the operator's metrics endpoint",
         Duration::from_secs(30),
-        || async {
-            std::process::Command::new("curl")
-                .args(["-sf", &metrics_url])
-                .output()
-                .ok()?
-                .status
-                .success()
-                .then_some(())
-        },
+        || async { succeeded(std::process::Command::new("curl").args(["-sf", &metrics_url])) },
     )
     .await;
 
-    let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
-    create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
+    create_default_lumigo(&client, &ns).await;
     let inject = wait_instrumented(&client, &ns, FIRST).await;
     let inject_writes = workload_writes(&metrics_url);
 
     let start = Instant::now();
-    lumigos
-        .delete("lumigo", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the removal to finish", WAIT, || async {
-        lumigos
-            .get_opt("lumigo")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_lumigo(&client, &ns, "lumigo", WAIT).await;
     let remove = start.elapsed();
     let remove_writes = workload_writes(&metrics_url) - inject_writes;
 
     create_deployments(&client, &ns, FIRST..TOTAL).await;
-    create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
+    create_default_lumigo(&client, &ns).await;
     let inject_all = wait_instrumented(&client, &ns, TOTAL).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (peak, now) = (

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, PostParams};
-use lumigo_e2e::Cluster;
+use lumigo_e2e::testing::{eventually, shared_cluster};
 use lumigo_mutation::WorkloadKind;
 use lumigo_operator::workload_health::rolled_out;
 use support::node_rollout::{deployment, load_images, PodSampler, SMALL_AUTOTRACE};
@@ -44,24 +44,16 @@ async fn rolled_out_count(client: &kube::Client, namespace: &str, injected: bool
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let shared = Cluster::shared().await.expect("a cluster with a node");
+    let (shared, client) = with_crd(shared_cluster()).await;
     let cluster = shared.as_ref();
     let cp = cluster.control_plane();
-    let client = cp.client().unwrap();
-    install_crd(&client).await;
     load_images(cluster);
     println!("{DEPLOYMENTS} one-replica Deployments, the injection rolled in by the operator:");
     for (mode, limit) in [("all at once", "0"), ("paced (default 10)", "10")] {
         let namespace = format!("bench-{}", if limit == "0" { "all" } else { "paced" });
         cp.run_kubectl(&["create", "namespace", &namespace], None)
             .unwrap();
-        create_secret(
-            &client,
-            &namespace,
-            "lumigo-credentials",
-            &[("token", TOKEN)],
-        )
-        .await;
+        create_token_secret(&client, &namespace).await;
         let api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
         let names: BTreeSet<String> = (0..DEPLOYMENTS).map(|i| format!("svc-{i:03}")).collect();
         for name in &names {
@@ -87,13 +79,7 @@ async fn main() {
         );
         let sampler = PodSampler::start(&client, &namespace, names);
         let started = Instant::now();
-        create_lumigo(
-            &client,
-            &namespace,
-            "lumigo",
-            default_spec("lumigo-credentials"),
-        )
-        .await;
+        create_default_lumigo(&client, &namespace).await;
         eventually("every Deployment rolled out injected", WAIT, || async {
             (rolled_out_count(&client, &namespace, true).await == DEPLOYMENTS).then_some(())
         })
@@ -101,7 +87,9 @@ async fn main() {
         let took = started.elapsed();
         let sampled = sampler.stop();
         println!(
-            "  {mode:<20} {:>6.1} s to roll {DEPLOYMENTS} pods; at most {:>3} pods not Ready and {:>3} Deployments starting at once; {} Deployments without a Ready pod at some moment",
+            "  {mode:<20} {:>6.1} s to roll {DEPLOYMENTS} pods; at most {:>3} pods not Ready and \
+             {:>3} Deployments starting at once; {} Deployments without a Ready pod at some \
+             moment",
             took.as_secs_f64(),
             sampled.peak_not_ready,
             sampled.peak_restarting,
@@ -112,7 +100,8 @@ async fn main() {
         let started = Instant::now();
         delete_lumigo(&client, &namespace, "lumigo", WAIT).await;
         println!(
-            "  {:<20} {:>6.1} s to remove the injection from them (the pods restart in the background)",
+            "  {:<20} {:>6.1} s to remove the injection from them (the pods restart in the \
+             background)",
             "",
             started.elapsed().as_secs_f64()
         );

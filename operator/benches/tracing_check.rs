@@ -22,7 +22,8 @@ fn page(now: Timestamp) -> String {
     for series in 0..SERIES {
         let namespace = format!("team-{}", series % 50);
         page.push_str(&format!(
-            "lumigo_proxy_calls_total{{k8s_container_name=\"server\",k8s_deployment_name=\"service-{series}\",\
+            "lumigo_proxy_calls_total{{k8s_container_name=\"server\",\
+             k8s_deployment_name=\"service-{series}\",\
              k8s_namespace_name=\"{namespace}\",k8s_replicaset_name=\"service-{series}-7d9f8c6b5\",\
              process_runtime_name=\"nodejs\",service_name=\"service-{series}\"}} {} {}\n",
             series * 7 + 1,
@@ -94,11 +95,13 @@ fn main() {
     );
     times.sort();
     println!(
-        "tracing check: {SERIES} series on the proxy page ({} KiB), {INSTRUMENTED} instrumented workloads in 50 namespaces",
+        "tracing check: {SERIES} series on the proxy page ({} KiB), {INSTRUMENTED} instrumented \
+         workloads in 50 namespaces",
         text.len() / 1024
     );
     println!(
-        "  per check (parse + observe + republish): median {:.1} ms, worst {:.1} ms over {CHECKS} checks",
+        "  per check (parse + observe + republish): median {:.1} ms, worst {:.1} ms over \
+         {CHECKS} checks",
         times[CHECKS / 2].as_secs_f64() * 1e3,
         times[CHECKS - 1].as_secs_f64() * 1e3
     );

@@ -16,7 +16,13 @@ use crate::settings::{OperatorSettings, ProtectedNamespaces};
     about = "Zero-code Lumigo tracing for Kubernetes workloads"
 )]
 pub struct Cli {
-    #[arg(long, env = "LUMIGO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(
+        long,
+        env = "LUMIGO_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -51,7 +57,11 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct InjectionArgs {
     /// The image of the init container that copies the injector and the tracers.
-    #[arg(long, env = "LUMIGO_INJECTOR_IMAGE", default_value = concat!("ghcr.io/lumigo-rs/autotrace:", env!("CARGO_PKG_VERSION")))]
+    #[arg(
+        long,
+        env = "LUMIGO_INJECTOR_IMAGE",
+        default_value = concat!("ghcr.io/lumigo-rs/autotrace:", env!("CARGO_PKG_VERSION"))
+    )]
     pub injector_image: String,
     /// Where instrumented workloads send traces (the in-cluster telemetry proxy in the chart).
     #[arg(long, env = "LUMIGO_TRACES_ENDPOINT", default_value = DEFAULT_TRACES_ENDPOINT)]
@@ -60,7 +70,12 @@ pub struct InjectionArgs {
     #[arg(long, env = "LUMIGO_LOGS_ENDPOINT", default_value = DEFAULT_LOGS_ENDPOINT)]
     pub logs_endpoint: String,
     /// Written into the `lumigo.auto-trace` label; workloads with another value are re-injected.
-    #[arg(long, env = "LUMIGO_OPERATOR_VERSION", default_value = env!("CARGO_PKG_VERSION"), hide = true)]
+    #[arg(
+        long,
+        env = "LUMIGO_OPERATOR_VERSION",
+        default_value = env!("CARGO_PKG_VERSION"),
+        hide = true
+    )]
     pub operator_version: String,
     /// Workload writes in flight at once during a rollout.
     #[arg(long, env = "LUMIGO_MAX_CONCURRENT_WRITES", default_value_t = 8)]
@@ -85,11 +100,21 @@ pub struct RolloutArgs {
     )]
     pub rollout_max_in_progress_cluster: u32,
     /// How often a rollout under way is looked at (progress, health gate, next turn).
-    #[arg(long, env = "LUMIGO_ROLLOUT_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "LUMIGO_ROLLOUT_CHECK_INTERVAL",
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
     pub rollout_check_interval: Duration,
     /// How long a deleted `Lumigo` resource waits for workloads that cannot be written before
     /// its finalizer is released anyway (with a LumigoRemovalIncomplete event).
-    #[arg(long, env = "LUMIGO_REMOVAL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "LUMIGO_REMOVAL_TIMEOUT",
+        default_value = "5m",
+        value_parser = parse_duration
+    )]
     pub removal_timeout: Duration,
     /// `Lumigo` resources reconciled at once.
     #[arg(long, env = "LUMIGO_RECONCILE_CONCURRENCY", default_value_t = 4)]
@@ -123,19 +148,30 @@ pub struct TracingArgs {
     pub telemetry_proxy_metrics_port: u16,
     /// How often the span counts are read (and so the shortest time between two status writes
     /// caused by tracing).
-    #[arg(long, env = "LUMIGO_TRACES_CHECK_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "LUMIGO_TRACES_CHECK_INTERVAL",
+        default_value = "15s",
+        value_parser = parse_duration
+    )]
     pub traces_check_interval: Duration,
     /// How long an instrumented workload with Ready pods may send no span before it is `Silent`
     /// and reported with a LumigoNoTraces warning.
-    #[arg(long, env = "LUMIGO_NO_TRACES_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "LUMIGO_NO_TRACES_WINDOW",
+        default_value = "10m",
+        value_parser = parse_duration
+    )]
     pub no_traces_window: Duration,
 }
 
 /// The namespaces the install instruments by itself (the chart's `monitoredNamespaces`).
 #[derive(Args, Debug, Clone)]
 pub struct OnboardingArgs {
-    /// `{"names": [...]}`, `{"all": true}` or `{"selector": {"matchLabels": ..., "matchExpressions": ...}}`;
-    /// empty: none (what an earlier selection created is removed).
+    /// `{"names": [...]}`, `{"all": true}` or
+    /// `{"selector": {"matchLabels": ..., "matchExpressions": ...}}`; empty: none (what an earlier
+    /// selection created is removed).
     #[arg(long, env = "LUMIGO_MONITORED_NAMESPACES", default_value = "")]
     pub monitored_namespaces: String,
     /// Namespaces never selected (comma-separated), besides kube-system, kube-public,
@@ -165,18 +201,40 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME", default_value = "lumigo-operator-local")]
     pub identity: String,
     /// Take part in leader election, so that only one replica acts.
-    #[arg(long, env = "LUMIGO_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(
+        long,
+        env = "LUMIGO_LEADER_ELECTION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
     pub leader_election: bool,
     #[arg(long, default_value = "lumigo-operator")]
     pub lease_name: String,
-    #[arg(long, env = "LUMIGO_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "LUMIGO_LEASE_DURATION",
+        default_value = "15s",
+        value_parser = parse_duration
+    )]
     pub lease_duration: Duration,
     /// Who admits new workloads: the operator itself, or Kubewarden through one AdmissionPolicy
     /// per instrumented namespace.
-    #[arg(long, env = "LUMIGO_ADMISSION_ENGINE", value_enum, default_value_t = AdmissionEngine::Builtin)]
+    #[arg(
+        long,
+        env = "LUMIGO_ADMISSION_ENGINE",
+        value_enum,
+        default_value_t = AdmissionEngine::Builtin
+    )]
     pub admission_engine: AdmissionEngine,
     /// The policy module the Kubewarden engine's AdmissionPolicies run.
-    #[arg(long, env = "LUMIGO_KUBEWARDEN_POLICY_MODULE", default_value = concat!("registry://ghcr.io/lumigo-rs/policies/lumigo-autotrace:v", env!("CARGO_PKG_VERSION")))]
+    #[arg(
+        long,
+        env = "LUMIGO_KUBEWARDEN_POLICY_MODULE",
+        default_value = concat!(
+            "registry://ghcr.io/lumigo-rs/policies/lumigo-autotrace:v",
+            env!("CARGO_PKG_VERSION")
+        )
+    )]
     pub kubewarden_policy_module: String,
     /// Where the built-in webhook serves AdmissionReviews over HTTPS.
     #[arg(long, env = "LUMIGO_WEBHOOK_ADDRESS", default_value = "0.0.0.0:9443")]
@@ -202,9 +260,14 @@ pub struct RunArgs {
         default_value = "lumigo-operator"
     )]
     pub webhook_configuration: String,
-    /// Serve the webhook for an API server on this machine (`https://127.0.0.1:PORT`, the local demo)
-    /// instead of through the Service.
-    #[arg(long, env = "LUMIGO_WEBHOOK_LOOPBACK", default_value_t = false, action = clap::ArgAction::Set)]
+    /// Serve the webhook for an API server on this machine (`https://127.0.0.1:PORT`, the local
+    /// demo) instead of through the Service.
+    #[arg(
+        long,
+        env = "LUMIGO_WEBHOOK_LOOPBACK",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
     pub webhook_loopback: bool,
     /// The policy module the built-in webhook evaluates.
     #[arg(
@@ -214,7 +277,12 @@ pub struct RunArgs {
     )]
     pub policy_module: std::path::PathBuf,
     /// How long one admission evaluation may run before it is cut off (and admitted unchanged).
-    #[arg(long, env = "LUMIGO_EVALUATION_DEADLINE", default_value = "2s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "LUMIGO_EVALUATION_DEADLINE",
+        default_value = "2s",
+        value_parser = parse_duration
+    )]
     pub evaluation_deadline: Duration,
     #[command(flatten)]
     pub webhook_limits: WebhookLimitArgs,
@@ -235,10 +303,18 @@ pub struct RunArgs {
 #[derive(Args, Debug, Clone)]
 pub struct WebhookLimitArgs {
     /// The largest AdmissionReview body read, in bytes; larger ones get 413.
-    #[arg(long, env = "LUMIGO_WEBHOOK_MAX_REQUEST_BYTES", default_value_t = AdmissionLimits::default().max_request_bytes)]
+    #[arg(
+        long,
+        env = "LUMIGO_WEBHOOK_MAX_REQUEST_BYTES",
+        default_value_t = AdmissionLimits::default().max_request_bytes
+    )]
     pub webhook_max_request_bytes: usize,
     /// Request bytes held at once (read, queued or evaluated); past it requests wait, then get 503.
-    #[arg(long, env = "LUMIGO_WEBHOOK_MAX_IN_FLIGHT_BYTES", default_value_t = AdmissionLimits::default().max_in_flight_bytes)]
+    #[arg(
+        long,
+        env = "LUMIGO_WEBHOOK_MAX_IN_FLIGHT_BYTES",
+        default_value_t = AdmissionLimits::default().max_in_flight_bytes
+    )]
     pub webhook_max_in_flight_bytes: usize,
     /// How long a request's headers may take (also how long an idle connection is kept).
     #[arg(long, env = "LUMIGO_WEBHOOK_HEADER_TIMEOUT", value_parser = parse_duration)]
@@ -247,10 +323,18 @@ pub struct WebhookLimitArgs {
     #[arg(long, env = "LUMIGO_WEBHOOK_BODY_TIMEOUT", value_parser = parse_duration)]
     pub webhook_body_timeout: Option<Duration>,
     /// Connections open at once; more are closed as they arrive.
-    #[arg(long, env = "LUMIGO_WEBHOOK_MAX_CONNECTIONS", default_value_t = AdmissionLimits::default().max_connections)]
+    #[arg(
+        long,
+        env = "LUMIGO_WEBHOOK_MAX_CONNECTIONS",
+        default_value_t = AdmissionLimits::default().max_connections
+    )]
     pub webhook_max_connections: usize,
     /// Connections open at once from one client address.
-    #[arg(long, env = "LUMIGO_WEBHOOK_MAX_CONNECTIONS_PER_CLIENT", default_value_t = AdmissionLimits::default().max_connections_per_client)]
+    #[arg(
+        long,
+        env = "LUMIGO_WEBHOOK_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = AdmissionLimits::default().max_connections_per_client
+    )]
     pub webhook_max_connections_per_client: usize,
 }
 
@@ -283,7 +367,8 @@ impl WebhookLimitArgs {
 pub struct UninstallArgs {
     #[command(flatten)]
     pub injection: InjectionArgs,
-    /// How long the running operator gets to clean up through its finalizers before this command does it.
+    /// How long the running operator gets to clean up through its finalizers before this command
+    /// does it.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub wait_for_operator: Duration,
     /// The operator's namespace, whose leader Lease tells it that an uninstall is under way.

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 pub const FINALIZER: &str = "operator.lumigo.io/lumigo-finalizer";
 
+// clippy reads the printer columns' repeated `type_` as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "operator.lumigo.io",
@@ -16,11 +18,28 @@ pub const FINALIZER: &str = "operator.lumigo.io/lumigo-finalizer";
     plural = "lumigoes",
     namespaced,
     status = "LumigoStatus",
-    printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.conditions[?(@.type==\"Active\")].status"}"#,
-    printcolumn = r#"{"name":"Instrumented","type":"integer","jsonPath":".status.instrumentedCount"}"#,
-    printcolumn = r#"{"name":"Tracing","type":"string","jsonPath":".status.tracing"}"#,
-    printcolumn = r#"{"name":"Error","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Error\")].message"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn(
+        name = "Active",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Active\")].status"
+    ),
+    printcolumn(
+        name = "Instrumented",
+        type_ = "integer",
+        json_path = ".status.instrumentedCount"
+    ),
+    printcolumn(name = "Tracing", type_ = "string", json_path = ".status.tracing"),
+    printcolumn(
+        name = "Error",
+        type_ = "string",
+        priority = "1",
+        json_path = ".status.conditions[?(@.type==\"Error\")].message"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LumigoSpec {
@@ -156,8 +175,9 @@ pub struct RolloutStatus {
     /// Workloads waiting for their turn.
     #[serde(default)]
     pub pending: i64,
-    /// Set when the rollout stopped because its first workloads failed in a way every workload
-    /// would: nothing more is injected until the operator's settings or this resource's spec change.
+    /// Set when the rollout stopped because its first workloads failed in a way every
+    /// workload would: nothing more is injected until the operator's settings or this
+    /// resource's spec change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halted: Option<RolloutHalt>,
 }

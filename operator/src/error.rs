@@ -8,15 +8,6 @@ pub enum Error {
     Request(#[from] kube::core::request::Error),
     #[error("{0}")]
     Serialization(#[from] serde_json::Error),
-    #[error(
-        "{kind} {namespace}/{name} kept changing under us; giving up after {attempts} attempts"
-    )]
-    Contended {
-        kind: String,
-        namespace: String,
-        name: String,
-        attempts: u32,
-    },
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("incomplete: {0}")]
@@ -34,12 +25,26 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// A 409 from the API server: the object changed since it was read.
+    /// The object changed, or appeared, since it was read: read it again.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Error::Kube(kube::Error::Api(status)) if status.code == 409)
+        matches!(self, Error::Kube(error) if lost_race(error))
     }
 
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Kube(kube::Error::Api(status)) if status.code == 404)
+        matches!(self, Error::Kube(error) if not_found(error))
     }
+}
+
+// By status code, not kube's `Status::is_not_found`/`is_conflict`: those read only the reason,
+// which a response without a `Status` body lacks (a resource type the apiserver does not serve,
+// such as a CRD not installed, answers 404 with plain text).
+
+/// A write refused because the object changed since it was read (a replace with an old
+/// `resourceVersion`) or exists already (a create that raced another writer): read it again.
+pub(crate) fn lost_race(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+pub(crate) fn not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
 }

@@ -1,26 +1,351 @@
-//! Kubernetes Events on workloads, each naming what changed and what triggered it.
+//! Kubernetes Events: the one vocabulary of reasons and actions the operator records (by the
+//! rollout, the webhook and uninstall), and the one place that writes an Event.
+//!
+//! Repeats are folded the way Kubernetes event series are: the first occurrence of an object's
+//! reason creates an Event, later ones within [`SERIES_TTL`] raise its `series.count`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::Client;
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::events::Reporter;
+use kube::{Api, Client};
 use lumigo_mutation::{Change, Reason};
 
 use crate::crd::{InstrumentedResource, TracedContainer};
 
 pub const CONTROLLER_NAME: &str = "lumigo-operator";
-pub const CANNOT_ADD: &str = "LumigoCannotAddInstrumentation";
-pub const CANNOT_REMOVE: &str = "LumigoCannotRemoveInstrumentation";
-pub const TRACES_RECEIVED: &str = "LumigoTracesReceived";
-pub const NO_TRACES: &str = "LumigoNoTraces";
-pub const ROLLOUT_HALTED: &str = "LumigoRolloutHalted";
-pub const REMOVAL_INCOMPLETE: &str = "LumigoRemovalIncomplete";
-pub const ADMISSION_UNAVAILABLE: &str = "LumigoAdmissionUnavailable";
 
+/// A series is continued (its count raised) while it was last seen within this; then a new Event
+/// starts, as the Kubernetes event recorder does.
+const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
+/// Series remembered for continuing; past this a new one gets an Event of its own, so a flood of
+/// distinct objects cannot grow the table without bound.
+const MAX_SERIES: usize = 4096;
+/// The Events API refuses a longer note.
+const MAX_NOTE_BYTES: usize = 1000;
+
+/// Why an Event was recorded: every reason the operator writes, on workloads and on its own
+/// resources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventReason {
+    AddedInstrumentation,
+    UpdatedInstrumentation,
+    RemovedInstrumentation,
+    RolledBackInstrumentation,
+    CannotAddInstrumentation,
+    CannotRemoveInstrumentation,
+    TracesReceived,
+    NoTraces,
+    RolloutHalted,
+    RemovalIncomplete,
+    AdmissionUnavailable,
+}
+
+/// What the operator was doing when it recorded an Event (the Event's `action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventAction {
+    Instrument,
+    UpdateInstrumentation,
+    RemoveInstrumentation,
+    RollBackInstrumentation,
+    VerifyTracing,
+    RollOut,
+    Admit,
+}
+
+impl EventReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventReason::AddedInstrumentation => "LumigoAddedInstrumentation",
+            EventReason::UpdatedInstrumentation => "LumigoUpdatedInstrumentation",
+            EventReason::RemovedInstrumentation => "LumigoRemovedInstrumentation",
+            EventReason::RolledBackInstrumentation => "LumigoRolledBackInstrumentation",
+            EventReason::CannotAddInstrumentation => "LumigoCannotAddInstrumentation",
+            EventReason::CannotRemoveInstrumentation => "LumigoCannotRemoveInstrumentation",
+            EventReason::TracesReceived => "LumigoTracesReceived",
+            EventReason::NoTraces => "LumigoNoTraces",
+            EventReason::RolloutHalted => "LumigoRolloutHalted",
+            EventReason::RemovalIncomplete => "LumigoRemovalIncomplete",
+            EventReason::AdmissionUnavailable => "LumigoAdmissionUnavailable",
+        }
+    }
+
+    /// The reason a change to a workload is recorded under, whoever made it.
+    pub const fn of_change(change: &Change) -> Self {
+        match change {
+            Change::Injected => EventReason::AddedInstrumentation,
+            Change::Reinjected { .. } => EventReason::UpdatedInstrumentation,
+            Change::Removed => EventReason::RemovedInstrumentation,
+            Change::RolledBack { .. } => EventReason::RolledBackInstrumentation,
+        }
+    }
+
+    pub const fn action(self) -> EventAction {
+        match self {
+            EventReason::AddedInstrumentation | EventReason::CannotAddInstrumentation => {
+                EventAction::Instrument
+            }
+            EventReason::UpdatedInstrumentation => EventAction::UpdateInstrumentation,
+            EventReason::RemovedInstrumentation
+            | EventReason::CannotRemoveInstrumentation
+            | EventReason::RemovalIncomplete => EventAction::RemoveInstrumentation,
+            EventReason::RolledBackInstrumentation => EventAction::RollBackInstrumentation,
+            EventReason::TracesReceived | EventReason::NoTraces => EventAction::VerifyTracing,
+            EventReason::RolloutHalted => EventAction::RollOut,
+            EventReason::AdmissionUnavailable => EventAction::Admit,
+        }
+    }
+
+    /// Whether a person should look: everything but a change made or traces arriving.
+    pub const fn is_warning(self) -> bool {
+        !matches!(
+            self,
+            EventReason::AddedInstrumentation
+                | EventReason::UpdatedInstrumentation
+                | EventReason::RemovedInstrumentation
+                | EventReason::TracesReceived
+        )
+    }
+}
+
+impl EventAction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventAction::Instrument => "Instrument",
+            EventAction::UpdateInstrumentation => "UpdateInstrumentation",
+            EventAction::RemoveInstrumentation => "RemoveInstrumentation",
+            EventAction::RollBackInstrumentation => "RollBackInstrumentation",
+            EventAction::VerifyTracing => "VerifyTracing",
+            EventAction::RollOut => "RollOut",
+            EventAction::Admit => "Admit",
+        }
+    }
+}
+
+/// What makes two occurrences one series: the object and the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SeriesKey {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub reason: EventReason,
+}
+
+enum Series {
+    /// Its Event is being created (its object may not exist yet): what happens meanwhile is
+    /// added once it is.
+    Creating { meanwhile: u32 },
+    Created {
+        name: String,
+        count: u32,
+        last_seen: Timestamp,
+    },
+}
+
+/// Writes every Event the operator records: creates one for the first occurrence of a series and
+/// raises its `series.count` after.
+pub(crate) struct EventPublisher {
+    client: Client,
+    reporter: Reporter,
+    published: Mutex<HashMap<SeriesKey, Series>>,
+}
+
+impl EventPublisher {
+    pub(crate) fn new(client: Client, reporter: Reporter) -> Self {
+        EventPublisher {
+            client,
+            reporter,
+            published: Mutex::default(),
+        }
+    }
+
+    /// Records `count` occurrences of `key.reason` about the object `regarding` resolves to; none
+    /// when it resolves to nothing (an object that never appeared).
+    pub(crate) async fn publish(
+        &self,
+        key: SeriesKey,
+        note: &str,
+        count: u32,
+        regarding: impl Future<Output = Option<ObjectReference>>,
+    ) -> kube::Result<()> {
+        self.forget_ended_series();
+        let now = Timestamp::now();
+        let continued = match self.series().get_mut(&key) {
+            Some(Series::Creating { meanwhile }) => {
+                *meanwhile = meanwhile.saturating_add(count);
+                return Ok(());
+            }
+            Some(Series::Created {
+                name,
+                count: so_far,
+                last_seen,
+            }) => {
+                *so_far = so_far.saturating_add(count);
+                *last_seen = now;
+                Some((name.clone(), *so_far))
+            }
+            None => None,
+        };
+        match continued {
+            Some((name, total)) => self.raise(&key.namespace, &name, total, now).await,
+            None => self.create(key, note, count, regarding, now).await,
+        }
+    }
+
+    fn series(&self) -> std::sync::MutexGuard<'_, HashMap<SeriesKey, Series>> {
+        self.published
+            .lock()
+            .expect("the published series are never poisoned: nothing panics holding them")
+    }
+
+    fn forget_ended_series(&self) {
+        let now = Timestamp::now();
+        self.series().retain(|_, series| match series {
+            Series::Creating { .. } => true,
+            Series::Created { last_seen, .. } => last_seen
+                .saturating_add(SERIES_TTL)
+                .is_ok_and(|end| end > now),
+        });
+    }
+
+    async fn create(
+        &self,
+        key: SeriesKey,
+        note: &str,
+        count: u32,
+        regarding: impl Future<Output = Option<ObjectReference>>,
+        now: Timestamp,
+    ) -> kube::Result<()> {
+        self.series()
+            .insert(key.clone(), Series::Creating { meanwhile: 0 });
+        let Some(reference) = regarding.await else {
+            self.series().remove(&key);
+            tracing::debug!(
+                kind = %key.kind,
+                name = %key.name,
+                "the event's object never appeared, or is not the one named; no event"
+            );
+            return Ok(());
+        };
+        let created = self.new_event(&key, note, reference, count, now);
+        let name = created.metadata.name.clone().unwrap_or_default();
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &key.namespace);
+        if let Err(error) = events.create(&PostParams::default(), &created).await {
+            self.series().remove(&key);
+            return Err(error);
+        }
+        let meanwhile = match self.series().remove(&key) {
+            Some(Series::Creating { meanwhile }) => meanwhile,
+            _ => 0,
+        };
+        let total = count.saturating_add(meanwhile);
+        {
+            let mut series = self.series();
+            if series.len() < MAX_SERIES {
+                series.insert(
+                    key.clone(),
+                    Series::Created {
+                        name: name.clone(),
+                        count: total,
+                        last_seen: now,
+                    },
+                );
+            }
+        }
+        if meanwhile > 0 {
+            self.raise(&key.namespace, &name, total, Timestamp::now())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn raise(
+        &self,
+        namespace: &str,
+        name: &str,
+        total: u32,
+        now: Timestamp,
+    ) -> kube::Result<()> {
+        let series = EventSeries {
+            count: i32::try_from(total).unwrap_or(i32::MAX),
+            last_observed_time: MicroTime(now),
+        };
+        let events: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        events
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({"series": series})),
+            )
+            .await
+            .map(drop)
+    }
+
+    fn new_event(
+        &self,
+        key: &SeriesKey,
+        note: &str,
+        regarding: ObjectReference,
+        count: u32,
+        now: Timestamp,
+    ) -> Event {
+        let controller = self.reporter.controller.clone();
+        Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{}.{:x}", key.name, now.as_nanosecond())),
+                namespace: Some(key.namespace.clone()),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some(
+                if key.reason.is_warning() {
+                    "Warning"
+                } else {
+                    "Normal"
+                }
+                .into(),
+            ),
+            reason: Some(key.reason.as_str().into()),
+            action: Some(key.reason.action().as_str().into()),
+            note: Some(truncated(note, MAX_NOTE_BYTES).into()),
+            regarding: Some(regarding),
+            reporting_instance: Some(
+                self.reporter
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| controller.clone()),
+            ),
+            reporting_controller: Some(controller),
+            // The API accepts a series only from its second occurrence on.
+            series: (count > 1).then(|| EventSeries {
+                count: i32::try_from(count).unwrap_or(i32::MAX),
+                last_observed_time: MicroTime(now),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// `text` cut to at most `limit` bytes, on a character boundary.
+fn truncated(text: &str, limit: usize) -> &str {
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The events of the rollout, the tracing check and uninstall: each names what changed and what
+/// triggered it.
 pub struct Events {
-    recorder: Recorder,
+    publisher: EventPublisher,
     /// Warnings already recorded, by object uid and reason: a sweep that finds the same
     /// problem again must not write again.
     warned: Mutex<HashSet<(String, String)>>,
@@ -33,24 +358,15 @@ impl Events {
             instance,
         };
         Events {
-            recorder: Recorder::new(client, reporter),
+            publisher: EventPublisher::new(client, reporter),
             warned: Mutex::default(),
         }
     }
 
     pub async fn changed(&self, workload: &InstrumentedResource, change: &Change, trigger: &str) {
-        let type_ = match change {
-            Change::RolledBack { .. } => EventType::Warning,
-            _ => EventType::Normal,
-        };
-        let event = Event {
-            type_,
-            reason: change.event_reason().into(),
-            note: Some(format!("{change}; trigger: {trigger}")),
-            action: action_for(change.event_reason()).into(),
-            secondary: None,
-        };
-        self.publish(&event, workload).await;
+        let note = format!("{change}; trigger: {trigger}");
+        self.publish(workload, EventReason::of_change(change), &note)
+            .await;
     }
 
     /// A workload that should have been changed and could not be, recorded once per operator run.
@@ -61,23 +377,23 @@ impl Events {
         reason: &Reason,
         trigger: &str,
     ) {
-        let event_reason = if adding { CANNOT_ADD } else { CANNOT_REMOVE };
+        let event_reason = if adding {
+            EventReason::CannotAddInstrumentation
+        } else {
+            EventReason::CannotRemoveInstrumentation
+        };
         let first_time = self
             .warned
             .lock()
             .expect("the warned set is never poisoned: no code panics while holding it")
-            .insert((workload.uid.clone(), format!("{event_reason}:{reason}")));
-        if !first_time {
-            return;
+            .insert((
+                workload.uid.clone(),
+                format!("{}:{reason}", event_reason.as_str()),
+            ));
+        if first_time {
+            let note = format!("{reason}; trigger: {trigger}");
+            self.publish(workload, event_reason, &note).await;
         }
-        let event = Event {
-            type_: EventType::Warning,
-            reason: event_reason.into(),
-            note: Some(format!("{reason}; trigger: {trigger}")),
-            action: action_for(event_reason).into(),
-            secondary: None,
-        };
-        self.publish(&event, workload).await;
     }
 
     /// The first spans of a workload since its (re-)injection reached the telemetry proxy.
@@ -95,76 +411,171 @@ impl Events {
                 (name, runtime) => format!("container {name} ({runtime})"),
             })
             .collect();
-        let event = Event {
-            type_: EventType::Normal,
-            reason: TRACES_RECEIVED.into(),
-            note: Some(format!(
-                "the telemetry proxy received the first spans since the injection, from {}",
-                senders.join(", ")
-            )),
-            action: "VerifyTracing".into(),
-            secondary: None,
-        };
-        self.publish(&event, workload).await;
+        let note = format!(
+            "the telemetry proxy received the first spans since the injection, from {}",
+            senders.join(", ")
+        );
+        self.publish(workload, EventReason::TracesReceived, &note)
+            .await;
     }
 
     /// A workload with Ready pods sent no span for the whole silence window.
     pub async fn no_traces(&self, workload: &InstrumentedResource, reason: &str) {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: NO_TRACES.into(),
-            note: Some(format!(
-                "instrumented, but no span reached the telemetry proxy within the silence window: {reason}"
-            )),
-            action: "VerifyTracing".into(),
-            secondary: None,
-        };
-        self.publish(&event, workload).await;
+        let note = format!(
+            "instrumented, but no span reached the telemetry proxy within the silence window: \
+             {reason}"
+        );
+        self.publish(workload, EventReason::NoTraces, &note).await;
     }
 
-    /// A warning on the `Lumigo` resource itself: the rollout stopped, or its removal gave up.
+    /// A warning on the `Lumigo` resource itself (or the operator's pod): the rollout stopped,
+    /// its removal gave up, or the webhook is unavailable.
     pub async fn on_resource(
         &self,
         resource: &InstrumentedResource,
-        reason: &'static str,
+        reason: EventReason,
         note: String,
     ) {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.into(),
-            note: Some(note),
-            action: action_for(reason).into(),
-            secondary: None,
-        };
-        self.publish(&event, resource).await;
+        self.publish(resource, reason, &note).await;
     }
 
-    async fn publish(&self, event: &Event, workload: &InstrumentedResource) {
+    async fn publish(&self, object: &InstrumentedResource, reason: EventReason, note: &str) {
+        let key = SeriesKey {
+            kind: object.kind.clone(),
+            namespace: object.namespace.clone(),
+            name: object.name.clone(),
+            reason,
+        };
         let reference = ObjectReference {
-            api_version: Some(workload.api_version.clone()),
-            kind: Some(workload.kind.clone()),
-            name: Some(workload.name.clone()),
-            namespace: Some(workload.namespace.clone()),
-            uid: Some(workload.uid.clone()).filter(|uid| !uid.is_empty()),
+            api_version: Some(object.api_version.clone()),
+            kind: Some(object.kind.clone()),
+            name: Some(object.name.clone()),
+            namespace: Some(object.namespace.clone()),
+            uid: Some(object.uid.clone()).filter(|uid| !uid.is_empty()),
             ..Default::default()
         };
+        let published = self
+            .publisher
+            .publish(key, note, 1, std::future::ready(Some(reference)))
+            .await;
         // An event is a courtesy: failing to record one must not fail the change it describes.
-        if let Err(error) = self.recorder.publish(event, &reference).await {
-            tracing::warn!(%error, reason = %event.reason, workload = %workload.name, "could not record an event");
+        if let Err(error) = published {
+            tracing::warn!(
+                %error,
+                reason = reason.as_str(),
+                object = %object.name,
+                "could not record an event"
+            );
         }
     }
 }
 
-/// The event's action for one of the event reasons above, shared by the rollout and admission.
-pub fn action_for(event_reason: &str) -> &'static str {
-    match event_reason {
-        "LumigoRemovedInstrumentation" | CANNOT_REMOVE | REMOVAL_INCOMPLETE => {
-            "RemoveInstrumentation"
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVERY_REASON: [EventReason; 11] = [
+        EventReason::AddedInstrumentation,
+        EventReason::UpdatedInstrumentation,
+        EventReason::RemovedInstrumentation,
+        EventReason::RolledBackInstrumentation,
+        EventReason::CannotAddInstrumentation,
+        EventReason::CannotRemoveInstrumentation,
+        EventReason::TracesReceived,
+        EventReason::NoTraces,
+        EventReason::RolloutHalted,
+        EventReason::RemovalIncomplete,
+        EventReason::AdmissionUnavailable,
+    ];
+
+    #[test]
+    fn every_reason_is_a_distinct_upper_camel_case_name_of_the_lumigo_family() {
+        let names: HashSet<&str> = EVERY_REASON.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), EVERY_REASON.len());
+        for name in names {
+            // The Events API wants UpperCamelCase reasons of at most 128 characters.
+            assert!(name.starts_with("Lumigo") && name.len() <= 128, "{name}");
+            assert!(name.chars().all(|c| c.is_ascii_alphanumeric()), "{name}");
         }
-        "LumigoUpdatedInstrumentation" => "UpdateInstrumentation",
-        "LumigoRolledBackInstrumentation" => "RollBackInstrumentation",
-        ROLLOUT_HALTED => "RollOut",
-        ADMISSION_UNAVAILABLE => "Admit",
-        _ => "Instrument",
+    }
+
+    #[test]
+    fn a_change_is_recorded_under_the_reason_and_action_of_what_it_did() {
+        let cases = [
+            (Change::Injected, "LumigoAddedInstrumentation", "Instrument"),
+            (
+                Change::Reinjected {
+                    previous_label: "v1".into(),
+                },
+                "LumigoUpdatedInstrumentation",
+                "UpdateInstrumentation",
+            ),
+            (
+                Change::Removed,
+                "LumigoRemovedInstrumentation",
+                "RemoveInstrumentation",
+            ),
+            (
+                Change::RolledBack {
+                    failure: "exit code 1".into(),
+                },
+                "LumigoRolledBackInstrumentation",
+                "RollBackInstrumentation",
+            ),
+        ];
+        for (change, reason, action) in cases {
+            let event_reason = EventReason::of_change(&change);
+            assert_eq!(
+                (event_reason.as_str(), event_reason.action().as_str()),
+                (reason, action)
+            );
+        }
+    }
+
+    #[test]
+    fn only_changes_made_and_traces_arriving_are_normal() {
+        let normal: Vec<&str> = EVERY_REASON
+            .iter()
+            .filter(|reason| !reason.is_warning())
+            .map(|reason| reason.as_str())
+            .collect();
+        assert_eq!(
+            normal,
+            [
+                "LumigoAddedInstrumentation",
+                "LumigoUpdatedInstrumentation",
+                "LumigoRemovedInstrumentation",
+                "LumigoTracesReceived"
+            ]
+        );
+    }
+
+    #[test]
+    fn removal_reasons_share_the_removal_action() {
+        for reason in [
+            EventReason::RemovedInstrumentation,
+            EventReason::CannotRemoveInstrumentation,
+            EventReason::RemovalIncomplete,
+        ] {
+            assert_eq!(reason.action(), EventAction::RemoveInstrumentation);
+        }
+        assert_eq!(
+            EventReason::CannotAddInstrumentation.action(),
+            EventAction::Instrument
+        );
+        assert_eq!(EventReason::RolloutHalted.action(), EventAction::RollOut);
+        assert_eq!(
+            EventReason::AdmissionUnavailable.action(),
+            EventAction::Admit
+        );
+    }
+
+    #[test]
+    fn a_long_note_is_cut_at_the_api_limit_on_a_character_boundary() {
+        let note = "é".repeat(600);
+        let cut = truncated(&note, MAX_NOTE_BYTES);
+        assert_eq!(cut.len(), MAX_NOTE_BYTES);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncated("short", MAX_NOTE_BYTES), "short");
     }
 }

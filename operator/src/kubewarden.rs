@@ -8,7 +8,7 @@ use lumigo_mutation::{InjectionConfig, WorkloadKind};
 use serde_json::json;
 
 use crate::crd::Lumigo;
-use crate::error::Result;
+use crate::error::{not_found, Result};
 
 pub const POLICY_NAME: &str = "lumigo-autotrace";
 const FIELD_MANAGER: &str = "lumigo-operator";
@@ -79,7 +79,7 @@ pub async fn delete(client: &Client, namespace: &str) -> Result<()> {
         Api::namespaced_with(client.clone(), namespace, &admission_policies());
     match api.delete(POLICY_NAME, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) if not_found(&error) => Ok(()),
         Err(error) => Err(error.into()),
     }
 }
@@ -93,7 +93,10 @@ mod tests {
         let lumigo: Lumigo = serde_json::from_value(json!({
             "apiVersion": "operator.lumigo.io/v1alpha1", "kind": "Lumigo",
             "metadata": {"name": "lumigo", "namespace": "shop", "uid": "u-1"},
-            "spec": {"lumigoToken": {"secretRef": {"name": "creds", "key": "token"}}, "logging": {"enabled": true}}
+            "spec": {
+                "lumigoToken": {"secretRef": {"name": "creds", "key": "token"}},
+                "logging": {"enabled": true}
+            }
         }))
         .unwrap();
         let operator = crate::settings::OperatorSettings {

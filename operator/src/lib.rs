@@ -5,24 +5,26 @@
 pub mod admission;
 pub mod cli;
 pub mod crd;
-pub mod error;
-pub mod events;
-pub mod health;
-pub mod kubewarden;
-pub mod leader;
+mod error;
+mod events;
+#[cfg(test)]
+mod fake_api;
+mod health;
+mod kubewarden;
+mod leader;
 pub mod memory;
-pub mod metrics;
+mod metrics;
 pub mod onboarding;
-pub mod reconciler;
-pub mod rollout;
+mod reconciler;
+mod rollout;
 pub mod run;
 pub mod settings;
-pub mod status;
+mod status;
 pub mod telemetry_proxy;
-pub mod token;
+mod token;
 pub mod tracing_state;
-pub mod tracing_watch;
-pub mod uninstall;
+mod tracing_watch;
+mod uninstall;
 pub mod workload_health;
 pub mod workloads;
 

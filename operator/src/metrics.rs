@@ -10,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::events::EventReason;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindChange {
     kind: String,
@@ -93,12 +95,14 @@ impl Default for Metrics {
         );
         registry.register(
             "admission_events_dropped",
-            "Admission events not recorded: more distinct objects at once than the event queue holds",
+            "Admission events not recorded: more distinct objects at once than the event queue \
+             holds",
             admission_events_dropped.clone(),
         );
         registry.register(
             "admission_refused",
-            "Admission connections or requests turned away by a webhook limit, by limit (the apiserver admits their objects unchanged)",
+            "Admission connections or requests turned away by a webhook limit, by limit (the \
+             apiserver admits their objects unchanged)",
             admission_refused.clone(),
         );
         Metrics {
@@ -128,7 +132,7 @@ impl Metrics {
     pub fn workload_written(&self, kind: WorkloadKind, change: &Change) {
         let labels = KindChange {
             kind: kind.name().into(),
-            change: change.event_reason().into(),
+            change: EventReason::of_change(change).as_str().into(),
         };
         self.writes.get_or_create(&labels).inc();
     }

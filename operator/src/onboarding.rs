@@ -21,7 +21,7 @@ use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
 use crate::crd::{Lumigo, LumigoSpec, LumigoToken, SecretRef};
-use crate::error::Result;
+use crate::error::{lost_race, not_found, Result};
 use crate::settings::ProtectedNamespaces;
 
 /// Label of what the operator created for an install; its value is the install's namespace.
@@ -59,13 +59,17 @@ struct SelectionJson {
 }
 
 impl Selection {
-    /// `{"names": [...]}`, `{"all": true}` or `{"selector": {"matchLabels": ..., "matchExpressions": ...}}`.
+    /// `{"names": [...]}`, `{"all": true}` or
+    /// `{"selector": {"matchLabels": ..., "matchExpressions": ...}}`.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         if text.trim().is_empty() {
             return Ok(Selection::None);
         }
         let parsed: SelectionJson = serde_json::from_str(text).map_err(|error| {
-            format!("monitored namespaces {text:?}: {error} (expected {{\"names\": [...]}}, {{\"all\": true}} or {{\"selector\": {{...}}}})")
+            format!(
+                "monitored namespaces {text:?}: {error} (expected {{\"names\": [...]}}, \
+                 {{\"all\": true}} or {{\"selector\": {{...}}}})"
+            )
         })?;
         match parsed {
             SelectionJson {
@@ -177,13 +181,20 @@ pub async fn run(client: Client, watches: Client, onboarding: Onboarding) {
             Ok(converged) => {
                 last_error.clear();
                 if converged != Converged::default() {
-                    tracing::info!(created = ?converged.created, removed = ?converged.removed, "monitored namespaces converged");
+                    tracing::info!(
+                        created = ?converged.created,
+                        removed = ?converged.removed,
+                        "monitored namespaces converged"
+                    );
                 }
             }
             Err(error) => {
                 let error = error.to_string();
                 if error != last_error {
-                    tracing::warn!(%error, "converging the monitored namespaces failed; retrying on the next change");
+                    tracing::warn!(
+                        %error,
+                        "converging the monitored namespaces failed; retrying on the next change"
+                    );
                 }
                 last_error = error;
             }
@@ -203,7 +214,7 @@ pub async fn converge(client: &Client, onboarding: &Onboarding) -> Result<Conver
     let hand_made: BTreeSet<String> = all
         .iter()
         .filter(|lumigo| !is_managed(lumigo))
-        .filter_map(|lumigo| lumigo.namespace())
+        .filter_map(ResourceExt::namespace)
         .collect();
     let managed: BTreeMap<String, &Lumigo> = all
         .iter()
@@ -227,7 +238,7 @@ pub async fn converge(client: &Client, onboarding: &Onboarding) -> Result<Conver
                     ns.metadata.deletion_timestamp.is_some(),
                 )
             })
-            .map(|ns| ns.name_any())
+            .map(ResourceExt::name_any)
             .collect()
     };
 
@@ -242,7 +253,7 @@ pub async fn converge(client: &Client, onboarding: &Onboarding) -> Result<Conver
             let api: Api<Lumigo> = Api::namespaced(client.clone(), namespace);
             match api.delete(MANAGED_LUMIGO, &DeleteParams::default()).await {
                 Ok(_) => converged.removed.push(namespace.clone()),
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) if not_found(&error) => {}
                 Err(error) => return Err(error.into()),
             }
         }
@@ -268,7 +279,8 @@ pub async fn converge(client: &Client, onboarding: &Onboarding) -> Result<Conver
     Ok(converged)
 }
 
-/// The token in the install's Secret; `None` (and the managed resources say so) when it is not there.
+/// The token in the install's Secret; `None` (and the managed resources say so) when it is not
+/// there.
 async fn read_token(client: &Client, onboarding: &Onboarding) -> Result<Option<Vec<u8>>> {
     let Some((name, key)) = &onboarding.token_secret else {
         return Ok(None);
@@ -301,7 +313,7 @@ async fn ensure_secret(
             };
             match secrets.create(&PostParams::default(), &secret).await {
                 Ok(_) => Ok(()),
-                Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+                Err(error) if lost_race(&error) => Ok(()),
                 Err(error) => Err(error.into()),
             }
         }
@@ -343,7 +355,7 @@ async fn delete_managed_secret(
                 .await
             {
                 Ok(_) => Ok(()),
-                Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                Err(error) if not_found(&error) => Ok(()),
                 Err(error) => Err(error.into()),
             }
         }
@@ -374,7 +386,7 @@ async fn create_lumigo(client: &Client, onboarding: &Onboarding, namespace: &str
     match api.create(&PostParams::default(), &lumigo).await {
         Ok(_) => Ok(()),
         // A resource of that name already exists: then it is hand-made, and it wins.
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) if lost_race(&error) => Ok(()),
         Err(error) => Err(error.into()),
     }
 }
@@ -442,9 +454,9 @@ pub async fn mark_uninstall(client: &Client, namespace: &str, lease: &str) -> Re
         };
         match result {
             Ok(()) => return Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(error) if lost_race(&error) => continue,
             // No such namespace: no operator runs there to be told.
-            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            Err(error) if not_found(&error) => return Ok(()),
             Err(error) => return Err(error.into()),
         }
     }
@@ -526,9 +538,10 @@ mod tests {
 
     #[test]
     fn a_selector_selects_by_label() {
-        let install = onboarding(
-            r#"{"selector": {"matchLabels": {"team": "shop"}, "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["dev"]}]}}"#,
-        );
+        let install = onboarding(concat!(
+            r#"{"selector": {"matchLabels": {"team": "shop"}, "#,
+            r#""matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["dev"]}]}}"#,
+        ));
         assert!(install.selects("a", &labels(&[("team", "shop")]), false));
         assert!(!install.selects("b", &labels(&[("team", "shop"), ("tier", "dev")]), false));
         assert!(!install.selects("c", &labels(&[("team", "other")]), false));

@@ -22,7 +22,7 @@ use lumigo_mutation::{Failure, InjectionConfig};
 
 use crate::crd::{InstrumentedResource, Lumigo, RolloutHalt, RolloutStatus, FINALIZER};
 use crate::error::{Error, Result};
-use crate::events::{Events, REMOVAL_INCOMPLETE, ROLLOUT_HALTED};
+use crate::events::{EventReason, Events};
 use crate::metrics::Metrics;
 use crate::rollout::{Desired, RolloutSettings, RolloutSlots, Sweeper};
 use crate::settings::{
@@ -207,7 +207,14 @@ pub fn error_policy(lumigo: Arc<Lumigo>, error: &Error, ctx: Arc<Context>) -> Ac
         *count
     };
     let delay = retry_delay(failures, fastrand::f64());
-    tracing::warn!(%error, lumigo = %lumigo.name_any(), namespace = ?lumigo.namespace(), failures, retry_in = ?delay, "reconcile failed; retrying");
+    tracing::warn!(
+        %error,
+        lumigo = %lumigo.name_any(),
+        namespace = ?lumigo.namespace(),
+        failures,
+        retry_in = ?delay,
+        "reconcile failed; retrying"
+    );
     Action::requeue(delay)
 }
 
@@ -223,7 +230,9 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
         let health = Health::Failing {
             reason: "ProtectedNamespace",
             message: format!(
-                "namespace {namespace} is never instrumented: it belongs to the cluster or to the operator ({}), whose requests the webhook is never sent either; delete this resource",
+                "namespace {namespace} is never instrumented: it belongs to the cluster or to the \
+                 operator ({}), whose requests the webhook is never sent either; delete this \
+                 resource",
                 ctx.protected.names().join(", ")
             ),
         };
@@ -233,7 +242,10 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
     if let Some(first) = earlier_resource_in_namespace(lumigo, api).await? {
         let health = Health::Failing {
             reason: "DuplicateResource",
-            message: format!("namespace {namespace} is already instrumented by the Lumigo resource {first}; only one is used per namespace, delete this one"),
+            message: format!(
+                "namespace {namespace} is already instrumented by the Lumigo resource {first}; \
+                 only one is used per namespace, delete this one"
+            ),
         };
         write_status(lumigo, ctx, api, &health, None, None).await?;
         return Ok(Action::await_change());
@@ -244,7 +256,8 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
             stop_kubewarden_admission(ctx, &namespace).await?;
             let message = match lumigo.annotations().get(crate::onboarding::TOKEN_SOURCE) {
                 Some(source) => format!(
-                    "{message} (the operator copies this Secret from {source}, the install's lumigoToken: that Secret is missing or holds no token)"
+                    "{message} (the operator copies this Secret from {source}, the install's \
+                     lumigoToken: that Secret is missing or holds no token)"
                 ),
                 None => message,
             };
@@ -273,7 +286,7 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
     match &ctx.kubewarden_module {
         // Before the rollout, so that workloads created meanwhile are admitted injected.
         Some(module) if !halted => {
-            crate::kubewarden::apply(&ctx.client, lumigo, &config, module).await?
+            crate::kubewarden::apply(&ctx.client, lumigo, &config, module).await?;
         }
         _ => stop_kubewarden_admission(ctx, &namespace).await?,
     }
@@ -322,7 +335,7 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
             ctx.events
                 .on_resource(
                     &resource_reference(lumigo),
-                    ROLLOUT_HALTED,
+                    EventReason::RolloutHalted,
                     halt.message.clone(),
                 )
                 .await;
@@ -404,7 +417,9 @@ async fn cleanup(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Ac
             .await?;
         if report.failed > 0 {
             let message = format!(
-                "{} workloads of {namespace} still carry the injection: they could not be written (see the LumigoCannotRemoveInstrumentation events and the operator's log)",
+                "{} workloads of {namespace} still carry the injection: they could not be \
+                 written (see the LumigoCannotRemoveInstrumentation events and the operator's \
+                 log)",
                 report.failed
             );
             if !removal_timed_out(lumigo, ctx.rollout.removal_timeout) {
@@ -420,8 +435,13 @@ async fn cleanup(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Ac
             ctx.events
                 .on_resource(
                     &resource_reference(lumigo),
-                    REMOVAL_INCOMPLETE,
-                    format!("{message}; gave up after {:?}. Once they can be written, remove what is left with `lumigo-operator uninstall` (the chart's uninstall job) or by labelling each one lumigo.auto-trace=false while the operator runs", ctx.rollout.removal_timeout),
+                    EventReason::RemovalIncomplete,
+                    format!(
+                        "{message}; gave up after {:?}. Once they can be written, remove what is \
+                         left with `lumigo-operator uninstall` (the chart's uninstall job) or by \
+                         labelling each one lumigo.auto-trace=false while the operator runs",
+                        ctx.rollout.removal_timeout
+                    ),
                 )
                 .await;
         }
@@ -452,14 +472,26 @@ fn halt_message(
     pending: usize,
 ) -> String {
     let fix = if failure.container == lumigo_mutation::names::INJECTOR_NAME {
-        format!("the nodes cannot pull the injector image {}: make it reachable (registry, pull secret, mirror) or set the chart's injector image", config.injector_image)
+        format!(
+            "the nodes cannot pull the injector image {}: make it reachable (registry, pull \
+             secret, mirror) or set the chart's injector image",
+            config.injector_image
+        )
     } else if failure.reason == "Unschedulable" {
-        "no node has room for the injected pods (the init container lumigo-injector requests cpu 5m and memory 16Mi, which become the pod's request when its containers request less): add capacity, or set requests on the workloads".to_owned()
+        "no node has room for the injected pods (the init container lumigo-injector requests \
+         cpu 5m and memory 16Mi, which become the pod's request when its containers request \
+         less): add capacity, or set requests on the workloads"
+            .to_owned()
     } else {
-        "pods with the injection are refused at creation: allow the init container lumigo-injector (its resources, security context and image) in the namespace's LimitRange, ResourceQuota and admission policies".to_owned()
+        "pods with the injection are refused at creation: allow the init container \
+         lumigo-injector (its resources, security context and image) in the namespace's \
+         LimitRange, ResourceQuota and admission policies"
+            .to_owned()
     };
     format!(
-        "the rollout stopped after its first workload, {} {}, failed: {failure}. It was rolled back and {pending} other workloads were left untouched. To fix: {fix}. The rollout resumes when the operator's settings or this resource's spec change",
+        "the rollout stopped after its first workload, {} {}, failed: {failure}. It was rolled \
+         back and {pending} other workloads were left untouched. To fix: {fix}. The rollout \
+         resumes when the operator's settings or this resource's spec change",
         workload.kind, workload.name
     )
 }
@@ -491,7 +523,7 @@ async fn earlier_resource_in_namespace(
     let in_namespace = api.list(&Default::default()).await?.items;
     Ok(instrumenting(&in_namespace)
         .filter(|winner| winner.uid() != lumigo.uid())
-        .map(|winner| winner.name_any()))
+        .map(ResourceExt::name_any))
 }
 
 /// `Ok(Err(message))` when the Secret cannot provide a token, saying what to fix.
@@ -504,10 +536,15 @@ async fn check_secret(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     match secrets.get_opt(&reference.name).await? {
         None => Ok(Err(format!(
-            "the Secret {} does not exist in namespace {namespace}; create it with the Lumigo token under the key {:?}",
+            "the Secret {} does not exist in namespace {namespace}; create it with the Lumigo \
+             token under the key {:?}",
             reference.name, reference.key
         ))),
-        Some(secret) => Ok(check_secret_data(&reference.name, &reference.key, secret.data.as_ref())),
+        Some(secret) => Ok(check_secret_data(
+            &reference.name,
+            &reference.key,
+            secret.data.as_ref(),
+        )),
     }
 }
 
@@ -595,6 +632,504 @@ mod tests {
             exit_code: None,
             message: "exceeded quota".into(),
         };
-        assert!(halt_message(&workload, &refused, &config, 0).contains("LimitRange, ResourceQuota"));
+        let message = halt_message(&workload, &refused, &config, 0);
+        assert!(message.contains("LimitRange, ResourceQuota"));
+    }
+}
+
+#[cfg(test)]
+mod reconcile_tests {
+    use super::*;
+    use crate::fake_api::{self, deployment, failure, list, not_found, ok, Call, Calls, Reply};
+    use base64::Engine;
+    use http::Method;
+    use serde_json::Value;
+
+    const TOKEN: &str = "t_0123456789abcdef01234";
+
+    fn lumigoes(namespace: &str) -> String {
+        format!("/apis/operator.lumigo.io/v1alpha1/namespaces/{namespace}/lumigoes")
+    }
+
+    /// What the fake API server holds.
+    #[derive(Clone)]
+    struct World {
+        namespace: String,
+        /// The namespace's resources; the first is the one reconciled.
+        lumigos: Vec<Value>,
+        /// The token Secret's data, `None`: no Secret.
+        token: Option<Value>,
+        deployments: Vec<Value>,
+        /// `None`: the namespace is gone.
+        namespace_terminating: Option<bool>,
+        /// How workload writes are answered.
+        write_fails: bool,
+    }
+
+    impl World {
+        fn new(namespace: &str, lumigo: Value) -> Self {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(TOKEN);
+            World {
+                namespace: namespace.into(),
+                lumigos: vec![lumigo],
+                token: Some(json!({"token": encoded})),
+                deployments: Vec::new(),
+                namespace_terminating: Some(false),
+                write_fails: false,
+            }
+        }
+
+        fn answer(&self, call: &Call) -> Reply {
+            let ns = &self.namespace;
+            let lumigo = format!("{}/lumigo", lumigoes(ns));
+            let secret = format!("/api/v1/namespaces/{ns}/secrets/lumigo-credentials");
+            let namespace = format!("/api/v1/namespaces/{ns}");
+            let deployments = format!("/apis/apps/v1/namespaces/{ns}/deployments");
+            let path = call.path.as_str();
+            match call.method {
+                Method::GET if path == lumigoes(ns) => list(self.lumigos.clone(), None),
+                Method::GET if path == lumigo => ok(self.lumigos[0].clone()),
+                Method::PATCH if path == format!("{lumigo}/status") => {
+                    let mut patched = self.lumigos[0].clone();
+                    patched["status"] = call.body["status"].clone();
+                    ok(patched)
+                }
+                Method::PATCH if path == lumigo => ok(self.lumigos[0].clone()),
+                Method::GET if path == secret => match &self.token {
+                    Some(data) => ok(json!({
+                        "apiVersion": "v1",
+                        "kind": "Secret",
+                        "metadata": {"name": "lumigo-credentials", "namespace": ns},
+                        "data": data
+                    })),
+                    None => not_found(),
+                },
+                Method::GET if path == namespace => match self.namespace_terminating {
+                    Some(terminating) => {
+                        let mut object = json!({"apiVersion": "v1", "kind": "Namespace",
+                            "metadata": {"name": ns}});
+                        if terminating {
+                            object["metadata"]["deletionTimestamp"] = json!("2024-01-01T00:00:00Z");
+                        }
+                        ok(object)
+                    }
+                    None => not_found(),
+                },
+                Method::GET if path == deployments => list(self.deployments.clone(), None),
+                Method::GET
+                    if crate::workloads::ROLLOUT_KINDS
+                        .iter()
+                        .any(|kind| path.ends_with(&format!("/{}", kind.plural()))) =>
+                {
+                    list(vec![], None)
+                }
+                Method::PUT if path.starts_with(&deployments) && self.write_fails => {
+                    failure(500, "InternalError")
+                }
+                Method::PUT if path.starts_with(&deployments) => ok(call.body.clone()),
+                _ => failure(500, "UnexpectedRequest"),
+            }
+        }
+
+        fn serve(self) -> (Arc<Context>, Calls) {
+            let (client, calls) = fake_api::serve(move |call| self.answer(call));
+            (Arc::new(fake_api::context(client)), calls)
+        }
+    }
+
+    fn resource(namespace: &str, name: &str, spec: Value) -> Value {
+        json!({
+            "apiVersion": "operator.lumigo.io/v1alpha1", "kind": "Lumigo",
+            "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}"),
+                "resourceVersion": "5", "generation": 1,
+                "creationTimestamp": "2024-01-01T00:00:00Z", "finalizers": [FINALIZER]},
+            "spec": spec
+        })
+    }
+
+    fn spec(injection: Value) -> Value {
+        json!({"lumigoToken": {"secretRef": {"name": "lumigo-credentials", "key": "token"}},
+            "tracing": {"injection": injection}})
+    }
+
+    fn lumigo(namespace: &str) -> Value {
+        resource(namespace, "lumigo", spec(json!({})))
+    }
+
+    fn deleted(mut lumigo: Value, ago: Duration) -> Value {
+        let at = k8s_openapi::jiff::Timestamp::now()
+            - k8s_openapi::jiff::SignedDuration::try_from(ago).unwrap();
+        lumigo["metadata"]["deletionTimestamp"] = json!(at.to_string());
+        lumigo
+    }
+
+    async fn reconcile_once(world: &World, ctx: &Arc<Context>) -> Result<Action> {
+        let object: Lumigo = serde_json::from_value(world.lumigos[0].clone()).unwrap();
+        reconcile(Arc::new(object), ctx.clone()).await
+    }
+
+    /// The one status written, and its `Active` condition.
+    fn written_status(calls: &Calls, namespace: &str) -> (Value, Value) {
+        let writes = calls.with(
+            &Method::PATCH,
+            &format!("{}/lumigo/status", lumigoes(namespace)),
+        );
+        assert_eq!(writes.len(), 1, "one status write: {writes:?}");
+        let status = writes[0].body["status"].clone();
+        let active = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Active")
+            .unwrap()
+            .clone();
+        (status, active)
+    }
+
+    fn workload_requests(calls: &Calls) -> Vec<Call> {
+        calls
+            .all()
+            .into_iter()
+            .filter(|call| call.path.contains("/deployments"))
+            .collect()
+    }
+
+    /// The JSON patch of the resource itself (the finalizer's).
+    fn finalizer_patches(calls: &Calls, namespace: &str) -> Vec<Value> {
+        calls
+            .with(&Method::PATCH, &format!("{}/lumigo", lumigoes(namespace)))
+            .into_iter()
+            .map(|call| call.body)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_resource_first_gets_the_finalizer_and_nothing_else() {
+        let mut new = lumigo("shop");
+        new["metadata"]["finalizers"] = json!([]);
+        let world = World::new("shop", new);
+        let (ctx, calls) = world.clone().serve();
+        let action = reconcile_once(&world, &ctx).await.unwrap();
+        assert_eq!(
+            action,
+            Action::await_change(),
+            "the patch's watch event reconciles next"
+        );
+        let patches = finalizer_patches(&calls, "shop");
+        assert_eq!(patches.len(), 1);
+        assert!(patches[0].to_string().contains(FINALIZER), "{}", patches[0]);
+        assert_eq!(
+            calls.all().len(),
+            1,
+            "no Secret read, no status: {:?}",
+            calls.all()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_protected_namespace_is_never_instrumented() {
+        let world = World::new("kube-system", lumigo("kube-system"));
+        let (ctx, calls) = world.clone().serve();
+        let action = reconcile_once(&world, &ctx).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        let (_, active) = written_status(&calls, "kube-system");
+        assert_eq!(active["status"], "False");
+        assert_eq!(active["reason"], "ProtectedNamespace");
+        assert!(workload_requests(&calls).is_empty());
+        assert!(
+            !calls.all().iter().any(|c| c.path.contains("/secrets/")),
+            "no token read"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_resource_in_a_namespace_is_a_duplicate() {
+        let mut world = World::new("shop", resource("shop", "lumigo", spec(json!({}))));
+        world.lumigos[0]["metadata"]["creationTimestamp"] = json!("2024-06-01T00:00:00Z");
+        world
+            .lumigos
+            .push(resource("shop", "first", spec(json!({}))));
+        let (ctx, calls) = world.clone().serve();
+        let action = reconcile_once(&world, &ctx).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        let (_, active) = written_status(&calls, "shop");
+        assert_eq!(active["reason"], "DuplicateResource");
+        assert!(
+            active["message"]
+                .as_str()
+                .unwrap()
+                .contains("Lumigo resource first"),
+            "{active}"
+        );
+        assert!(workload_requests(&calls).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_is_an_invalid_token_looked_at_again_soon() {
+        let mut world = World::new("shop", lumigo("shop"));
+        world.token = None;
+        world.deployments = vec![deployment("shop", "web")];
+        let (ctx, calls) = world.clone().serve();
+        let action = reconcile_once(&world, &ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(SECRET_RECHECK));
+        let (_, active) = written_status(&calls, "shop");
+        assert_eq!(
+            (&active["status"], &active["reason"]),
+            (&json!("False"), &json!("InvalidToken"))
+        );
+        assert!(
+            active["message"]
+                .as_str()
+                .unwrap()
+                .contains("does not exist"),
+            "{active}"
+        );
+        assert!(
+            workload_requests(&calls).is_empty(),
+            "nothing injected without a token"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_token_is_an_invalid_token() {
+        let mut world = World::new("shop", lumigo("shop"));
+        world.token =
+            Some(json!({"token": base64::engine::general_purpose::STANDARD.encode("not-a-token")}));
+        let (ctx, calls) = world.clone().serve();
+        assert_eq!(
+            reconcile_once(&world, &ctx).await.unwrap(),
+            Action::requeue(SECRET_RECHECK)
+        );
+        let (_, active) = written_status(&calls, "shop");
+        assert_eq!(active["reason"], "InvalidToken");
+        assert!(
+            active["message"]
+                .as_str()
+                .unwrap()
+                .contains("is not a Lumigo token"),
+            "{active}"
+        );
+    }
+
+    #[tokio::test]
+    async fn disabled_injection_is_active_and_touches_no_workload() {
+        let mut world = World::new(
+            "shop",
+            resource("shop", "lumigo", spec(json!({"enabled": false}))),
+        );
+        world.deployments = vec![deployment("shop", "web")];
+        let (ctx, calls) = world.clone().serve();
+        assert_eq!(
+            reconcile_once(&world, &ctx).await.unwrap(),
+            Action::await_change()
+        );
+        let (_, active) = written_status(&calls, "shop");
+        assert_eq!(
+            (&active["status"], &active["reason"]),
+            (&json!("True"), &json!("InjectionDisabled"))
+        );
+        assert!(workload_requests(&calls).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_status_is_not_written_again() {
+        let mut world = World::new(
+            "shop",
+            resource("shop", "lumigo", spec(json!({"enabled": false}))),
+        );
+        let (ctx, calls) = world.clone().serve();
+        reconcile_once(&world, &ctx).await.unwrap();
+        let (status, _) = written_status(&calls, "shop");
+        world.lumigos[0]["status"] = status;
+        let (ctx, calls) = world.clone().serve();
+        reconcile_once(&world, &ctx).await.unwrap();
+        assert!(calls.writes().is_empty(), "{:?}", calls.writes());
+    }
+
+    #[tokio::test]
+    async fn enabled_injection_rolls_out_and_lists_what_it_instrumented() {
+        let mut world = World::new("shop", lumigo("shop"));
+        world.deployments = vec![deployment("shop", "web")];
+        let (ctx, calls) = world.clone().serve();
+        let action = reconcile_once(&world, &ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(RESYNC));
+        let puts = calls.with(
+            &Method::PUT,
+            "/apis/apps/v1/namespaces/shop/deployments/web",
+        );
+        assert_eq!(puts.len(), 1);
+        assert!(
+            lumigo_mutation::inspect(&puts[0].body, lumigo_mutation::WorkloadKind::Deployment)
+                .injected
+        );
+        let (status, active) = written_status(&calls, "shop");
+        assert_eq!(
+            (&active["status"], &active["reason"]),
+            (&json!("True"), &json!("Instrumenting"))
+        );
+        assert_eq!(active["message"], "1 workload instrumented");
+        assert_eq!(status["instrumentedCount"], 1);
+        assert_eq!(status["instrumentedResources"][0]["name"], "web");
+    }
+
+    #[tokio::test]
+    async fn workloads_that_could_not_be_written_are_retried_soon() {
+        let mut world = World::new("shop", lumigo("shop"));
+        world.deployments = vec![deployment("shop", "web")];
+        world.write_fails = true;
+        let (ctx, calls) = world.clone().serve();
+        assert_eq!(
+            reconcile_once(&world, &ctx).await.unwrap(),
+            Action::requeue(RETRY_FAILED_WRITES)
+        );
+        let (status, _) = written_status(&calls, "shop");
+        assert_eq!(status["instrumentedCount"], 0);
+    }
+
+    #[tokio::test]
+    async fn a_failing_reconcile_backs_off_and_a_success_resets_it() {
+        let world = World::new("shop", lumigo("shop"));
+        let (client, _) = fake_api::serve(|_| failure(503, "ServiceUnavailable"));
+        let ctx = Arc::new(fake_api::context(client));
+        let error = reconcile_once(&world, &ctx).await.unwrap_err();
+        assert!(matches!(error, Error::Finalizer(_)), "{error}");
+        let object = Arc::new(serde_json::from_value::<Lumigo>(world.lumigos[0].clone()).unwrap());
+        for expected in 1..=2 {
+            let action = error_policy(object.clone(), &error, ctx.clone());
+            assert_ne!(
+                action,
+                Action::await_change(),
+                "a failure is always retried"
+            );
+            assert_eq!(ctx.failures().get("uid-lumigo"), Some(&expected));
+        }
+        // The same context, now answered: the count goes.
+        let (healthy, _) = world.clone().serve();
+        let ctx = Arc::new(Context {
+            failures: Mutex::new(ctx.failures().clone()),
+            ..fake_api::context(healthy.client.clone())
+        });
+        reconcile_once(&world, &ctx).await.unwrap();
+        assert!(ctx.failures().is_empty());
+    }
+
+    #[tokio::test]
+    async fn deletion_removes_the_injection_then_releases_the_finalizer() {
+        let mut world = World::new("shop", deleted(lumigo("shop"), Duration::from_secs(1)));
+        world.deployments = vec![fake_api::injected_deployment("shop", "web")];
+        let (ctx, calls) = world.clone().serve();
+        assert_eq!(
+            reconcile_once(&world, &ctx).await.unwrap(),
+            Action::await_change()
+        );
+        let puts = calls.with(
+            &Method::PUT,
+            "/apis/apps/v1/namespaces/shop/deployments/web",
+        );
+        assert_eq!(puts.len(), 1);
+        assert!(
+            !lumigo_mutation::inspect(&puts[0].body, lumigo_mutation::WorkloadKind::Deployment)
+                .injected
+        );
+        let patches = finalizer_patches(&calls, "shop");
+        assert_eq!(patches.len(), 1, "the finalizer released");
+        assert!(
+            patches[0].to_string().contains("\"remove\""),
+            "{}",
+            patches[0]
+        );
+        let order: Vec<Method> = calls.writes().into_iter().map(|call| call.method).collect();
+        assert_eq!(
+            order,
+            [Method::PUT, Method::PATCH],
+            "the removal before the release"
+        );
+    }
+
+    #[tokio::test]
+    async fn deletion_leaves_the_workloads_when_they_are_not_to_be_cleaned() {
+        // Another resource instruments the namespace; the namespace itself is going or gone; the
+        // resource asks to keep the injection.
+        let mut another = World::new("shop", deleted(lumigo("shop"), Duration::from_secs(1)));
+        another
+            .lumigos
+            .push(resource("shop", "other", spec(json!({}))));
+        let mut terminating = World::new("shop", deleted(lumigo("shop"), Duration::from_secs(1)));
+        terminating.namespace_terminating = Some(true);
+        let mut gone = World::new("shop", deleted(lumigo("shop"), Duration::from_secs(1)));
+        gone.namespace_terminating = None;
+        let keep = World::new(
+            "shop",
+            deleted(
+                resource(
+                    "shop",
+                    "lumigo",
+                    spec(json!({"removeLumigoFromResourcesOnDeletion": false})),
+                ),
+                Duration::from_secs(1),
+            ),
+        );
+        for (case, mut world) in [
+            ("another", another),
+            ("terminating", terminating),
+            ("gone", gone),
+            ("keep", keep),
+        ] {
+            world.deployments = vec![deployment("shop", "web")];
+            let (ctx, calls) = world.clone().serve();
+            assert_eq!(
+                reconcile_once(&world, &ctx).await.unwrap(),
+                Action::await_change(),
+                "{case}"
+            );
+            assert!(
+                workload_requests(&calls).is_empty(),
+                "{case}: {:?}",
+                workload_requests(&calls)
+            );
+            assert_eq!(
+                finalizer_patches(&calls, "shop").len(),
+                1,
+                "{case}: the finalizer released"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_removal_that_cannot_write_keeps_the_finalizer_until_its_timeout() {
+        let injected = |world: &mut World| {
+            world.deployments = vec![fake_api::injected_deployment("shop", "web")];
+            world.write_fails = true;
+        };
+        let mut recent = World::new("shop", deleted(lumigo("shop"), Duration::from_secs(1)));
+        injected(&mut recent);
+        let (ctx, calls) = recent.clone().serve();
+        let error = reconcile_once(&recent, &ctx).await.unwrap_err();
+        assert!(
+            error.to_string().contains("still carry the injection"),
+            "{error}"
+        );
+        assert!(
+            finalizer_patches(&calls, "shop").is_empty(),
+            "the finalizer kept"
+        );
+
+        let mut late = World::new("shop", deleted(lumigo("shop"), Duration::from_secs(301)));
+        injected(&mut late);
+        let (ctx, calls) = late.clone().serve();
+        assert_eq!(
+            reconcile_once(&late, &ctx).await.unwrap(),
+            Action::await_change()
+        );
+        assert_eq!(
+            finalizer_patches(&calls, "shop").len(),
+            1,
+            "released after the timeout"
+        );
+        let said = calls
+            .events()
+            .iter()
+            .any(|event| event.body.to_string().contains("LumigoRemovalIncomplete"));
+        assert!(said, "an event says what is left: {:?}", calls.events());
     }
 }

@@ -329,7 +329,13 @@ impl Sweeper<'_> {
             let Some(verdict) = verdict(kind, &object, found) else {
                 continue;
             };
-            tracing::warn!(kind = kind.name(), namespace, name = %workload.name, failure = %verdict.failure, "the injected pods fail; rolling back");
+            tracing::warn!(
+                kind = kind.name(),
+                namespace,
+                name = %workload.name,
+                failure = %verdict.failure,
+                "the injected pods fail; rolling back"
+            );
             let desired = Desired::RolledBack {
                 config,
                 failure: &verdict.failure,
@@ -416,7 +422,12 @@ impl Sweeper<'_> {
                 Ok(object) => object,
                 Err(error) if error.is_not_found() => continue,
                 Err(error) => {
-                    tracing::warn!(%error, kind = kind.name(), name = %workload.name, "reading a workload for its turn failed");
+                    tracing::warn!(
+                        %error,
+                        kind = kind.name(),
+                        name = %workload.name,
+                        "reading a workload for its turn failed"
+                    );
                     report.failed += 1;
                     continue;
                 }
@@ -463,7 +474,12 @@ impl Sweeper<'_> {
                     };
                 }
                 Err(error) if error.is_conflict() && attempt < WRITE_ATTEMPTS => {
-                    tracing::debug!(kind = kind.name(), name = %workload.name, attempt, "conflict, rereading");
+                    tracing::debug!(
+                        kind = kind.name(),
+                        name = %workload.name,
+                        attempt,
+                        "conflict, rereading"
+                    );
                     match self
                         .api
                         .get(kind, &workload.namespace, &workload.name)
@@ -476,7 +492,12 @@ impl Sweeper<'_> {
                             }
                         }
                         Err(error) => {
-                            tracing::warn!(%error, kind = kind.name(), name = %workload.name, "rereading failed");
+                            tracing::warn!(
+                                %error,
+                                kind = kind.name(),
+                                name = %workload.name,
+                                "rereading failed"
+                            );
                             return Handled::Failed;
                         }
                     }
@@ -487,7 +508,12 @@ impl Sweeper<'_> {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, kind = kind.name(), name = %workload.name, "writing the workload failed");
+                    tracing::warn!(
+                        %error,
+                        kind = kind.name(),
+                        name = %workload.name,
+                        "writing the workload failed"
+                    );
                     self.metrics.write_failed(kind);
                     return Handled::Failed;
                 }
@@ -509,7 +535,7 @@ impl SweepReport {
             Handled::Unchanged { instrumented } | Handled::Written { instrumented }
                 if instrumented =>
             {
-                self.instrumented.push(workload.clone())
+                self.instrumented.push(workload.clone());
             }
             Handled::Failed => self.failed += 1,
             _ => {}
@@ -613,7 +639,15 @@ mod tests {
                 "ownerReferences": [owner]}}))
             .unwrap()
         };
-        let owner = |kind: &str, name: &str, controller: bool| json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": controller});
+        let owner = |kind: &str, name: &str, controller: bool| {
+            json!({
+                "apiVersion": "apps/v1",
+                "kind": kind,
+                "name": name,
+                "uid": "u",
+                "controller": controller
+            })
+        };
         assert_eq!(
             owning_workload(&pod(owner("ReplicaSet", "web-api-7d9f8", true), "7d9f8")),
             Some((WorkloadKind::Deployment, "web-api".into()))
@@ -631,5 +665,334 @@ mod tests {
             owning_workload(&pod(owner("DaemonSet", "agent", false), "")),
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+    use crate::fake_api::{self, conflict, deployment, failure, list, not_found, ok, Call, Reply};
+    use crate::reconciler::Context;
+    use http::Method;
+    use serde_json::json;
+
+    const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/shop/deployments";
+
+    fn config() -> InjectionConfig {
+        fake_api::injection_config()
+    }
+
+    fn injected(config: &InjectionConfig, pacing: Pacing) -> Desired<'_> {
+        Desired::Injected {
+            config,
+            inject_uninjected: true,
+            pacing,
+        }
+    }
+
+    const ALL_AT_ONCE: Pacing = Pacing {
+        limit: None,
+        halted: false,
+    };
+
+    /// A list of any workload kind but Deployments: empty.
+    fn other_kind_listed(call: &Call) -> Option<Reply> {
+        let listed = call.method == Method::GET
+            && ROLLOUT_KINDS
+                .iter()
+                .any(|kind| call.path.ends_with(&format!("/{}", kind.plural())));
+        (listed && !call.path.ends_with("/deployments")).then(|| list(vec![], None))
+    }
+
+    /// The operator's context on a fake API server that lists no workload of another kind than
+    /// Deployments and answers the rest with `answer`.
+    fn serve_deployments(
+        mut answer: impl FnMut(&Call) -> Reply + Send + 'static,
+    ) -> (Context, fake_api::Calls) {
+        let (client, calls) =
+            fake_api::serve(move |call| other_kind_listed(call).unwrap_or_else(|| answer(call)));
+        (fake_api::context(client), calls)
+    }
+
+    /// A written object as stored: its resourceVersion raised.
+    fn stored(call: &Call) -> Reply {
+        let mut object = call.body.clone();
+        object["metadata"]["resourceVersion"] = json!("2");
+        ok(object)
+    }
+
+    fn is_injected(object: &Value) -> bool {
+        inspect(object, WorkloadKind::Deployment).injected
+    }
+
+    async fn sweep(ctx: &Context, namespace: Option<&str>, desired: Desired<'_>) -> SweepReport {
+        ctx.sweeper()
+            .sweep(namespace, desired, "a test")
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_page_of_a_list_is_followed_and_every_item_handled() {
+        let pages = [
+            (None, vec!["d0", "d1"], Some("p2")),
+            (Some("p2"), vec!["d2", "d3"], Some("p3")),
+            (Some("p3"), vec!["d4"], None),
+        ];
+        let (ctx, calls) = serve_deployments(move |call| match call.method {
+            Method::GET if call.path == DEPLOYMENTS => {
+                let (_, names, next) = pages
+                    .iter()
+                    .find(|(token, ..)| call.param("continue") == *token)
+                    .expect("a token the server gave");
+                let items = names.iter().map(|name| deployment("shop", name)).collect();
+                list(items, *next)
+            }
+            Method::PUT => stored(call),
+            _ => failure(500, "InternalError"),
+        });
+        let config = config();
+        let report = sweep(&ctx, Some("shop"), injected(&config, ALL_AT_ONCE)).await;
+
+        let listed = calls.with(&Method::GET, DEPLOYMENTS);
+        let tokens: Vec<Option<&str>> = listed.iter().map(|call| call.param("continue")).collect();
+        assert_eq!(tokens, [None, Some("p2"), Some("p3")]);
+        assert!(listed.iter().all(|call| call.param("limit") == Some("50")));
+        let written: HashSet<String> = calls
+            .writes()
+            .iter()
+            .filter(|call| call.method == Method::PUT && is_injected(&call.body))
+            .map(|call| call.path.rsplit('/').next().unwrap().to_owned())
+            .collect();
+        assert_eq!(written.len(), 5, "{written:?}");
+        assert_eq!((report.writes, report.failed), (5, 0));
+        let instrumented: Vec<&str> = report
+            .instrumented
+            .iter()
+            .map(|w| w.name.as_str())
+            .collect();
+        assert_eq!(instrumented, ["d0", "d1", "d2", "d3", "d4"]);
+        assert_eq!(report.reinjected.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_conflict_is_retried_on_the_object_read_again() {
+        let mut writes = 0;
+        let (ctx, calls) = serve_deployments(move |call| match call.method {
+            Method::GET if call.path == DEPLOYMENTS => list(vec![deployment("shop", "web")], None),
+            Method::GET => {
+                let mut fresh = deployment("shop", "web");
+                fresh["metadata"]["resourceVersion"] = json!("7");
+                fresh["metadata"]["labels"] = json!({"team": "changed-meanwhile"});
+                ok(fresh)
+            }
+            Method::PUT => {
+                writes += 1;
+                if writes == 1 {
+                    conflict()
+                } else {
+                    stored(call)
+                }
+            }
+            _ => failure(500, "InternalError"),
+        });
+        let config = config();
+        let report = sweep(&ctx, Some("shop"), injected(&config, ALL_AT_ONCE)).await;
+
+        let puts = calls.with(&Method::PUT, &format!("{DEPLOYMENTS}/web"));
+        assert_eq!(puts.len(), 2);
+        assert_eq!(
+            calls
+                .with(&Method::GET, &format!("{DEPLOYMENTS}/web"))
+                .len(),
+            1
+        );
+        assert_eq!(puts[0].body["metadata"]["resourceVersion"], "1");
+        assert_eq!(
+            puts[1].body["metadata"]["resourceVersion"], "7",
+            "written on the fresh read"
+        );
+        assert_eq!(
+            puts[1].body["metadata"]["labels"]["team"], "changed-meanwhile",
+            "the concurrent change kept"
+        );
+        assert!(is_injected(&puts[1].body));
+        assert_eq!(
+            (report.writes, report.failed, report.instrumented.len()),
+            (1, 0, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_workload_that_keeps_conflicting_is_given_up_after_the_attempt_limit() {
+        let (ctx, calls) = serve_deployments(|call| match call.method {
+            Method::GET if call.path == DEPLOYMENTS => list(vec![deployment("shop", "web")], None),
+            Method::GET => ok(deployment("shop", "web")),
+            Method::PUT => conflict(),
+            _ => failure(500, "InternalError"),
+        });
+        let config = config();
+        let report = sweep(&ctx, Some("shop"), injected(&config, ALL_AT_ONCE)).await;
+
+        let web = format!("{DEPLOYMENTS}/web");
+        assert_eq!(
+            calls.with(&Method::PUT, &web).len(),
+            WRITE_ATTEMPTS as usize
+        );
+        assert_eq!(
+            calls.with(&Method::GET, &web).len(),
+            WRITE_ATTEMPTS as usize - 1
+        );
+        assert_eq!((report.writes, report.failed), (0, 1));
+        assert!(report.instrumented.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_workload_deleted_meanwhile_is_neither_written_nor_failed() {
+        let (ctx, calls) = serve_deployments(|call| match call.method {
+            Method::GET if call.path == DEPLOYMENTS => list(
+                vec![
+                    deployment("shop", "gone"),
+                    deployment("shop", "gone-on-reread"),
+                ],
+                None,
+            ),
+            Method::GET => not_found(),
+            Method::PUT if call.path.ends_with("/gone") => not_found(),
+            Method::PUT => conflict(),
+            _ => failure(500, "InternalError"),
+        });
+        let config = config();
+        let report = sweep(&ctx, Some("shop"), injected(&config, ALL_AT_ONCE)).await;
+        assert_eq!(
+            calls
+                .with(&Method::PUT, &format!("{DEPLOYMENTS}/gone"))
+                .len(),
+            1
+        );
+        assert_eq!(
+            calls
+                .with(&Method::PUT, &format!("{DEPLOYMENTS}/gone-on-reread"))
+                .len(),
+            1
+        );
+        assert_eq!((report.writes, report.failed), (0, 0));
+        assert!(report.instrumented.is_empty());
+    }
+
+    #[tokio::test]
+    async fn any_other_write_failure_counts_as_failed_without_retrying() {
+        let (ctx, calls) = serve_deployments(|call| match call.method {
+            Method::GET if call.path == DEPLOYMENTS => list(vec![deployment("shop", "web")], None),
+            _ => failure(422, "Invalid"),
+        });
+        let config = config();
+        let report = sweep(&ctx, Some("shop"), injected(&config, ALL_AT_ONCE)).await;
+        assert_eq!(
+            calls
+                .with(&Method::PUT, &format!("{DEPLOYMENTS}/web"))
+                .len(),
+            1
+        );
+        assert_eq!((report.writes, report.failed), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_paced_rollout_starts_with_one_canary_and_queues_the_rest() {
+        let (ctx, calls) = serve_deployments(|call| match call.method {
+            Method::GET if call.path == DEPLOYMENTS => list(
+                ["a", "b", "c"]
+                    .iter()
+                    .map(|name| deployment("shop", name))
+                    .collect(),
+                None,
+            ),
+            Method::GET => ok(deployment("shop", call.path.rsplit('/').next().unwrap())),
+            Method::PUT => stored(call),
+            _ => failure(500, "InternalError"),
+        });
+        let config = config();
+        let paced = Pacing {
+            limit: Some(3),
+            halted: false,
+        };
+        let report = sweep(&ctx, Some("shop"), injected(&config, paced)).await;
+        let puts: Vec<Call> = calls.writes();
+        assert_eq!(puts.len(), 1, "the canary alone: {puts:?}");
+        assert_eq!(puts[0].path, format!("{DEPLOYMENTS}/a"));
+        assert_eq!(
+            (report.writes, report.in_progress, report.pending),
+            (1, 1, 2)
+        );
+
+        let halted = Pacing {
+            limit: Some(3),
+            halted: true,
+        };
+        let report = sweep(&ctx, Some("shop"), injected(&config, halted)).await;
+        assert_eq!(
+            calls.writes().len(),
+            1,
+            "a halted rollout injects nothing more"
+        );
+        assert_eq!(report.writes, 0);
+    }
+
+    #[tokio::test]
+    async fn removal_over_the_cluster_writes_only_what_carries_the_injection() {
+        let carrying = fake_api::injected_deployment("shop", "injected");
+        let (ctx, calls) = serve_deployments(move |call| match call.method {
+            Method::GET if call.path == "/apis/apps/v1/deployments" => {
+                list(vec![carrying.clone(), deployment("shop", "plain")], None)
+            }
+            Method::PUT => stored(call),
+            _ => failure(500, "InternalError"),
+        });
+        let report = sweep(&ctx, None, Desired::Removed).await;
+        let puts = calls.writes();
+        assert_eq!(puts.len(), 1, "{puts:?}");
+        assert_eq!(puts[0].path, format!("{DEPLOYMENTS}/injected"));
+        assert!(!is_injected(&puts[0].body));
+        assert_eq!((report.writes, report.failed), (1, 0));
+        assert!(report.instrumented.is_empty());
+    }
+
+    #[test]
+    fn maintaining_only_leaves_uninjected_workloads_alone() {
+        let config = config();
+        let maintain = Desired::Injected {
+            config: &config,
+            inject_uninjected: false,
+            pacing: ALL_AT_ONCE,
+        };
+        let plain = deployment("shop", "plain");
+        assert!(matches!(
+            outcome(&plain, WorkloadKind::Deployment, maintain),
+            Outcome::Unchanged(Reason::NotInjected)
+        ));
+        assert!(matches!(
+            outcome(
+                &plain,
+                WorkloadKind::Deployment,
+                injected(&config, ALL_AT_ONCE)
+            ),
+            Outcome::Changed(Change::Injected)
+        ));
+        assert!(!is_paced(injected(&config, ALL_AT_ONCE)));
+        assert!(is_paced(injected(
+            &config,
+            Pacing {
+                limit: Some(1),
+                halted: false
+            }
+        )));
+        assert!(is_paced(injected(
+            &config,
+            Pacing {
+                limit: None,
+                halted: true
+            }
+        )));
+        assert!(!is_paced(Desired::Removed));
     }
 }

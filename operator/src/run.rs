@@ -15,7 +15,7 @@ use crate::admission::{self, AdmissionOptions, TlsOptions};
 use crate::cli::{AdmissionEngine, RunArgs};
 use crate::crd::InstrumentedResource;
 use crate::error::Result;
-use crate::events::{Events, ADMISSION_UNAVAILABLE, CONTROLLER_NAME};
+use crate::events::{EventReason, Events, CONTROLLER_NAME};
 use crate::health::{self, Probes};
 use crate::leader::LeaderElection;
 use crate::metrics::Metrics;
@@ -114,7 +114,7 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
         let onboarding = async {
             match onboarding(&args) {
                 Some(onboarding) => {
-                    crate::onboarding::run(client.clone(), watches.clone(), onboarding).await
+                    crate::onboarding::run(client.clone(), watches.clone(), onboarding).await;
                 }
                 None => std::future::pending().await,
             }
@@ -172,12 +172,13 @@ async fn serve_admission(
         };
         ready.store(false, Ordering::Relaxed);
         let note = format!(
-            "the admission webhook is unavailable, new workloads are admitted unchanged (the rollout still instruments them): {error}; retrying in {}s",
+            "the admission webhook is unavailable, new workloads are admitted unchanged (the \
+             rollout still instruments them): {error}; retrying in {}s",
             pause.as_secs()
         );
         tracing::error!(%error, retry_in = ?pause, "the admission webhook is unavailable");
         ctx.events
-            .on_resource(&own_pod(args), ADMISSION_UNAVAILABLE, note)
+            .on_resource(&own_pod(args), EventReason::AdmissionUnavailable, note)
             .await;
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(ADMISSION_RETRY_LONGEST);

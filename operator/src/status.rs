@@ -163,9 +163,15 @@ fn degraded_condition(rollout: &RolloutView) -> (&'static str, &'static str, Str
             "True",
             "WorkloadsRolledBack",
             format!(
-                "{} workload{} given back uninjected because the injection broke their pods: {}; each is injected again when its pod template or the settings change, or when its annotation operator.lumigo.io/rolled-back is deleted",
+                "{} workload{} given back uninjected because the injection broke their pods: \
+                 {}; each is injected again when its pod template or the settings change, or \
+                 when its annotation operator.lumigo.io/rolled-back is deleted",
                 rollout.rolled_back.len(),
-                if rollout.rolled_back.len() == 1 { " was" } else { "s were" },
+                if rollout.rolled_back.len() == 1 {
+                    " was"
+                } else {
+                    "s were"
+                },
                 named.join("; ")
             ),
         );
@@ -179,7 +185,10 @@ fn degraded_condition(rollout: &RolloutView) -> (&'static str, &'static str, Str
         (
             "False",
             "RollingOut",
-            format!("{in_progress} workloads restarting into the injection, {pending} waiting for their turn"),
+            format!(
+                "{in_progress} workloads restarting into the injection, {pending} waiting for \
+                 their turn"
+            ),
         )
     } else {
         (
@@ -338,7 +347,8 @@ mod tests {
         );
         assert_eq!(
             condition.message,
-            "1 of 3 instrumented workloads send no traces: Deployment frontend (no container runs Node.js)"
+            "1 of 3 instrumented workloads send no traces: Deployment frontend (no container \
+             runs Node.js)"
         );
     }
 

@@ -219,13 +219,20 @@ mod tests {
 
     #[test]
     fn each_workload_is_named_by_its_most_specific_owner() {
-        let page = r#"
-# HELP lumigo_proxy_calls_total
-# TYPE lumigo_proxy_calls_total counter
-lumigo_proxy_calls_total{k8s_container_name="server",k8s_deployment_name="web",k8s_namespace_name="shop",k8s_replicaset_name="web-5d4f",process_runtime_name="nodejs",service_name="web"} 12 1764590000000
-lumigo_proxy_calls_total{k8s_cronjob_name="nightly",k8s_job_name="nightly-1",k8s_namespace_name="shop",process_runtime_name="cpython"} 3 1764590001000
-lumigo_proxy_calls_total{k8s_namespace_name="shop",k8s_replicaset_name="bare"} 1 1764590002000
-"#;
+        let page = concat!(
+            "\n",
+            "# HELP lumigo_proxy_calls_total\n",
+            "# TYPE lumigo_proxy_calls_total counter\n",
+            r#"lumigo_proxy_calls_total{k8s_container_name="server",k8s_deployment_name="web","#,
+            r#"k8s_namespace_name="shop",k8s_replicaset_name="web-5d4f","#,
+            r#"process_runtime_name="nodejs",service_name="web"} 12 1764590000000"#,
+            "\n",
+            r#"lumigo_proxy_calls_total{k8s_cronjob_name="nightly",k8s_job_name="nightly-1","#,
+            r#"k8s_namespace_name="shop",process_runtime_name="cpython"} 3 1764590001000"#,
+            "\n",
+            r#"lumigo_proxy_calls_total{k8s_namespace_name="shop",k8s_replicaset_name="bare"} "#,
+            "1 1764590002000\n",
+        );
         let series = parse_span_counts(page, at(1_764_600_000));
         let named: Vec<_> = series
             .iter()
@@ -256,10 +263,13 @@ lumigo_proxy_calls_total{k8s_namespace_name="shop",k8s_replicaset_name="bare"} 1
             "not a metric line at all {{{{\n\
              lumigo_proxy_calls_total{{k8s_deployment_name=\"web\"}} 5 1764590000000\n\
              lumigo_proxy_calls_total{{k8s_namespace_name=\"shop\"}} 5 1764590000000\n\
-             lumigo_proxy_calls_total{{k8s_namespace_name=\"shop\",k8s_deployment_name=\"{long}\"}} 5 1764590000000\n\
-             lumigo_proxy_calls_total{{k8s_namespace_name=\"shop\",k8s_deployment_name=\"zero\"}} 0 1764590000000\n\
+             lumigo_proxy_calls_total{{k8s_namespace_name=\"shop\",\
+             k8s_deployment_name=\"{long}\"}} 5 1764590000000\n\
+             lumigo_proxy_calls_total{{k8s_namespace_name=\"shop\",\
+             k8s_deployment_name=\"zero\"}} 0 1764590000000\n\
              other_metric{{k8s_namespace_name=\"shop\",k8s_deployment_name=\"web\"}} 5\n\
-             lumigo_proxy_calls_total{{k8s_namespace_name=\"shop\",k8s_deployment_name=\"ok\"}} NaN-ish 17\n"
+             lumigo_proxy_calls_total{{k8s_namespace_name=\"shop\",\
+             k8s_deployment_name=\"ok\"}} NaN-ish 17\n"
         );
         assert!(parse_span_counts(&page, at(1_764_600_000)).is_empty());
         assert!(parse_span_counts("\u{0}\u{1}{}}}\"", at(0)).is_empty());
@@ -331,7 +341,8 @@ lumigo_proxy_calls_total{k8s_namespace_name="shop",k8s_replicaset_name="bare"} 1
     #[test]
     fn a_time_in_the_future_or_missing_counts_as_now() {
         let now = at(1_764_600_000);
-        let page = "lumigo_proxy_calls{k8s_namespace_name=\"a\",k8s_statefulset_name=\"db\"} 1 99999999999999\n\
+        let page = "lumigo_proxy_calls{k8s_namespace_name=\"a\",k8s_statefulset_name=\"db\"} 1 \
+                    99999999999999\n\
                     lumigo_proxy_calls{k8s_namespace_name=\"a\",k8s_daemonset_name=\"agent\"} 1\n";
         let series = parse_span_counts(page, now);
         assert_eq!(series.len(), 2);

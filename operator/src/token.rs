@@ -23,8 +23,13 @@ pub fn check_secret_data(
             .map(|d| d.keys().map(String::as_str).collect())
             .unwrap_or_default();
         return Err(format!(
-            "the Secret {secret_name} has no key {key:?} (it has {}); set spec.lumigoToken.secretRef.key or add the key",
-            if keys.is_empty() { "no keys".to_owned() } else { keys.join(", ") }
+            "the Secret {secret_name} has no key {key:?} (it has {}); set \
+             spec.lumigoToken.secretRef.key or add the key",
+            if keys.is_empty() {
+                "no keys".to_owned()
+            } else {
+                keys.join(", ")
+            }
         ));
     };
     let token = std::str::from_utf8(&value.0)
@@ -32,7 +37,9 @@ pub fn check_secret_data(
         .trim_end_matches('\n');
     if !is_well_formed(token) {
         return Err(format!(
-            "the value of key {key:?} in the Secret {secret_name} is not a Lumigo token: it must be \"t_\" followed by 21 hexadecimal digits (find it in Lumigo under Settings → Tracing)"
+            "the value of key {key:?} in the Secret {secret_name} is not a Lumigo token: it must \
+             be \"t_\" followed by 21 hexadecimal digits (find it in Lumigo under Settings → \
+             Tracing)"
         ));
     }
     Ok(())

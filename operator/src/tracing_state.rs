@@ -337,7 +337,8 @@ fn view_of(
 ) -> WorkloadTracing {
     let unknown = match proxy {
         Proxy::Disabled => Some(
-            "the telemetry proxy does not count spans (tracingVerification or the proxy is off in the chart)"
+            "the telemetry proxy does not count spans (tracingVerification or the proxy is off \
+             in the chart)"
                 .to_owned(),
         ),
         Proxy::Failing { failures, error } if *failures >= FAILURES_BEFORE_UNKNOWN => {

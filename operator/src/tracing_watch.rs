@@ -76,7 +76,11 @@ pub async fn run(
         if let (Some(_), Err(error)) = (&watch.reader, &reading) {
             // Once per outage, not once per reading.
             if proxy_was_readable {
-                tracing::warn!(%error, "cannot read the telemetry proxy's span counts; tracing is Unknown until it answers");
+                tracing::warn!(
+                    %error,
+                    "cannot read the telemetry proxy's span counts; tracing is Unknown until it \
+                     answers"
+                );
             }
         }
         proxy_was_readable = reading.is_ok();
@@ -109,7 +113,8 @@ pub async fn run(
                 .into_iter()
                 .filter(|lumigo| lumigo.namespace().as_deref() == Some(namespace.as_str()));
             for lumigo in resources {
-                // The receiver lives as long as the controller; once it is gone nothing is listening.
+                // The receiver lives as long as the controller; once it is gone nothing is
+                // listening.
                 let _ = reconcile.unbounded_send(ObjectRef::from_obj(lumigo.as_ref()));
             }
         }
@@ -164,7 +169,8 @@ fn reason_for_silence(ready_pods: &[Value], template: Option<&Value>) -> Option<
         .count();
     if started_before > 0 {
         return Some(format!(
-            "{started_before} of {} Ready pods were started before the injection and run untraced until the workload rolls out again (kubectl rollout restart)",
+            "{started_before} of {} Ready pods were started before the injection and run \
+             untraced until the workload rolls out again (kubectl rollout restart)",
             ready_pods.len()
         ));
     }
@@ -183,9 +189,13 @@ fn reason_for_silence(ready_pods: &[Value], template: Option<&Value>) -> Option<
         RUNTIME_HINTS.iter().any(|hint| words.contains(hint))
     });
     Some(if names_a_runtime {
-        "the tracer did not start, or the workload served no requests: the lines starting with `lumigo:` in its containers' logs say which".to_owned()
+        "the tracer did not start, or the workload served no requests: the lines starting \
+         with `lumigo:` in its containers' logs say which"
+            .to_owned()
     } else {
-        "no container's image or command names Node.js, Python or Java: programs in other languages (Go, Rust, native binaries) are not traced".to_owned()
+        "no container's image or command names Node.js, Python or Java: programs in other \
+         languages (Go, Rust, native binaries) are not traced"
+            .to_owned()
     })
 }
 

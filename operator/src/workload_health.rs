@@ -371,13 +371,22 @@ mod tests {
     }
 
     fn deployment(status: Value) -> Value {
-        json!({"metadata": {"name": "web", "generation": 2}, "spec": {"replicas": 2}, "status": status})
+        json!({
+            "metadata": {"name": "web", "generation": 2},
+            "spec": {"replicas": 2},
+            "status": status
+        })
     }
 
     #[test]
     fn a_deployment_is_rolled_out_when_every_replica_is_updated_and_available() {
         let kind = WorkloadKind::Deployment;
-        let done = json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2});
+        let done = json!({
+            "observedGeneration": 2,
+            "replicas": 2,
+            "updatedReplicas": 2,
+            "availableReplicas": 2
+        });
         assert!(rolled_out(kind, &deployment(done)));
         for (field, value) in [
             ("observedGeneration", 1),
@@ -385,7 +394,12 @@ mod tests {
             ("availableReplicas", 1),
             ("replicas", 3),
         ] {
-            let mut status = json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2});
+            let mut status = json!({
+                "observedGeneration": 2,
+                "replicas": 2,
+                "updatedReplicas": 2,
+                "availableReplicas": 2
+            });
             status[field] = json!(value);
             assert!(!rolled_out(kind, &deployment(status)), "{field} = {value}");
         }
@@ -396,7 +410,13 @@ mod tests {
 
     #[test]
     fn statefulsets_and_daemonsets_follow_their_update_strategy() {
-        let set = |strategy: Value, status: Value| json!({"metadata": {"generation": 3}, "spec": {"replicas": 3, "updateStrategy": strategy}, "status": status});
+        let set = |strategy: Value, status: Value| {
+            json!({
+                "metadata": {"generation": 3},
+                "spec": {"replicas": 3, "updateStrategy": strategy},
+                "status": status
+            })
+        };
         let rolling = json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 1}});
         assert!(rolled_out(
             WorkloadKind::StatefulSet,
@@ -422,15 +442,21 @@ mod tests {
         let daemons = |status: Value| json!({"metadata": {"generation": 1}, "status": status});
         assert!(rolled_out(
             WorkloadKind::DaemonSet,
-            &daemons(
-                json!({"observedGeneration": 1, "desiredNumberScheduled": 2, "updatedNumberScheduled": 2, "numberAvailable": 2})
-            )
+            &daemons(json!({
+                "observedGeneration": 1,
+                "desiredNumberScheduled": 2,
+                "updatedNumberScheduled": 2,
+                "numberAvailable": 2
+            }))
         ));
         assert!(!rolled_out(
             WorkloadKind::DaemonSet,
-            &daemons(
-                json!({"observedGeneration": 1, "desiredNumberScheduled": 2, "updatedNumberScheduled": 2, "numberAvailable": 1})
-            )
+            &daemons(json!({
+                "observedGeneration": 1,
+                "desiredNumberScheduled": 2,
+                "updatedNumberScheduled": 2,
+                "numberAvailable": 1
+            }))
         ));
         assert!(rolled_out(WorkloadKind::CronJob, &json!({})));
     }
@@ -476,8 +502,17 @@ mod tests {
 
     #[test]
     fn an_unavailable_injector_image_stops_everything() {
-        let init = json!({"name": INJECTOR_NAME, "ready": false, "restartCount": 0, "image": "i", "imageID": "",
-            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"ghcr.io/x:0\""}}});
+        let init = json!({
+            "name": INJECTOR_NAME,
+            "ready": false,
+            "restartCount": 0,
+            "image": "i",
+            "imageID": "",
+            "state": {"waiting": {
+                "reason": "ImagePullBackOff",
+                "message": "Back-off pulling image \"ghcr.io/x:0\""
+            }}
+        });
         let pods = [pod(
             true,
             json!({"initContainerStatuses": [init], "containerStatuses": []}),
@@ -491,9 +526,15 @@ mod tests {
 
     #[test]
     fn a_failing_init_container_fails_its_workload() {
-        let init = json!({"name": INJECTOR_NAME, "ready": false, "restartCount": 2, "image": "i", "imageID": "",
+        let init = json!({
+            "name": INJECTOR_NAME,
+            "ready": false,
+            "restartCount": 2,
+            "image": "i",
+            "imageID": "",
             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-            "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}});
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}
+        });
         let pods = [pod(true, json!({"initContainerStatuses": [init]}))];
         let verdict = verdict(WorkloadKind::DaemonSet, &json!({}), &pods).unwrap();
         assert!(!verdict.everywhere);
@@ -503,19 +544,26 @@ mod tests {
 
     #[test]
     fn refused_pods_stop_everything_and_a_missed_deadline_fails_one_workload() {
-        let refused = deployment(
-            json!({"conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
-            "message": "pods \"web-7d\" is forbidden: maximum cpu usage per Container is 100m"}]}),
-        );
+        let refused = deployment(json!({"conditions": [{
+            "type": "ReplicaFailure",
+            "status": "True",
+            "reason": "FailedCreate",
+            "message": "pods \"web-7d\" is forbidden: maximum cpu usage per Container is 100m"
+        }]}));
         let refusal = verdict(WorkloadKind::Deployment, &refused, &[]).unwrap();
         assert!(refusal.everywhere);
         assert_eq!(refusal.failure.reason, "FailedCreate");
 
         let stuck = |available: i64| {
-            deployment(
-                json!({"availableReplicas": available, "conditions": [{"type": "Progressing", "status": "False",
-                "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"web-7d\" has timed out progressing."}]}),
-            )
+            deployment(json!({
+                "availableReplicas": available,
+                "conditions": [{
+                    "type": "Progressing",
+                    "status": "False",
+                    "reason": "ProgressDeadlineExceeded",
+                    "message": "ReplicaSet \"web-7d\" has timed out progressing."
+                }]
+            }))
         };
         let missed = verdict(WorkloadKind::Deployment, &stuck(1), &[]).unwrap();
         assert!(!missed.everywhere);
@@ -530,12 +578,16 @@ mod tests {
     #[test]
     fn an_injected_pod_no_node_has_room_for_stops_the_rollout_after_the_grace() {
         let waiting_since = |seconds_ago: i64| {
-            let since = Timestamp::now() - std::time::Duration::from_secs(seconds_ago as u64);
+            let since = Timestamp::now() - Duration::from_secs(seconds_ago as u64);
             pod(
                 true,
-                json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
-                    "reason": "Unschedulable", "lastTransitionTime": since.to_string(),
-                    "message": "0/1 nodes are available: 1 Insufficient cpu."}]}),
+                json!({"phase": "Pending", "conditions": [{
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "lastTransitionTime": since.to_string(),
+                    "message": "0/1 nodes are available: 1 Insufficient cpu."
+                }]}),
             )
         };
         let found = verdict(WorkloadKind::Deployment, &json!({}), &[waiting_since(120)]).unwrap();
@@ -551,8 +603,14 @@ mod tests {
 
     #[test]
     fn a_killed_init_container_or_a_pod_being_deleted_is_no_verdict() {
-        let killed = json!({"name": INJECTOR_NAME, "ready": false, "restartCount": 0, "image": "i", "imageID": "",
-            "state": {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown"}}});
+        let killed = json!({
+            "name": INJECTOR_NAME,
+            "ready": false,
+            "restartCount": 0,
+            "image": "i",
+            "imageID": "",
+            "state": {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown"}}
+        });
         let pods = [pod(true, json!({"initContainerStatuses": [killed]}))];
         assert_eq!(verdict(WorkloadKind::Deployment, &json!({}), &pods), None);
 

@@ -9,7 +9,7 @@ use lumigo_mutation::WorkloadKind;
 use serde_json::Value;
 
 use crate::crd::InstrumentedResource;
-use crate::error::Result;
+use crate::error::{not_found, Result};
 
 /// The kinds the operator rolls into: Pods are left to their controllers (a Pod's spec is
 /// immutable), Jobs are listed to warn that their template cannot change.
@@ -150,7 +150,7 @@ impl WorkloadApi {
             .await
         {
             Ok(found) => Ok(found.metadata.uid),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+            Err(error) if not_found(&error) => Ok(None),
             Err(error) => Err(error.into()),
         }
     }

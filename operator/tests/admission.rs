@@ -3,13 +3,12 @@
 //! test shares one webhook (and its configuration), served from a runtime of its own because each
 //! test has its own.
 
-mod admission_support;
+mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use admission_support::*;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::events::v1::Event;
@@ -17,6 +16,7 @@ use kube::api::{
     ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::{Api, Client};
+use lumigo_e2e::testing::{shared_control_plane, try_eventually};
 use lumigo_e2e::ControlPlane;
 use lumigo_mutation::{inspect, WorkloadKind};
 use lumigo_operator::admission::{
@@ -26,6 +26,8 @@ use lumigo_operator::admission::{
 use lumigo_operator::crd::Lumigo;
 use lumigo_operator::settings::ProtectedNamespaces;
 use serde_json::{json, Value};
+use support::admission::*;
+use support::{with_crd, workload};
 use tokio::sync::OnceCell;
 
 const SECRET: &str = "lumigo-webhook-certificate";
@@ -41,9 +43,7 @@ async fn webhook() -> Result<&'static Webhook> {
 }
 
 async fn start_webhook() -> Result<Webhook> {
-    let cp = ControlPlane::shared().await?;
-    let client = cp.client()?;
-    apply_crd(&client).await?;
+    let (cp, client) = with_crd(shared_control_plane()).await;
     let operator_namespace = cp.create_namespace("lumigo-system", &[]).await?;
     let configuration_name = format!("lumigo-admission-{operator_namespace}");
 
@@ -68,7 +68,11 @@ async fn start_webhook() -> Result<Webhook> {
                 let lumigos = lumigo_cache(client.clone());
                 let options = AdmissionOptions {
                     protected,
-                    ..options(tls, policy_module(), Duration::from_secs(1))
+                    ..options(
+                        tls,
+                        lumigo_e2e::testing::policy_module(),
+                        Duration::from_secs(1),
+                    )
                 };
                 match AdmissionServer::bind(options, lumigos, operator_settings(), client).await {
                     Ok(server) => {
@@ -100,28 +104,24 @@ async fn namespace_with_lumigo(prefix: &str) -> Result<String> {
     let cp = ControlPlane::shared().await?;
     webhook().await?;
     let namespace = cp.create_namespace(prefix, &[]).await?;
-    Api::<Lumigo>::namespaced(cp.client()?, &namespace)
-        .create(&PostParams::default(), &lumigo("lumigo", true))
-        .await?;
-    mark_token_verified(&cp.client()?, &namespace, "lumigo").await?;
+    create_verified_lumigo(&cp.client()?, &namespace, true).await?;
     wait_until_injecting(&namespace).await?;
     Ok(namespace)
 }
 
 async fn wait_until_injecting(namespace: &str) -> Result<()> {
     static PROBES: AtomicUsize = AtomicUsize::new(0);
-    let started = Instant::now();
-    loop {
+    let what = format!("the webhook to inject in {namespace}");
+    try_eventually(&what, WAIT, || async {
         let name = format!("probe-{}", PROBES.fetch_add(1, Ordering::SeqCst));
         let probe = create(namespace, deployment(&name)).await?;
-        if inspect(&probe, WorkloadKind::Deployment).injected {
-            return Ok(());
-        }
-        if started.elapsed() > WAIT {
-            bail!("the webhook did not inject in {namespace} within {WAIT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        Ok::<_, anyhow::Error>(
+            inspect(&probe, WorkloadKind::Deployment)
+                .injected
+                .then_some(()),
+        )
+    })
+    .await
 }
 
 fn api_for(client: Client, namespace: &str, object: &Value) -> Result<Api<DynamicObject>> {
@@ -142,54 +142,24 @@ async fn create(namespace: &str, object: Value) -> Result<Value> {
     Ok(serde_json::to_value(created)?)
 }
 
-fn pod_spec(name: &str) -> Value {
-    json!({"containers": [{"name": name, "image": "registry.invalid/app:1"}]})
-}
-
-fn template(name: &str) -> Value {
-    json!({"metadata": {"labels": {"app": name}}, "spec": pod_spec(name)})
-}
-
+/// One of each kind the webhook sees (the Deployment a typical one), named `name`.
 fn every_kind(name: &str) -> Vec<(WorkloadKind, Value)> {
-    let selector = json!({"matchLabels": {"app": name}});
-    let job_template = json!({"metadata": {"labels": {"app": name}}, "spec": {"restartPolicy": "Never", "containers": pod_spec(name)["containers"]}});
-    vec![
-        (WorkloadKind::Deployment, deployment(name)),
-        (
-            WorkloadKind::DaemonSet,
-            json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": name},
-            "spec": {"selector": selector, "template": template(name)}}),
-        ),
-        (
-            WorkloadKind::StatefulSet,
-            json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name},
-            "spec": {"serviceName": name, "selector": selector, "template": template(name)}}),
-        ),
-        (
-            WorkloadKind::ReplicaSet,
-            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": name},
-            "spec": {"replicas": 1, "selector": selector, "template": template(name)}}),
-        ),
-        (
-            WorkloadKind::Job,
-            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-            "spec": {"template": job_template}}),
-        ),
-        (
-            WorkloadKind::CronJob,
-            json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": name},
-            "spec": {"schedule": "0 0 1 1 *", "jobTemplate": {"spec": {"template": job_template}}}}),
-        ),
-        (
-            WorkloadKind::ReplicationController,
-            json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": name},
-            "spec": {"replicas": 1, "selector": {"app": name}, "template": template(name)}}),
-        ),
-        (
-            WorkloadKind::Pod,
-            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": pod_spec(name)}),
-        ),
-    ]
+    WorkloadKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let object = if kind == WorkloadKind::Deployment {
+                deployment(name)
+            } else {
+                let mut pod_spec =
+                    json!({"containers": [{"name": name, "image": "registry.invalid/app:1"}]});
+                if matches!(kind, WorkloadKind::Job | WorkloadKind::CronJob) {
+                    pod_spec["restartPolicy"] = json!("Never");
+                }
+                workload(kind, name, 1, pod_spec)
+            };
+            (kind, object)
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -202,9 +172,15 @@ async fn every_kind_is_stored_injected_where_a_lumigo_is_active() -> Result<()> 
             inspection.injected,
             "{kind} was stored without the injection: {stored}"
         );
+        let label = stored
+            .pointer(&format!(
+                "{}/metadata/labels/lumigo.auto-trace",
+                kind.template_pointer()
+            ))
+            .and_then(Value::as_str);
         ensure!(
-            inspection.version.as_deref() == Some("0.1.0"),
-            "{kind}: {inspection:?}"
+            label == Some("lumigo-operator.v0.1.0"),
+            "{kind}: injected with the label {label:?}"
         );
         let template = if kind == WorkloadKind::Pod {
             stored.clone()
@@ -239,39 +215,30 @@ async fn an_admitted_change_is_recorded_as_an_event_on_the_object() -> Result<()
         .context("uid")?
         .to_owned();
     let events = Api::<Event>::namespaced(ControlPlane::shared().await?.client()?, &namespace);
-    let started = Instant::now();
-    loop {
-        let found = events
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .find(|event| {
-                event.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())
-                    && event.reporting_controller.as_deref() == Some("lumigo-operator")
-            });
-        if let Some(event) = found {
-            ensure!(
-                event.reason.as_deref() == Some("LumigoAddedInstrumentation"),
-                "{event:?}"
-            );
-            ensure!(event.type_.as_deref() == Some("Normal"));
-            let regarding = event.regarding.context("regarding")?;
-            ensure!(
-                regarding.kind.as_deref() == Some("Deployment")
-                    && regarding.name.as_deref() == Some("evented")
-            );
-            ensure!(
-                event.note.unwrap_or_default().contains("CREATE"),
-                "the note names the trigger"
-            );
-            return Ok(());
-        }
-        if started.elapsed() > WAIT {
-            bail!("no event regarding the Deployment {uid} within {WAIT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let what = format!("an event regarding the Deployment {uid}");
+    let event = try_eventually(&what, WAIT, || async {
+        let events = events.list(&ListParams::default()).await?.items;
+        Ok::<_, anyhow::Error>(events.into_iter().find(|event| {
+            event.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())
+                && event.reporting_controller.as_deref() == Some("lumigo-operator")
+        }))
+    })
+    .await?;
+    ensure!(
+        event.reason.as_deref() == Some("LumigoAddedInstrumentation"),
+        "{event:?}"
+    );
+    ensure!(event.type_.as_deref() == Some("Normal"));
+    let regarding = event.regarding.context("regarding")?;
+    ensure!(
+        regarding.kind.as_deref() == Some("Deployment")
+            && regarding.name.as_deref() == Some("evented")
+    );
+    ensure!(
+        event.note.unwrap_or_default().contains("CREATE"),
+        "the note names the trigger"
+    );
+    Ok(())
 }
 
 #[tokio::test]
@@ -282,10 +249,7 @@ async fn nothing_changes_without_an_active_lumigo() -> Result<()> {
 
     let without = cp.create_namespace("without-lumigo", &[]).await?;
     let inactive = cp.create_namespace("inactive-lumigo", &[]).await?;
-    Api::<Lumigo>::namespaced(cp.client()?, &inactive)
-        .create(&PostParams::default(), &lumigo("lumigo", false))
-        .await?;
-    mark_token_verified(&cp.client()?, &inactive, "lumigo").await?;
+    create_verified_lumigo(&cp.client()?, &inactive, false).await?;
     // Enabled, but the reconciler found its token invalid: the rollout injects nothing there, and
     // neither may admission.
     let invalid_token = cp.create_namespace("invalid-token", &[]).await?;
@@ -333,10 +297,7 @@ async fn the_operator_namespace_is_not_sent_to_the_webhook() -> Result<()> {
     let webhook = webhook().await?;
     namespace_with_lumigo("control-ops").await?;
     let namespace = &webhook.operator_namespace;
-    Api::<Lumigo>::namespaced(cp.client()?, namespace)
-        .create(&PostParams::default(), &lumigo("lumigo", true))
-        .await?;
-    mark_token_verified(&cp.client()?, namespace, "lumigo").await?;
+    create_verified_lumigo(&cp.client()?, namespace, true).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stored = create(namespace, deployment("operator-itself")).await?;
     ensure!(
@@ -383,10 +344,7 @@ async fn a_job_update_does_not_touch_its_template() -> Result<()> {
     let created = create(&namespace, job).await?;
     ensure!(!inspect(&created, WorkloadKind::Job).injected);
 
-    Api::<Lumigo>::namespaced(cp.client()?, &namespace)
-        .create(&PostParams::default(), &lumigo("lumigo", true))
-        .await?;
-    mark_token_verified(&cp.client()?, &namespace, "lumigo").await?;
+    create_verified_lumigo(&cp.client()?, &namespace, true).await?;
     wait_until_injecting(&namespace).await?;
     let jobs = Api::<Job>::namespaced(cp.client()?, &namespace);
     let updated = jobs

@@ -2,17 +2,18 @@
 //! never returns (cut off by the epoch deadline), and input the module cannot use. Every answer
 //! admits the object unchanged, with a warning, and the host keeps answering.
 
-mod admission_support;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use admission_support::*;
 use anyhow::{ensure, Context, Result};
 use hyper::body::Bytes;
+use lumigo_e2e::testing::{policy_module, try_eventually, wapc_guest};
 use lumigo_e2e::ControlPlane;
 use lumigo_mutation::{inspect, WorkloadKind};
 use serde_json::{json, Value};
+use support::admission::*;
 
 const ACTIVE: &str = "with-lumigo";
 
@@ -43,7 +44,7 @@ fn assert_unchanged_with_warning(response: &Value, uid: &str, warning_says: &str
 
 #[tokio::test]
 async fn a_trapping_module_admits_unchanged_with_a_warning() -> Result<()> {
-    let (_, _, mut client) = host(guest("unreachable"), Duration::from_secs(1)).await?;
+    let (_, _, mut client) = host(wapc_guest("unreachable"), Duration::from_secs(1)).await?;
     for attempt in 0..3 {
         let uid = format!("trap-{attempt}");
         let response = client
@@ -57,10 +58,13 @@ async fn a_trapping_module_admits_unchanged_with_a_warning() -> Result<()> {
 #[tokio::test]
 async fn a_module_that_never_returns_is_cut_off_at_the_deadline() -> Result<()> {
     let deadline = Duration::from_millis(300);
-    let (address, ca, mut client) =
-        host(guest("(loop $forever (br $forever)) i32.const 1"), deadline).await?;
+    let (address, ca, mut client) = host(
+        wapc_guest("(loop $forever (br $forever)) i32.const 1"),
+        deadline,
+    )
+    .await?;
     // More runaway evaluations than there are evaluation slots: each must free its slot.
-    let slots = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let slots = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     for attempt in 0..slots + 2 {
         let uid = format!("loop-{attempt}");
         let started = Instant::now();
@@ -124,20 +128,19 @@ async fn input_the_module_cannot_use_is_admitted_unchanged_and_the_host_keeps_an
         "cannot read the admission request",
     )?;
 
-    let (status, _) = client
-        .post(Bytes::from_static(b"{\"not\": \"a review\""))
-        .await?;
-    ensure!(
-        status == 400,
-        "a body that is no AdmissionReview has no uid to answer: {status}"
-    );
-    let (status, _) = client
-        .post(Bytes::from_static(b"{\"request\": {}}"))
-        .await?;
-    ensure!(
-        status == 400,
-        "a request without a uid cannot be answered: {status}"
-    );
+    for (body, why) in [
+        (
+            &b"{\"not\": \"a review\""[..],
+            "a body that is no AdmissionReview has no uid to answer",
+        ),
+        (
+            b"{\"request\": {}}",
+            "a request without a uid cannot be answered",
+        ),
+    ] {
+        let (status, _) = client.post(Bytes::from_static(body)).await?;
+        ensure!(status == 400, "{why}: {status}");
+    }
 
     // Still answering, and still injecting, on the same connection.
     let object = deployment("after");
@@ -248,8 +251,14 @@ async fn a_flood_of_reviews_of_one_object_is_one_event_series_with_its_count() -
     }
 
     let events = Api::<Event>::namespaced(kube, &namespace);
-    let started = Instant::now();
-    loop {
+    let counted = |events: &[Event]| -> Vec<i32> {
+        events
+            .iter()
+            .map(|event| event.series.as_ref().map_or(1, |series| series.count))
+            .collect()
+    };
+    let what = format!("the events of {REVIEWS} reviews to count them all");
+    let about_busy = try_eventually(&what, WAIT, || async {
         let about_busy: Vec<Event> = events
             .list(&ListParams::default())
             .await?
@@ -260,22 +269,15 @@ async fn a_flood_of_reviews_of_one_object_is_one_event_series_with_its_count() -
                     && event.reporting_controller.as_deref() == Some("lumigo-operator")
             })
             .collect();
-        let counted: Vec<i32> = about_busy
-            .iter()
-            .map(|event| event.series.as_ref().map_or(1, |series| series.count))
-            .collect();
-        if counted.iter().sum::<i32>() as usize == REVIEWS {
-            ensure!(
-                about_busy.len() == 1,
-                "one Event for the object, not {counted:?}"
-            );
-            ensure!(about_busy[0].reason.as_deref() == Some("LumigoAddedInstrumentation"));
-            return Ok(());
-        }
-        ensure!(
-            started.elapsed() < WAIT,
-            "the events of {REVIEWS} reviews count {counted:?} after {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        let total = counted(&about_busy).iter().sum::<i32>() as usize;
+        Ok::<_, anyhow::Error>((total == REVIEWS).then_some(about_busy))
+    })
+    .await?;
+    ensure!(
+        about_busy.len() == 1,
+        "one Event for the object, not {:?}",
+        counted(&about_busy)
+    );
+    ensure!(about_busy[0].reason.as_deref() == Some("LumigoAddedInstrumentation"));
+    Ok(())
 }

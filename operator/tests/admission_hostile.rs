@@ -9,20 +9,20 @@
 //! One operator serves every phase, in turn: phases that fill its connections would disturb
 //! others running beside them.
 
-mod admission_support;
 mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use admission_support::{admission_review, deployment, tls_connect, ReviewClient};
 use anyhow::{ensure, Context, Result};
 use hyper::body::Bytes;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use kube::Client;
+use lumigo_e2e::testing::{eventually, own_control_plane};
 use lumigo_e2e::ControlPlane;
 use serde_json::{json, Value};
+use support::admission::{admission_review, deployment, tls_connect, ReviewClient};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -82,13 +82,11 @@ impl Webhook {
 
 #[tokio::test]
 async fn hostile_clients_neither_exhaust_nor_crash_the_webhook() -> Result<()> {
-    let cp = ControlPlane::start().await?;
-    let client = cp.client()?;
-    install_crd(&client).await;
+    let (cp, client) = with_crd(own_control_plane()).await;
     let instrumented = cp.create_namespace("instrumented", &[]).await?;
-    let (operator, port) = start_operator_with_webhook(
+    let (operator, port, ca) = start_operator_with_registered_webhook(
         &cp,
-        "0.1.0",
+        &client,
         &[
             (
                 "LUMIGO_WEBHOOK_HEADER_TIMEOUT",
@@ -104,9 +102,8 @@ async fn hostile_clients_neither_exhaust_nor_crash_the_webhook() -> Result<()> {
             ),
             ("RUST_LOG", "info,lumigo_operator=debug,kube=warn"),
         ],
-        "127.0.0.1:0",
-    );
-    let ca = register_loopback_webhook(&client, port).await;
+    )
+    .await;
     active_lumigo(&client, &instrumented).await;
     let webhook = Webhook {
         address: ([127, 0, 0, 1], port).into(),
@@ -165,7 +162,8 @@ async fn large_and_malformed_bodies(webhook: &Webhook) -> Result<()> {
     // is read (so only the head is sent).
     let mut tls = tls_connect(webhook.address, &webhook.ca).await?;
     tls.write_all(
-        b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 14000000\r\n\r\n",
+        b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+          Content-Length: 14000000\r\n\r\n",
     )
     .await?;
     tls.flush().await?;
@@ -233,11 +231,18 @@ async fn large_and_malformed_bodies(webhook: &Webhook) -> Result<()> {
 
     // Nested far deeper than any object: answered (a warning or a 400 without a uid), not a crash.
     let depth = 100_000;
-    let nested = format!(
-        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"deep","namespace":"{namespace}","kind":{{"group":"apps","version":"v1","kind":"Deployment"}},"resource":{{"group":"apps","version":"v1","resource":"deployments"}},"operation":"CREATE","object":{{"metadata":{{"name":"deep"}},"spec":{}{}}}}}}}"#,
-        "[".repeat(depth),
-        "]".repeat(depth)
-    );
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "deep", "namespace": namespace,
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "operation": "CREATE",
+            "object": {"metadata": {"name": "deep"}, "spec": "NESTED"}
+        }
+    });
+    let spec = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let nested = review.to_string().replace("\"NESTED\"", &spec);
     let (status, body) = webhook.client().await?.post(Bytes::from(nested)).await?;
     ensure!(
         status == 400 || (status == 200 && body["response"]["allowed"] == true),
@@ -273,7 +278,8 @@ async fn slow_and_greedy_clients(webhook: &Webhook) -> Result<()> {
         let read = tokio::time::timeout(HEADER_TIMEOUT * 4, tls.read(&mut buffer)).await;
         ensure!(
             read.is_ok(),
-            "a stalled connection was still open {:?} after its header timeout of {HEADER_TIMEOUT:?}",
+            "a stalled connection was still open {:?} after its header timeout of \
+             {HEADER_TIMEOUT:?}",
             started.elapsed()
         );
     }
@@ -281,7 +287,8 @@ async fn slow_and_greedy_clients(webhook: &Webhook) -> Result<()> {
     // A body shorter than declared: given up on at the body timeout, with 408.
     let mut tls = tls_connect(webhook.address, &webhook.ca).await?;
     tls.write_all(
-        b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"request\":",
+        b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+          Content-Length: 1000\r\n\r\n{\"request\":",
     )
     .await?;
     tls.flush().await?;
@@ -394,13 +401,7 @@ async fn namespaces_the_rollout_leaves_alone(
         &[("token", "not-a-token")],
     )
     .await;
-    create_lumigo(
-        client,
-        &bad_token,
-        "lumigo",
-        default_spec("lumigo-credentials"),
-    )
-    .await;
+    create_default_lumigo(client, &bad_token).await;
     eventually("the invalid token to be reported", WAIT, || async {
         let status = lumigo_status(client, &bad_token, "lumigo").await?;
         (condition(&status, "Active")?["reason"] == "InvalidToken").then_some(())

@@ -4,19 +4,19 @@
 //! duration and reconciles. A replica whose webhook cannot start (its certificate cannot be stored)
 //! is not ready, says why in an Event on its Pod, and still rolls the injection out.
 
-mod admission_support;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use admission_support::{admission_review, deployment, ReviewClient};
 use anyhow::{ensure, Result};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use kube::Client;
+use lumigo_e2e::testing::{eventually, own_control_plane};
 use lumigo_e2e::{ControlPlane, Process};
 use lumigo_mutation::WorkloadKind;
+use support::admission::{admission_review, deployment, ReviewClient};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -79,9 +79,7 @@ async fn lease_holder(client: &Client) -> Option<String> {
 
 #[tokio::test]
 async fn every_replica_admits_and_the_standby_takes_over_within_the_lease() -> Result<()> {
-    let cp = ControlPlane::start().await?;
-    let client = cp.client()?;
-    install_crd(&client).await;
+    let (cp, client) = with_crd(own_control_plane()).await;
     let lease = format!("{}s", LEASE.as_secs());
     let first = replica(&cp, "replica-a", &[("LUMIGO_LEASE_DURATION", &lease)]);
     eventually("replica-a to lead", WAIT, || async {
@@ -142,17 +140,9 @@ async fn every_replica_admits_and_the_standby_takes_over_within_the_lease() -> R
 
 #[tokio::test]
 async fn a_webhook_that_cannot_start_degrades_admission_not_the_reconciler() -> Result<()> {
-    let cp = ControlPlane::start().await?;
-    let client = cp.client()?;
-    install_crd(&client).await;
+    let (cp, client) = with_crd(own_control_plane()).await;
     let namespace = cp.create_namespace("shop", &[]).await?;
-    create(
-        &client,
-        &namespace,
-        WorkloadKind::Deployment,
-        manifest(WorkloadKind::Deployment, "existing", 0),
-    )
-    .await;
+    create_manifest(&client, &namespace, WorkloadKind::Deployment, "existing", 0).await;
     // No Secret can have this name: the certificate cannot be stored, so the webhook cannot start.
     let broken = replica(
         &cp,

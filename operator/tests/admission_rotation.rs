@@ -3,38 +3,30 @@
 //! the caBundle updated and the new certificate served without a restart, admission working
 //! throughout.
 
-mod admission_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use admission_support::*;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use kube::{Api, Client};
-use lumigo_e2e::ControlPlane;
+use lumigo_e2e::testing::{policy_module, shared_control_plane, try_eventually, wapc_guest};
 use lumigo_mutation::{inspect, WorkloadKind};
 use lumigo_operator::admission::compile::PolicyCompiler;
 use lumigo_operator::admission::{
     lumigo_cache, webhook_configuration, AdmissionOptions, AdmissionServer, TlsOptions,
     WebhookTarget,
 };
-use lumigo_operator::crd::Lumigo;
+use support::admission::*;
+use support::with_crd;
 
 const SECRET: &str = "lumigo-webhook-certificate";
 const LIFETIME: Duration = Duration::from_secs(30);
 
 async fn stored_certificate(client: &Client, namespace: &str) -> Result<String> {
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get(SECRET)
-        .await?;
-    let cert = secret
-        .data
-        .and_then(|d| d.get("tls.crt").cloned())
-        .context("tls.crt")?;
-    Ok(String::from_utf8(cert.0)?)
+    secret_entry(client, namespace, SECRET, "tls.crt").await
 }
 
 async fn ca_bundle(client: &Client, name: &str) -> Result<String> {
@@ -62,34 +54,12 @@ async fn create_deployment(client: &Client, namespace: &str, name: &str) -> Resu
     Ok(inspect(&serde_json::to_value(stored)?, WorkloadKind::Deployment).injected)
 }
 
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut attempt: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = attempt().await? {
-            return Ok(value);
-        }
-        if started.elapsed() > within {
-            bail!("{what}: not within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 #[tokio::test]
 async fn the_certificate_is_renewed_before_expiry_and_served_without_a_restart() -> Result<()> {
-    let cp = ControlPlane::shared().await?;
-    let client = cp.client()?;
-    apply_crd(&client).await?;
+    let (cp, client) = with_crd(shared_control_plane()).await;
     let operator_namespace = cp.create_namespace("lumigo-system", &[]).await?;
     let namespace = cp.create_namespace("rotation", &[]).await?;
-    Api::<Lumigo>::namespaced(client.clone(), &namespace)
-        .create(&PostParams::default(), &lumigo("lumigo", true))
-        .await?;
-    mark_token_verified(&client, &namespace, "lumigo").await?;
+    create_verified_lumigo(&client, &namespace, true).await?;
 
     let configuration_name = format!("lumigo-admission-{operator_namespace}");
     let tls = TlsOptions {
@@ -122,15 +92,13 @@ async fn the_certificate_is_renewed_before_expiry_and_served_without_a_restart()
         .create(&PostParams::default(), &configuration)
         .await?;
     let mut probes = 0;
-    eventually("the first Deployment injected", LIFETIME / 3, || {
+    try_eventually("the first Deployment injected", LIFETIME / 3, || {
         probes += 1;
         let (client, namespace) = (client.clone(), namespace.clone());
         async move {
-            Ok(
-                create_deployment(&client, &namespace, &format!("before-{probes}"))
-                    .await?
-                    .then_some(()),
-            )
+            let injected =
+                create_deployment(&client, &namespace, &format!("before-{probes}")).await?;
+            Ok::<_, anyhow::Error>(injected.then_some(()))
         }
     })
     .await?;
@@ -140,7 +108,7 @@ async fn the_certificate_is_renewed_before_expiry_and_served_without_a_restart()
 
     // A restarted host serves the stored certificate rather than issuing another. (Its module is a
     // stub compiled at once in this process: this is about certificates, and time counts here.)
-    let stub = guest("unreachable");
+    let stub = wapc_guest("unreachable");
     let restarted = AdmissionServer::bind(
         AdmissionOptions {
             compiler: PolicyCompiler::in_process(),
@@ -167,14 +135,15 @@ async fn the_certificate_is_renewed_before_expiry_and_served_without_a_restart()
 
     // Renewed with a third of the lifetime left, i.e. about 20 s after issue.
     let second_certificate =
-        eventually("a renewed certificate in the Secret", LIFETIME, || {
+        try_eventually("a renewed certificate in the Secret", LIFETIME, || {
             let (client, namespace, first) = (
                 client.clone(),
                 operator_namespace.clone(),
                 first_certificate.clone(),
             );
             async move {
-                Ok(Some(stored_certificate(&client, &namespace).await?).filter(|c| *c != first))
+                let stored = stored_certificate(&client, &namespace).await?;
+                Ok::<_, anyhow::Error>(Some(stored).filter(|c| *c != first))
             }
         })
         .await?;
@@ -195,14 +164,17 @@ async fn the_certificate_is_renewed_before_expiry_and_served_without_a_restart()
         bundle.contains(second_ca.trim()),
         "the caBundle trusts the new CA"
     );
-    // The running host swaps to the new certificate (after the grace period): a client trusting only
-    // the new CA gets through.
-    eventually(
+    // The running host swaps to the new certificate (after the grace period): a client trusting
+    // only the new CA gets through.
+    try_eventually(
         "the new certificate served by the running host",
         Duration::from_secs(10),
         || {
             let ca = second_ca.clone();
-            async move { Ok(ReviewClient::connect(address, &ca).await.ok().map(drop)) }
+            async move {
+                let connected = ReviewClient::connect(address, &ca).await;
+                Ok::<_, anyhow::Error>(connected.ok().map(drop))
+            }
         },
     )
     .await?;

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use kube::api::{Api, ListParams};
-use lumigo_e2e::ControlPlane;
+use lumigo_e2e::testing::{eventually, shared_control_plane};
 use lumigo_mutation::WorkloadKind;
 use serde_json::json;
 use support::*;
@@ -26,25 +26,17 @@ async fn injected_count(client: &kube::Client, ns: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_operator_converges_after_restart() {
-    let cp = ControlPlane::shared().await.unwrap();
-    let client = cp.client().unwrap();
-    install_crd(&client).await;
+    let (cp, client) = with_crd(shared_control_plane()).await;
     let ns = cp.create_namespace("chaos", &[]).await.unwrap();
     for index in 0..WORKLOADS {
         let name = format!("svc-{index:03}");
-        create(
-            &client,
-            &ns,
-            WorkloadKind::Deployment,
-            manifest(WorkloadKind::Deployment, &name, 0),
-        )
-        .await;
+        create_manifest(&client, &ns, WorkloadKind::Deployment, &name, 0).await;
     }
-    create_secret(&client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
+    create_token_secret(&client, &ns).await;
 
     // One write at a time, so that the kill lands in the middle of the rollout.
     let mut operator = start_operator(&cp, "0.1.0", &[("LUMIGO_MAX_CONCURRENT_WRITES", "1")]);
-    create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
+    create_default_lumigo(&client, &ns).await;
     eventually(
         "the rollout to be under way",
         Duration::from_secs(60),

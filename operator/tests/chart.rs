@@ -2,19 +2,19 @@
 //! every rendered object (server-side dry run), the webhook the chart registers is the operator's
 //! own definition, the containers are hardened, the NetworkPolicies admit each port only from who
 //! needs it, the admission guard names the operator's identity, values.yaml is documented key by
-//! key, and the Artifact Hub metadata (Chart.yaml annotations, artifacthub-pkg.yml) follows Artifact
-//! Hub's schema.
+//! key, and the Artifact Hub metadata (Chart.yaml annotations, artifacthub-pkg.yml) follows
+//! Artifact Hub's schema.
 
-mod chart_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use chart_support::*;
 use clap::Parser;
 use lumigo_e2e::ControlPlane;
 use lumigo_operator::admission::{webhook_configuration, WebhookTarget};
 use serde_json::{json, Value};
+use support::chart::*;
 
 const ENGINES: [&str; 2] = ["builtin", "kubewarden"];
 
@@ -262,15 +262,7 @@ fn every_container_is_hardened_and_the_operator_is_wired_to_the_proxy() {
 
         let operator = &find(&docs, "Deployment", "lumigo-operator")["spec"]["template"]["spec"]
             ["containers"][0];
-        let env = |name: &str| -> Value {
-            operator["env"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["name"] == name)
-                .cloned()
-                .unwrap_or(Value::Null)
-        };
+        let env = |name: &str| -> Value { env_var(operator, name).cloned().unwrap_or(Value::Null) };
         assert_eq!(
             env("LUMIGO_INJECTOR_IMAGE")["value"],
             format!("ghcr.io/lumigo-rs/autotrace:{app_version}")
@@ -378,7 +370,11 @@ fn the_telemetry_proxy_forwards_the_callers_token_and_holds_none() {
     assert_eq!(
         role["rules"],
         json!([
-            {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list", "watch"]},
+            {
+                "apiGroups": [""],
+                "resources": ["pods", "namespaces"],
+                "verbs": ["get", "list", "watch"]
+            },
             {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]}
         ])
     );
@@ -446,14 +442,9 @@ fn the_proxy_counts_spans_where_the_operator_reads_them() {
         "the counts carry no resource attributes (a tracer's resource may hold its environment)"
     );
     let operator = find(&docs, "Deployment", "lumigo-operator");
-    let env = &operator["spec"]["template"]["spec"]["containers"][0]["env"];
-    let variable = |name: &str| {
-        env.as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == name)
-            .map(|v| v["value"].as_str().unwrap().to_owned())
-    };
+    let container = &operator["spec"]["template"]["spec"]["containers"][0];
+    let variable =
+        |name: &str| env_var(container, name).map(|v| v["value"].as_str().unwrap().to_owned());
     let selector = variable("LUMIGO_TELEMETRY_PROXY_SELECTOR").unwrap();
     let labels = template["metadata"]["labels"].as_object().unwrap();
     for pair in selector.split(',') {
@@ -529,7 +520,10 @@ fn selects(selector: &Value, labels: &Value) -> bool {
         .all(|(key, value)| &labels[key] == value)
 }
 
-const PROMETHEUS: &str = r#"[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}},"podSelector":{"matchLabels":{"app.kubernetes.io/name":"prometheus"}}}]"#;
+const PROMETHEUS: &str = concat!(
+    r#"[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}},"#,
+    r#""podSelector":{"matchLabels":{"app.kubernetes.io/name":"prometheus"}}}]"#
+);
 
 /// Each listening port of the chart's pods admits only who needs it: the webhook any source (the
 /// apiserver's addresses are not selectable), the operator's metrics only configured scrapers, the
@@ -756,7 +750,7 @@ fn the_admission_guard_names_the_operators_identity_and_the_protected_namespaces
                 .map(|r| r.as_str().unwrap())
         })
         .collect();
-    for kind in lumigo_mutation::WorkloadKind::ALL.map(|kind| kind.plural()) {
+    for kind in lumigo_mutation::WorkloadKind::ALL.map(lumigo_mutation::WorkloadKind::plural) {
         assert!(
             resources.contains(kind) && resources.contains(format!("{kind}/*").as_str()),
             "{kind}"
@@ -827,13 +821,11 @@ fn the_admission_guard_names_the_operators_identity_and_the_protected_namespaces
         json!(protected)
     );
     let operator = find(&docs, "Deployment", "lumigo-operator");
-    let env = operator["spec"]["template"]["spec"]["containers"][0]["env"]
-        .as_array()
-        .unwrap();
-    let passed = env
-        .iter()
-        .find(|e| e["name"] == "LUMIGO_PROTECTED_NAMESPACES")
-        .expect("the operator is told the protected namespaces");
+    let passed = env_var(
+        &operator["spec"]["template"]["spec"]["containers"][0],
+        "LUMIGO_PROTECTED_NAMESPACES",
+    )
+    .expect("the operator is told the protected namespaces");
     assert_eq!(passed["value"], protected.join(","));
     let docs = documents(&render(
         "lumigo-system",
@@ -867,14 +859,8 @@ fn the_install_token_is_rendered_only_in_its_secret() {
         .collect();
     assert_eq!(holding, [r#""Secret" "lumigo-operator-lumigo-token""#]);
     let operator = find(&docs, "Deployment", "lumigo-operator");
-    let env = &operator["spec"]["template"]["spec"]["containers"][0]["env"];
-    let value = |name: &str| {
-        env.as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == name)
-            .map(|v| v["value"].clone())
-    };
+    let container = &operator["spec"]["template"]["spec"]["containers"][0];
+    let value = |name: &str| env_var(container, name).map(|v| v["value"].clone());
     assert_eq!(
         value("LUMIGO_MONITORED_NAMESPACES"),
         Some(json!(r#"{"names":["shop","checkout"]}"#))
@@ -1335,10 +1321,10 @@ fn every_variable_the_chart_sets_is_read_by_the_operator() {
     }
 }
 
-/// The image recipes (images/) cannot be built here (no Docker engine); what they rely on can be checked:
-/// the scripts and recipes they run exist, every base image is pinned, the final stages are non-root
-/// with the uid the chart runs as, and the autotrace entrypoint copies to the directory the init
-/// container is given.
+/// The image recipes (images/) cannot be built here (no Docker engine); what they rely on can be
+/// checked: the scripts and recipes they run exist, every base image is pinned, the final stages
+/// are non-root with the uid the chart runs as, and the autotrace entrypoint copies to the
+/// directory the init container is given.
 #[test]
 fn the_image_recipes_use_what_exists_and_run_as_the_chart_expects() {
     let read = |path: &str| {

@@ -1,13 +1,13 @@
 //! The whole product on a real node, installed as a user installs it: `helm install` of the chart
 //! (the operator in its pod with the chart's RBAC, its built-in webhook behind its Service, the
-//! collector in its pod), then a Secret and a `Lumigo` resource in a namespace where Node.js, Python
-//! and Java services already run. The pods are replaced, the init container copies the payload,
-//! and spans from each runtime reach an OTLP sink through the proxy with the Kubernetes attributes
-//! it adds and the tracer's token header. Then the removal: `kubectl delete lumigo`, `helm uninstall`.
+//! collector in its pod), then a Secret and a `Lumigo` resource in a namespace where Node.js,
+//! Python and Java services already run. The pods are replaced, the init container copies the
+//! payload, and spans from each runtime reach an OTLP sink through the proxy with the Kubernetes
+//! attributes it adds and the tracer's token header. Then the removal: `kubectl delete lumigo`,
+//! `helm uninstall`.
 //!
 //! Needs root and the image inputs of `e2e/image-inputs.sh` (`just operator::test-cluster`).
 
-mod chart_support;
 mod support;
 
 use std::collections::BTreeMap;
@@ -19,11 +19,11 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use kube::Client;
+use lumigo_e2e::testing::{eventually, shared_cluster, within};
 use lumigo_e2e::{images, Cluster, OtlpSink, ReceivedSpan};
 use lumigo_operator::crd::{Lumigo, LumigoStatus, TracingState};
 use serde_json::Value;
-
-use support::{eventually, TOKEN};
+use support::TOKEN;
 
 const RELEASE_NAMESPACE: &str = "lumigo-system";
 /// The shop's traced services and the runtime each one runs.
@@ -41,10 +41,9 @@ const SILENCE_WINDOW: Duration = Duration::from_secs(40);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_trace() {
-    let shared = Cluster::shared().await.expect("a cluster with a node");
+    let (shared, client) = shared_cluster().await;
     let cluster = shared.as_ref();
     let cp = cluster.control_plane();
-    let client = cp.client().unwrap();
     let sink = OtlpSink::start(cluster.node_ip().into()).unwrap();
     let kubectl = |args: &[&str]| cp.run_kubectl(args, None).unwrap();
     let kubectl_apply = |namespace: &str, manifest: &str| {
@@ -85,7 +84,7 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
     );
     let collector_tag = format!("telemetryProxy.image.tag={}", artifacts.collector_tag);
     let endpoint = format!("telemetryProxy.exporter.endpoint={}", sink.endpoint());
-    let chart = chart_support::chart_dir().display().to_string();
+    let chart = support::chart::chart_dir().display().to_string();
     helm(
         cluster,
         &[
@@ -273,7 +272,7 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
     // helm upgrade to a monitored namespace: the operator (restarted by the upgrade) creates its
     // token Secret and Lumigo resource there, with no kubectl step.
     kubectl(&["create", "namespace", "monitored"]);
-    let chart = chart_support::chart_dir().display().to_string();
+    let chart = support::chart::chart_dir().display().to_string();
     let token = format!("lumigoToken.value={TOKEN}");
     helm(
         cluster,
@@ -429,7 +428,8 @@ async fn verified_tracing(cluster: &Cluster, client: &Client, status_writes: &Wr
         "{printed}"
     );
 
-    // Events: first spans once per traced workload, the silence of the static binary with its reason.
+    // Events: first spans once per traced workload, the silence of the static binary with its
+    // reason.
     let events: Api<Event> = Api::namespaced(client.clone(), "shop");
     let events = events.list(&ListParams::default()).await.unwrap().items;
     let regarding = |reason: &str| {
@@ -555,7 +555,8 @@ fn count_writes(api: Api<Lumigo>) -> WriteCounter {
 
 /// A service in the `restricted` namespace: non-root, no privilege escalation, no capabilities,
 /// RuntimeDefault seccomp. The injection must keep it admissible.
-const RESTRICTED_SERVICE: &str = r#"
+const RESTRICTED_SERVICE: &str = concat!(
+    r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: inventoryservice}
@@ -566,15 +567,18 @@ spec:
     metadata: {labels: {app: inventoryservice}}
     spec:
       terminationGracePeriodSeconds: 2
-      securityContext: {runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, seccompProfile: {type: RuntimeDefault}}
+      securityContext: {runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, "#,
+    r#"seccompProfile: {type: RuntimeDefault}}
       containers:
         - name: server
           image: lumigo-e2e.local/shop-node:1
           imagePullPolicy: Never
           env: [{name: PEER_URL, value: "http://localhost:8080/ping"}]
-          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}, readOnlyRootFilesystem: true}
+          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}, "#,
+    r#"readOnlyRootFilesystem: true}
           readinessProbe: {httpGet: {path: /ping, port: 8080}, periodSeconds: 2}
-"#;
+"#
+);
 
 fn lumigo_manifest() -> String {
     format!(
@@ -609,36 +613,34 @@ async fn first_span(
     namespace: &str,
     deployment: &str,
 ) -> ReceivedSpan {
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(span) = spans_of(sink, namespace, deployment).into_iter().next() {
-            return span;
-        }
-        if started.elapsed() > SPANS_TIMEOUT {
-            let cp = cluster.control_plane();
-            let pods = cp.run_kubectl(&["get", "pods", "-n", namespace, "-o", "wide"], None);
-            let selector = format!("app={deployment}");
-            let logs = cp.run_kubectl(
-                &[
-                    "logs",
-                    "-n",
-                    namespace,
-                    "-l",
-                    &selector,
-                    "--all-containers",
-                    "--prefix",
-                    "--tail=20",
-                ],
-                None,
-            );
-            panic!(
-                "no span from {namespace}/{deployment} after {SPANS_TIMEOUT:?}\n{}\n{}",
-                pods.unwrap_or_else(|e| e.to_string()),
-                logs.unwrap_or_else(|e| e.to_string())
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = within(SPANS_TIMEOUT, || async {
+        spans_of(sink, namespace, deployment).into_iter().next()
+    })
+    .await;
+    if let Some(span) = first {
+        return span;
     }
+    let cp = cluster.control_plane();
+    let pods = cp.run_kubectl(&["get", "pods", "-n", namespace, "-o", "wide"], None);
+    let selector = format!("app={deployment}");
+    let logs = cp.run_kubectl(
+        &[
+            "logs",
+            "-n",
+            namespace,
+            "-l",
+            &selector,
+            "--all-containers",
+            "--prefix",
+            "--tail=20",
+        ],
+        None,
+    );
+    panic!(
+        "no span from {namespace}/{deployment} after {SPANS_TIMEOUT:?}\n{}\n{}",
+        pods.unwrap_or_else(|e| e.to_string()),
+        logs.unwrap_or_else(|e| e.to_string())
+    );
 }
 
 /// Each Deployment's pod template, by name.
@@ -698,9 +700,10 @@ async fn wait_available(cluster: &Cluster, namespace: &str) {
     }
 }
 
-/// `helm ARGS` in the release namespace, waiting for the release's resources; panics with its output.
+/// `helm ARGS` in the release namespace, waiting for the release's resources; panics with its
+/// output.
 fn helm(cluster: &Cluster, args: &[&str]) {
-    let output = Command::new(chart_support::helm())
+    let output = Command::new(support::chart::helm())
         .args(args)
         .args([
             "--namespace",
@@ -716,10 +719,10 @@ fn helm(cluster: &Cluster, args: &[&str]) {
     assert!(
         output.status.success(),
         "helm {args:?} failed:\n{}",
-        chart_support::text(&output)
+        support::chart::text(&output)
     );
 }
 
 fn repo_file(path: &str) -> String {
-    chart_support::repo().join(path).display().to_string()
+    support::chart::repo().join(path).display().to_string()
 }

@@ -1,7 +1,8 @@
-//! `just demo` (demo/run.sh) runs to completion on a real node and shows what it promises: the shop's
-//! pods replaced with injected ones whose init container ran, traces from the Node.js, Python and
-//! Java services with the proxy's Kubernetes attributes and the tracer's header, the opt-out, an
-//! admission-injected Deployment, the removal byte for byte with no spans after it, and the uninstall.
+//! `just demo` (demo/run.sh) runs to completion on a real node and shows what it promises: the
+//! shop's pods replaced with injected ones whose init container ran, traces from the Node.js,
+//! Python and Java services with the proxy's Kubernetes attributes and the tracer's header, the
+//! opt-out, an admission-injected Deployment, the removal byte for byte with no spans after it, and
+//! the uninstall.
 
 use std::process::Command;
 

@@ -5,8 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
-use lumigo_e2e::ControlPlane;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject};
+use lumigo_e2e::testing::{eventually, shared_control_plane};
 use lumigo_operator::crd::Lumigo;
 use serde_json::{json, Value};
 use support::*;
@@ -30,29 +30,8 @@ async fn policy(client: &kube::Client, ns: &str) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_kubewarden_engine_keeps_one_policy_per_namespace() {
-    let cp = ControlPlane::shared().await.unwrap();
-    let client = cp.client().unwrap();
-    install_crd(&client).await;
-    let crd = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/kubewarden-admissionpolicy-crd.yaml"
-    );
-    let applied = cp.kubectl().args(["apply", "-f", crd]).output().unwrap();
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    eventually("the AdmissionPolicy CRD to be served", WAIT, || async {
-        cp.kubectl()
-            .args(["get", "admissionpolicies", "-A"])
-            .output()
-            .ok()?
-            .status
-            .success()
-            .then_some(())
-    })
-    .await;
+    let (cp, client) = with_crd(shared_control_plane()).await;
+    install_admission_policy_crd(&cp, WAIT).await;
 
     let ns = cp.create_namespace("kubewarden", &[]).await.unwrap();
     let _operator = start_operator(
@@ -66,7 +45,7 @@ async fn the_kubewarden_engine_keeps_one_policy_per_namespace() {
             ),
         ],
     );
-    create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
+    create_default_lumigo(&client, &ns).await;
     eventually(
         "the resource to be in Error without its Secret",
         WAIT,
@@ -81,7 +60,7 @@ async fn the_kubewarden_engine_keeps_one_policy_per_namespace() {
         "no policy while the token is missing"
     );
 
-    create_secret(&client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
+    create_token_secret(&client, &ns).await;
     let created = eventually("the namespace's AdmissionPolicy", WAIT, || async {
         policy(&client, &ns).await
     })
@@ -99,15 +78,7 @@ async fn the_kubewarden_engine_keeps_one_policy_per_namespace() {
     assert_eq!(created["spec"]["settings"]["enableLogs"], false);
     assert_eq!(created["metadata"]["ownerReferences"][0]["kind"], "Lumigo");
 
-    let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
-    lumigos
-        .patch(
-            "lumigo",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"logging": {"enabled": true}}})),
-        )
-        .await
-        .unwrap();
+    enable_logging(&client, &ns).await;
     eventually(
         "the policy settings to follow the resource",
         WAIT,
@@ -117,6 +88,7 @@ async fn the_kubewarden_engine_keeps_one_policy_per_namespace() {
     )
     .await;
 
+    let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
     lumigos
         .delete("lumigo", &DeleteParams::default())
         .await

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
+use lumigo_e2e::testing::{eventually, shared_control_plane};
 use lumigo_e2e::ControlPlane;
 use lumigo_mutation::WorkloadKind;
-use lumigo_operator::crd::Lumigo;
 use serde_json::json;
 use support::*;
 
@@ -18,9 +18,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lumigo_lifecycle() {
-    let cp = ControlPlane::shared().await.unwrap();
-    let client = cp.client().unwrap();
-    install_crd(&client).await;
+    let (cp, client) = with_crd(shared_control_plane()).await;
     let ns = cp.create_namespace("lifecycle", &[]).await.unwrap();
 
     let workloads = [
@@ -32,21 +30,9 @@ async fn lumigo_lifecycle() {
         (WorkloadKind::ReplicationController, "legacy"),
     ];
     for (kind, name) in workloads {
-        create(
-            &client,
-            &ns,
-            kind,
-            manifest(kind, name, if name == "web" { 1 } else { 0 }),
-        )
-        .await;
+        create_manifest(&client, &ns, kind, name, if name == "web" { 1 } else { 0 }).await;
     }
-    create(
-        &client,
-        &ns,
-        WorkloadKind::Job,
-        manifest(WorkloadKind::Job, "migration", 0),
-    )
-    .await;
+    create_manifest(&client, &ns, WorkloadKind::Job, "migration", 0).await;
     let mut opted_out = manifest(WorkloadKind::Deployment, "private", 0);
     opted_out["metadata"]["labels"]["lumigo.auto-trace"] = json!("false");
     create(&client, &ns, WorkloadKind::Deployment, opted_out).await;
@@ -60,8 +46,8 @@ async fn lumigo_lifecycle() {
     }
 
     let _operator = start_operator(&cp, "0.1.0", &[]);
-    create_secret(&client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
-    create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
+    create_token_secret(&client, &ns).await;
+    create_default_lumigo(&client, &ns).await;
 
     // Rollout: every eligible workload injected, and the status says exactly which.
     let status = eventually("the rollout to reach every workload", WAIT, || async {
@@ -166,15 +152,7 @@ async fn lumigo_lifecycle() {
     .await;
 
     // A spec change re-injects: logs on.
-    let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &ns);
-    lumigos
-        .patch(
-            "lumigo",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"logging": {"enabled": true}}})),
-        )
-        .await
-        .unwrap();
+    enable_logging(&client, &ns).await;
     eventually("LUMIGO_ENABLE_LOGS=true everywhere", WAIT, || async {
         for (kind, name) in workloads {
             let object = get(&client, &ns, kind, name).await;
@@ -276,14 +254,16 @@ async fn removal_never_wedges(cp: &ControlPlane, client: &kube::Client) {
     let freeze = format!(
         r#"{{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
   "metadata": {{"name": "{policy}"}},
-  "spec": {{"failurePolicy": "Fail", "matchConstraints": {{"resourceRules": [{{"apiGroups": ["apps"],
-    "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["deployments"]}}]}},
+  "spec": {{"failurePolicy": "Fail",
+    "matchConstraints": {{"resourceRules": [{{"apiGroups": ["apps"],
+      "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["deployments"]}}]}},
     "validations": [{{"expression": "false", "message": "frozen by the test"}}]}}}}
 ---
 {{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
   "metadata": {{"name": "{policy}"}},
   "spec": {{"policyName": "{policy}", "validationActions": ["Deny"],
-    "matchResources": {{"namespaceSelector": {{"matchLabels": {{"kubernetes.io/metadata.name": "{ns}"}}}}}}}}}}"#
+    "matchResources": {{"namespaceSelector": {{
+      "matchLabels": {{"kubernetes.io/metadata.name": "{ns}"}}}}}}}}}}"#
     );
     cp.run_kubectl(&["apply", "-f", "-"], Some(&freeze))
         .unwrap();
@@ -347,15 +327,9 @@ async fn instrumented_namespace(
     deployment: &str,
 ) -> String {
     let ns = cp.create_namespace(prefix, &[]).await.unwrap();
-    create_secret(client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
-    create(
-        client,
-        &ns,
-        WorkloadKind::Deployment,
-        manifest(WorkloadKind::Deployment, deployment, 0),
-    )
-    .await;
-    create_lumigo(client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
+    create_token_secret(client, &ns).await;
+    create_manifest(client, &ns, WorkloadKind::Deployment, deployment, 0).await;
+    create_default_lumigo(client, &ns).await;
     eventually(&format!("{deployment} to be injected"), WAIT, || async {
         let object = get(client, &ns, WorkloadKind::Deployment, deployment).await;
         injected_label(&object, WorkloadKind::Deployment).map(|_| ())

@@ -8,12 +8,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use lumigo_e2e::testing::{eventually, own_control_plane};
 use lumigo_e2e::{ControlPlane, Process};
 use lumigo_mutation::WorkloadKind;
 use lumigo_operator::crd::Lumigo;
@@ -88,7 +88,7 @@ async fn leftovers(client: &Client, namespaces: &[&str]) -> BTreeSet<String> {
 }
 
 async fn converges_to(client: &Client, what: &str, expected: &[&str]) {
-    let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+    let expected: BTreeSet<String> = expected.iter().map(ToString::to_string).collect();
     eventually(what, WAIT, || async {
         let now = managed(client).await;
         (now == expected).then_some(())
@@ -103,9 +103,7 @@ fn assert_token_not_logged(operator: &Process) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_install_keeps_exactly_the_monitored_namespaces_instrumented() {
-    let cp = ControlPlane::start().await.unwrap();
-    let client = cp.client().unwrap();
-    install_crd(&client).await;
+    let (cp, client) = with_crd(own_control_plane()).await;
     create_namespace(&client, INSTALL, json!({})).await;
     create_secret(&client, INSTALL, "install-token", &[("token", TOKEN)]).await;
     for (name, labels) in [
@@ -263,17 +261,7 @@ async fn the_install_keeps_exactly_the_monitored_namespaces_instrumented() {
         ],
     )
     .await;
-    let output = Command::new(env!("CARGO_BIN_EXE_lumigo-operator"))
-        .args(["uninstall", "--wait-for-operator", "30s"])
-        .env("KUBECONFIG", cp.kubeconfig())
-        .env("POD_NAMESPACE", INSTALL)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "uninstall: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    uninstall(&cp, "30s", &[("POD_NAMESPACE", INSTALL)]);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let all: Api<Lumigo> = Api::all(client.clone());
     let remaining: Vec<String> = all

@@ -1,14 +1,13 @@
 //! The chart's RBAC is sufficient and not excessive: its ServiceAccount, ClusterRole, Role and
 //! bindings (rendered by helm) are installed on a real control plane, a token is minted for the
-//! ServiceAccount (TokenRequest), and the operator binary runs under that identity through a
-//! Lumigo lifecycle (rollout, events, status, leader lease, removal) and then `uninstall` (what the
-//! pre-delete hook runs). Its log holds no "forbidden"; requests it has no business making are denied.
-//! What RBAC cannot refuse, the chart's ValidatingAdmissionPolicies do: with the same identity,
-//! writes to workloads of protected namespaces, changes to its own webhook configuration other than
-//! the caBundle, and (RBAC) writes to other webhook configurations are sent and refused, while the
-//! very same requests succeed as admin (or in a namespace that is not protected).
+//! ServiceAccount (TokenRequest), and the operator binary runs under that identity through a Lumigo
+//! lifecycle (rollout, events, status, leader lease, removal) and then `uninstall` (what the
+//! pre-delete hook runs). Its log holds no "forbidden"; requests it has no business making are
+//! denied. What RBAC cannot refuse, the chart's ValidatingAdmissionPolicies do: with the same
+//! identity, writes to workloads of protected namespaces, changes to its own webhook configuration
+//! other than the caBundle, and (RBAC) writes to other webhook configurations are sent and refused,
+//! while the very same requests succeed as admin (or in a namespace that is not protected).
 
-mod chart_support;
 mod support;
 
 use std::path::Path;
@@ -16,13 +15,14 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use base64::Engine;
-use chart_support::*;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
+use lumigo_e2e::testing::{eventually, policy_module_path, shared_control_plane};
 use lumigo_e2e::{ControlPlane, Process};
 use lumigo_mutation::WorkloadKind;
 use lumigo_operator::crd::Lumigo;
 use serde_json::Value;
+use support::chart::*;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -35,8 +35,10 @@ static ONE_OPERATOR_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::cons
 fn kubeconfig_for_token(cp: &ControlPlane, token: &str, path: &Path) {
     let ca = base64::engine::general_purpose::STANDARD.encode(cp.ca_pem());
     let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\n\
-         users:\n- name: operator\n  user:\n    token: {token}\ncontexts:\n- name: operator\n  context: {{cluster: e2e, user: operator}}\n\
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {}\n    \
+         certificate-authority-data: {ca}\n\
+         users:\n- name: operator\n  user:\n    token: {token}\ncontexts:\n- name: operator\n  \
+         context: {{cluster: e2e, user: operator}}\n\
          current-context: operator\n",
         cp.server_url()
     );
@@ -51,11 +53,11 @@ fn operator_command(kubeconfig: &Path, namespace: &str) -> Command {
         .env("POD_NAME", "lumigo-operator-rbac-test")
         .env("LUMIGO_INJECTOR_IMAGE", "ghcr.io/lumigo-rs/autotrace:0.1.0")
         .env("LUMIGO_ROLLOUT_MAX_IN_PROGRESS", "0")
-        .env("LUMIGO_POLICY_MODULE", support::policy_module())
+        .env("LUMIGO_POLICY_MODULE", policy_module_path())
         .env("LUMIGO_WEBHOOK_LOOPBACK", "true")
         .env(
             "LUMIGO_WEBHOOK_ADDRESS",
-            format!("127.0.0.1:{}", support::free_port()),
+            format!("127.0.0.1:{}", free_port()),
         )
         .env("RUST_LOG", "info,lumigo_operator=debug,kube=debug");
     command
@@ -148,9 +150,7 @@ fn install_identity(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more() {
     let _turn = ONE_OPERATOR_AT_A_TIME.lock().await;
-    let cp = ControlPlane::shared().await.unwrap();
-    let client = cp.client().unwrap();
-    install_crd(&client).await;
+    let (cp, client) = with_crd(shared_control_plane()).await;
     let release_ns = cp.create_namespace("lumigo-system", &[]).await.unwrap();
     let app_ns = cp.create_namespace("rbac-app", &[]).await.unwrap();
     let other_ns = cp.create_namespace("rbac-other", &[]).await.unwrap();
@@ -229,13 +229,7 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
         )
         .await;
     }
-    create(
-        &client,
-        &app_ns,
-        WorkloadKind::Job,
-        manifest(WorkloadKind::Job, "migration", 0),
-    )
-    .await;
+    create_manifest(&client, &app_ns, WorkloadKind::Job, "migration", 0).await;
     let before = spec_bytes(&client, &app_ns, WorkloadKind::Deployment, "deployment").await;
     // The chart's webhook configuration, whose caBundle the operator publishes under the
     // admission policy that lets it change nothing else. Its webhook selects no object: no Service
@@ -264,14 +258,8 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
     ]);
     let mut operator = Process::spawn_command("lumigo-operator", command, log.clone()).unwrap();
 
-    create_secret(&client, &app_ns, "lumigo-credentials", &[("token", TOKEN)]).await;
-    create_lumigo(
-        &client,
-        &app_ns,
-        "lumigo",
-        default_spec("lumigo-credentials"),
-    )
-    .await;
+    create_token_secret(&client, &app_ns).await;
+    create_default_lumigo(&client, &app_ns).await;
     eventually("the rollout under the chart's identity", WAIT, || async {
         let status = lumigo_status(&client, &app_ns, "lumigo").await?;
         (status["instrumentedCount"] == 3 && condition(&status, "Active")?["status"] == "True")
@@ -328,32 +316,14 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
 
     // Deleting the resource removes the injection, byte for byte, and the finalizer.
     let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &app_ns);
-    lumigos
-        .delete("lumigo", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the Lumigo resource to be gone", WAIT, || async {
-        lumigos
-            .get_opt("lumigo")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_lumigo(&client, &app_ns, "lumigo", WAIT).await;
     assert_eq!(
         spec_bytes(&client, &app_ns, WorkloadKind::Deployment, "deployment").await,
         before
     );
 
     // The pre-delete hook's command, under the same identity, with the operator gone.
-    create_lumigo(
-        &client,
-        &app_ns,
-        "lumigo",
-        default_spec("lumigo-credentials"),
-    )
-    .await;
+    create_default_lumigo(&client, &app_ns).await;
     eventually("the second rollout", WAIT, || async {
         let status = lumigo_status(&client, &app_ns, "lumigo").await?;
         (status["instrumentedCount"] == 3).then_some(())
@@ -388,26 +358,9 @@ async fn the_operator_runs_its_lifecycle_under_the_charts_rbac_and_nothing_more(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_kubewarden_engine_runs_under_the_charts_rbac_for_that_engine() {
     let _turn = ONE_OPERATOR_AT_A_TIME.lock().await;
-    let cp = ControlPlane::shared().await.unwrap();
-    let client = cp.client().unwrap();
-    install_crd(&client).await;
+    let (cp, client) = with_crd(shared_control_plane()).await;
     // Kubewarden's AdmissionPolicy CRD, reduced to what the operator writes.
-    let crd = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/kubewarden-admissionpolicy-crd.yaml"
-    );
-    let output = run(cp.kubectl().args(["apply", "-f", crd]));
-    assert!(output.status.success(), "{}", text(&output));
-    eventually("the AdmissionPolicy CRD to be served", WAIT, || async {
-        cp.kubectl()
-            .args(["get", "admissionpolicies", "-A"])
-            .output()
-            .ok()?
-            .status
-            .success()
-            .then_some(())
-    })
-    .await;
+    install_admission_policy_crd(&cp, WAIT).await;
     let release_ns = cp.create_namespace("lumigo-kw", &[]).await.unwrap();
     let app_ns = cp.create_namespace("rbac-kw-app", &[]).await.unwrap();
     // Its own full name, so its cluster-wide objects do not replace the builtin test's.
@@ -466,13 +419,7 @@ async fn the_kubewarden_engine_runs_under_the_charts_rbac_for_that_engine() {
         "no certificate Secret with kubewarden"
     );
 
-    create(
-        &client,
-        &app_ns,
-        WorkloadKind::Deployment,
-        manifest(WorkloadKind::Deployment, "web", 0),
-    )
-    .await;
+    create_manifest(&client, &app_ns, WorkloadKind::Deployment, "web", 0).await;
     let log = cp
         .dir()
         .join(format!("operator-rbac-kw-{}.log", std::process::id()));
@@ -492,14 +439,8 @@ async fn the_kubewarden_engine_runs_under_the_charts_rbac_for_that_engine() {
         );
     let _operator = Process::spawn_command("lumigo-operator", command, log.clone()).unwrap();
 
-    create_secret(&client, &app_ns, "lumigo-credentials", &[("token", TOKEN)]).await;
-    create_lumigo(
-        &client,
-        &app_ns,
-        "lumigo",
-        default_spec("lumigo-credentials"),
-    )
-    .await;
+    create_token_secret(&client, &app_ns).await;
+    create_default_lumigo(&client, &app_ns).await;
     let policy = || {
         let output =
             run(cp
@@ -516,20 +457,7 @@ async fn the_kubewarden_engine_runs_under_the_charts_rbac_for_that_engine() {
         (status["instrumentedCount"] == 1).then_some(())
     })
     .await;
-    let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), &app_ns);
-    lumigos
-        .delete("lumigo", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the Lumigo resource to be gone", WAIT, || async {
-        lumigos
-            .get_opt("lumigo")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_lumigo(&client, &app_ns, "lumigo", WAIT).await;
     eventually("the AdmissionPolicy to be deleted", WAIT, || async {
         policy().is_empty().then_some(())
     })
@@ -595,8 +523,7 @@ fn redirect(webhook: &mut Value, attempt: usize) {
 /// that is not protected, and succeeds there: the refusal is the guard's, not a broken request.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stolen_operator_token_cannot_write_system_workloads_or_other_webhook_configurations() {
-    let cp = ControlPlane::shared().await.unwrap();
-    let client = cp.client().unwrap();
+    let (cp, client) = shared_control_plane().await;
     let release_ns = cp.create_namespace("lumigo-guard", &[]).await.unwrap();
     let app_ns = cp.create_namespace("guard-app", &[]).await.unwrap();
     // Its own full name: its cluster-wide objects (ClusterRole, the policy and its binding, the
@@ -608,13 +535,7 @@ async fn a_stolen_operator_token_cannot_write_system_workloads_or_other_webhook_
     let guard = format!("{name}-protected-namespaces");
     let deployment = format!("guard-{}", std::process::id());
     for namespace in ["kube-system", release_ns.as_str(), app_ns.as_str()] {
-        create(
-            &client,
-            namespace,
-            WorkloadKind::Deployment,
-            manifest(WorkloadKind::Deployment, &deployment, 0),
-        )
-        .await;
+        create_manifest(&client, namespace, WorkloadKind::Deployment, &deployment, 0).await;
     }
 
     // The policy is in force once the apiserver has loaded it and its binding (asynchronously):
@@ -638,11 +559,11 @@ async fn a_stolen_operator_token_cannot_write_system_workloads_or_other_webhook_
         )
         .await;
         assert!(
-            refused.contains(&format!(
-                "ValidatingAdmissionPolicy '{guard}'"
-            )) && refused.contains(&format!(
-                "the Lumigo operator may not UPDATE deployments in the protected namespace {namespace}"
-            )),
+            refused.contains(&format!("ValidatingAdmissionPolicy '{guard}'"))
+                && refused.contains(&format!(
+                    "the Lumigo operator may not UPDATE deployments in the protected namespace \
+                     {namespace}"
+                )),
             "refused by the policy, with its message: {refused}"
         );
         let output = relabel_deployment(&cp, &admin, namespace, &deployment, "admin");
@@ -703,7 +624,8 @@ async fn a_stolen_operator_token_cannot_write_system_workloads_or_other_webhook_
         Err(kube::Error::Api(status)) => assert!(
             status.code == 403
                 && status.message.contains(
-                    "cannot patch resource \"mutatingwebhookconfigurations\" in API group \"admissionregistration.k8s.io\""
+                    "cannot patch resource \"mutatingwebhookconfigurations\" in API group \
+                     \"admissionregistration.k8s.io\""
                 ),
             "patching another webhook configuration: {status:?}"
         ),
@@ -763,7 +685,7 @@ async fn a_stolen_operator_token_cannot_write_system_workloads_or_other_webhook_
     };
     let ca = base64::engine::general_purpose::STANDARD.encode(cp.ca_pem());
     let output = rewrite(&kubeconfig, &|webhook| {
-        webhook["clientConfig"]["caBundle"] = Value::from(ca.clone())
+        webhook["clientConfig"]["caBundle"] = Value::from(ca.clone());
     });
     assert!(
         output.status.success(),

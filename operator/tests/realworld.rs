@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
-use lumigo_e2e::ControlPlane;
-use lumigo_mutation::{inject, InjectionConfig, Operation, WorkloadKind};
+use lumigo_e2e::testing::{eventually, shared_control_plane};
+use lumigo_mutation::{inject, InjectionConfig, Operation, Outcome, WorkloadKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use support::*;
@@ -72,8 +72,7 @@ async fn admit(pods: &Api<Pod>, pod: &Pod) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn injection_adds_no_restricted_violation() {
-    let cp = ControlPlane::shared().await.unwrap();
-    let client = cp.client().unwrap();
+    let (cp, client) = shared_control_plane().await;
     let restricted = cp
         .create_namespace(
             "restricted",
@@ -94,13 +93,15 @@ async fn injection_adds_no_restricted_violation() {
         let name = original["metadata"]["name"].as_str().unwrap().to_owned();
         let mut injected = original.clone();
         assert!(
-            inject(
-                &mut injected,
-                WorkloadKind::Deployment,
-                &config(),
-                Operation::Create
-            )
-            .is_changed(),
+            matches!(
+                inject(
+                    &mut injected,
+                    WorkloadKind::Deployment,
+                    &config(),
+                    Operation::Create
+                ),
+                Outcome::Changed(_)
+            ),
             "{name}"
         );
         // As shipped (no seccomp profile) the Pods are refused for the same reasons, no more.
@@ -134,9 +135,7 @@ async fn injection_adds_no_restricted_violation() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_instruments_and_restores_online_boutique() {
-    let cp = ControlPlane::shared().await.unwrap();
-    let client = cp.client().unwrap();
-    install_crd(&client).await;
+    let (cp, client) = with_crd(shared_control_plane()).await;
     let ns = cp.create_namespace("boutique", &[]).await.unwrap();
     let mut names = Vec::new();
     for mut deployment in deployments() {
@@ -149,8 +148,8 @@ async fn the_operator_instruments_and_restores_online_boutique() {
         before.push(spec_bytes(&client, &ns, WorkloadKind::Deployment, name).await);
     }
     let _operator = start_operator(&cp, "0.1.0", &[]);
-    create_secret(&client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
-    create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
+    create_token_secret(&client, &ns).await;
+    create_default_lumigo(&client, &ns).await;
     eventually(
         "every Deployment instrumented",
         Duration::from_secs(60),

@@ -18,6 +18,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, PostParams};
 use kube::Client;
+use lumigo_e2e::testing::{eventually, shared_cluster};
 use lumigo_e2e::{Cluster, Process};
 use lumigo_mutation::names::{INJECTOR_NAME, ROLLED_BACK_ANNOTATION};
 use lumigo_mutation::WorkloadKind;
@@ -30,7 +31,8 @@ const FLEET: usize = 40;
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 const VERSION: &str = "0.1.0";
 const CRASH_WHEN_PRELOADED: &str =
-    "if [ -n \"$LD_PRELOAD\" ]; then echo \"refusing to run with LD_PRELOAD=$LD_PRELOAD\" >&2; exit 1; fi";
+    "if [ -n \"$LD_PRELOAD\" ]; then echo \"refusing to run with LD_PRELOAD=$LD_PRELOAD\" >&2; \
+     exit 1; fi";
 
 fn operator(cluster: &Cluster, injector_image: &str) -> Process {
     start_operator(
@@ -49,7 +51,7 @@ async fn namespace_with(client: &Client, cluster: &Cluster, name: &str, deployme
         .control_plane()
         .run_kubectl(&["create", "namespace", name], None)
         .unwrap();
-    create_secret(client, name, "lumigo-credentials", &[("token", TOKEN)]).await;
+    create_token_secret(client, name).await;
     let api: Api<Deployment> = Api::namespaced(client.clone(), name);
     for manifest in deployments {
         api.create(
@@ -107,10 +109,8 @@ fn degraded(status: &Value) -> Option<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollouts_are_paced_health_gated_and_rolled_back_on_a_real_node() {
-    let shared = Cluster::shared().await.expect("a cluster with a node");
+    let (shared, client) = with_crd(shared_cluster()).await;
     let cluster = shared.as_ref();
-    let client = cluster.control_plane().client().unwrap();
-    install_crd(&client).await;
     load_images(cluster);
 
     // 1. The canary: an injector image no node can pull stops the rollout after one workload.
@@ -119,13 +119,7 @@ async fn rollouts_are_paced_health_gated_and_rolled_back_on_a_real_node() {
         .collect();
     namespace_with(&client, cluster, "halting", &halting).await;
     let mut missing_image = operator(cluster, "lumigo-e2e.local/autotrace-missing:0");
-    create_lumigo(
-        &client,
-        "halting",
-        "lumigo",
-        default_spec("lumigo-credentials"),
-    )
-    .await;
+    create_default_lumigo(&client, "halting").await;
     let status = eventually("the rollout to halt", ROLLOUT_TIMEOUT, || async {
         let status = lumigo_status(&client, "halting", "lumigo").await?;
         let (state, reason, _) = degraded(&status)?;
@@ -209,13 +203,7 @@ async fn rollouts_are_paced_health_gated_and_rolled_back_on_a_real_node() {
     ];
     namespace_with(&client, cluster, "crashy", &crashy).await;
     let before = get(&client, "crashy", WorkloadKind::Deployment, "fragile").await;
-    create_lumigo(
-        &client,
-        "crashy",
-        "lumigo",
-        default_spec("lumigo-credentials"),
-    )
-    .await;
+    create_default_lumigo(&client, "crashy").await;
     let status = eventually("fragile to be rolled back", ROLLOUT_TIMEOUT, || async {
         let status = lumigo_status(&client, "crashy", "lumigo").await?;
         let listed = status["rolledBackResources"].as_array()?.first()?.clone();
@@ -268,13 +256,7 @@ async fn rollouts_are_paced_health_gated_and_rolled_back_on_a_real_node() {
     let fleet: Vec<Value> = names.iter().map(|name| deployment(name, None)).collect();
     namespace_with(&client, cluster, "fleet", &fleet).await;
     let sampler = PodSampler::start(&client, "fleet", names.clone());
-    create_lumigo(
-        &client,
-        "fleet",
-        "lumigo",
-        default_spec("lumigo-credentials"),
-    )
-    .await;
+    create_default_lumigo(&client, "fleet").await;
     eventually("a third of the fleet injected", ROLLOUT_TIMEOUT, || async {
         let injected_now = deployments(&client, "fleet")
             .await
@@ -314,7 +296,8 @@ async fn rollouts_are_paced_health_gated_and_rolled_back_on_a_real_node() {
     wait_all_rolled_out(&client, "fleet", |_| true).await;
     let sampled = sampler.stop();
     println!(
-        "fleet of {FLEET}: at most {} Deployments starting at once (limit {LIMIT}), {} pods not Ready at once, {} samples",
+        "fleet of {FLEET}: at most {} Deployments starting at once (limit {LIMIT}), {} pods not \
+         Ready at once, {} samples",
         sampled.peak_restarting, sampled.peak_not_ready, sampled.samples
     );
     assert!(sampled.samples > 20, "{sampled:?}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use lumigo_e2e::ControlPlane;
+use lumigo_e2e::testing::{eventually, shared_control_plane};
 use lumigo_mutation::WorkloadKind;
 use lumigo_operator::crd::Lumigo;
 use serde_json::json;
@@ -32,20 +32,12 @@ async fn error_message(client: &kube::Client, ns: &str, name: &str, containing: 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_secrets_are_explained_and_fixing_them_rolls_out() {
-    let cp = ControlPlane::shared().await.unwrap();
-    let client = cp.client().unwrap();
-    install_crd(&client).await;
+    let (cp, client) = with_crd(shared_control_plane()).await;
     let ns = cp.create_namespace("token", &[]).await.unwrap();
-    create(
-        &client,
-        &ns,
-        WorkloadKind::Deployment,
-        manifest(WorkloadKind::Deployment, "web", 0),
-    )
-    .await;
+    create_manifest(&client, &ns, WorkloadKind::Deployment, "web", 0).await;
     let _operator = start_operator(&cp, "0.1.0", &[]);
 
-    create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
+    create_default_lumigo(&client, &ns).await;
     let missing = error_message(&client, &ns, "lumigo", "does not exist").await;
     assert!(missing.contains("lumigo-credentials"), "{missing}");
     let status = lumigo_status(&client, &ns, "lumigo").await.unwrap();
@@ -99,7 +91,8 @@ async fn bad_secrets_are_explained_and_fixing_them_rolls_out() {
         Some("lumigo-operator.v0.1.0")
     );
 
-    // One resource per namespace: the second explains itself, and deleting it keeps the first's work.
+    // One resource per namespace: the second explains itself, and deleting it keeps the first's
+    // work.
     create_lumigo(&client, &ns, "second", default_spec("lumigo-credentials")).await;
     let duplicate = error_message(&client, &ns, "second", "already instrumented").await;
     assert!(duplicate.contains("lumigo"), "{duplicate}");

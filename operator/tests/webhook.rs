@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, PostParams};
-use lumigo_e2e::ControlPlane;
+use lumigo_e2e::testing::{eventually, shared_control_plane};
 use lumigo_mutation::{reconcile, Operation, Outcome, Reason, WorkloadKind};
 use lumigo_operator::admission::{webhook_configuration, WebhookTarget};
 use lumigo_operator::crd::Lumigo;
@@ -21,17 +21,9 @@ const CONFIGURATION: &str = "lumigo-operator";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operators_webhook_injects_new_workloads() {
-    let cp = ControlPlane::shared().await.unwrap();
-    let client = cp.client().unwrap();
-    install_crd(&client).await;
+    let (cp, client) = with_crd(shared_control_plane()).await;
     let ns = cp.create_namespace("webhook", &[]).await.unwrap();
-    create(
-        &client,
-        &ns,
-        WorkloadKind::Deployment,
-        manifest(WorkloadKind::Deployment, "existing", 0),
-    )
-    .await;
+    create_manifest(&client, &ns, WorkloadKind::Deployment, "existing", 0).await;
 
     let probe_port = free_port();
     let metrics_url = format!("http://127.0.0.1:{probe_port}/metrics");
@@ -58,8 +50,8 @@ async fn the_operators_webhook_injects_new_workloads() {
     })
     .await;
 
-    create_secret(&client, &ns, "lumigo-credentials", &[("token", TOKEN)]).await;
-    create_lumigo(&client, &ns, "lumigo", default_spec("lumigo-credentials")).await;
+    create_token_secret(&client, &ns).await;
+    create_default_lumigo(&client, &ns).await;
     eventually("the existing Deployment rolled", WAIT, || async {
         (lumigo_status(&client, &ns, "lumigo").await?["instrumentedCount"] == json!(1))
             .then_some(())
@@ -73,13 +65,7 @@ async fn the_operators_webhook_injects_new_workloads() {
     );
 
     // Created after the resource: injected at admission, before any rollout could reach it.
-    create(
-        &client,
-        &ns,
-        WorkloadKind::CronJob,
-        manifest(WorkloadKind::CronJob, "report", 0),
-    )
-    .await;
+    create_manifest(&client, &ns, WorkloadKind::CronJob, "report", 0).await;
     let created = get(&client, &ns, WorkloadKind::CronJob, "report").await;
     if injected_label(&created, WorkloadKind::CronJob).is_none() {
         println!(

@@ -13,9 +13,8 @@ const WARMUP: usize = 200;
 const SAMPLES: usize = 5_000;
 
 fn main() {
-    let module_path =
-        std::env::var("LUMIGO_POLICY_WASM").expect("LUMIGO_POLICY_WASM names the built module");
-    let module = std::fs::read(&module_path).expect("reading the policy module");
+    let module_path = lumigo_e2e::testing::policy_module_path();
+    let module = lumigo_e2e::testing::policy_module();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
     let settings: serde_json::Value =
         serde_json::from_slice(&std::fs::read(format!("{root}/settings.json")).unwrap()).unwrap();
@@ -81,7 +80,11 @@ fn main() {
         micros(instance_median),
         micros(instance_p99)
     );
-    println!("module size {} bytes ({module_path})", module.len());
+    println!(
+        "module size {} bytes ({})",
+        module.len(),
+        module_path.display()
+    );
 }
 
 /// Times `evaluate` alone: `prepare` runs before each sample and what it made is dropped

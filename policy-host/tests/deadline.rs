@@ -3,17 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use lumigo_e2e::testing::wapc_guest;
 use lumigo_policy_host::{EngineOptions, PolicyEngine};
-
-/// A waPC guest whose one function runs `body`.
-fn guest(body: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module
-             (memory (export "memory") 1)
-             (func (export "__guest_call") (param i32 i32) (result i32) {body}))"#
-    ))
-    .expect("the test guest assembles")
-}
 
 #[test]
 fn a_guest_that_never_returns_is_interrupted_at_the_deadline() {
@@ -22,8 +13,11 @@ fn a_guest_that_never_returns_is_interrupted_at_the_deadline() {
         tick: Duration::from_millis(5),
         deadline,
     };
-    let engine =
-        PolicyEngine::new(&guest("(loop $forever (br $forever)) i32.const 1"), options).unwrap();
+    let engine = PolicyEngine::new(
+        &wapc_guest("(loop $forever (br $forever)) i32.const 1"),
+        options,
+    )
+    .unwrap();
     for _ in 0..3 {
         let started = Instant::now();
         let error = engine.call("validate", b"{}").unwrap_err();
@@ -45,7 +39,7 @@ fn a_guest_that_never_returns_is_interrupted_at_the_deadline() {
 
 #[test]
 fn a_trapping_guest_is_an_error_and_the_engine_stays_usable() {
-    let engine = PolicyEngine::new(&guest("unreachable"), EngineOptions::default()).unwrap();
+    let engine = PolicyEngine::new(&wapc_guest("unreachable"), EngineOptions::default()).unwrap();
     for _ in 0..3 {
         let error = engine.call("validate", b"{}").unwrap_err();
         assert!(error.to_string().contains("Guest call failure"), "{error}");

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::thread;
 
+use lumigo_e2e::testing::assemble;
 use lumigo_policy_host::{EngineOptions, PolicyEngine};
 
 /// A waPC guest that adds one to a counter in its memory and one in a global, and answers both.
 fn counting_guest() -> Vec<u8> {
-    wat::parse_str(
+    assemble(
         r#"(module
              (import "wapc" "__guest_response" (func $respond (param i32 i32)))
              (memory (export "memory") 1)
@@ -21,7 +22,6 @@ fn counting_guest() -> Vec<u8> {
                (call $respond (i32.const 0) (i32.const 2))
                (i32.const 1)))"#,
     )
-    .expect("the test guest assembles")
 }
 
 fn engine() -> PolicyEngine {

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use lumigo_e2e::testing::policy_module;
 use lumigo_policy_host::metadata::read_metadata;
 use lumigo_policy_host::{EngineOptions, PolicyEngine};
 use proptest::prelude::*;
@@ -12,11 +13,7 @@ use serde_json::{json, Value};
 
 fn module() -> &'static [u8] {
     static MODULE: OnceLock<Vec<u8>> = OnceLock::new();
-    MODULE.get_or_init(|| {
-        let path = std::env::var("LUMIGO_POLICY_WASM")
-            .expect("LUMIGO_POLICY_WASM must name the built module: run `just policy::test`");
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    })
+    MODULE.get_or_init(policy_module)
 }
 
 fn engine() -> &'static PolicyEngine {
@@ -116,7 +113,11 @@ fn settings_are_validated_inside_the_module() {
     let answer: Value =
         serde_json::from_slice(&engine().call("validate_settings", &good).unwrap()).unwrap();
     assert_eq!(answer["valid"], true);
-    let bad = br#"{"injectorImage": "lumigo/autotrace", "tokenSecret": {"name": "s", "key": "k"}, "operatorVersion": "1"}"#;
+    let bad = concat!(
+        r#"{"injectorImage": "lumigo/autotrace", "tokenSecret": {"name": "s", "key": "k"}, "#,
+        r#""operatorVersion": "1"}"#
+    )
+    .as_bytes();
     let answer: Value =
         serde_json::from_slice(&engine().call("validate_settings", bad).unwrap()).unwrap();
     assert_eq!(answer["valid"], false);
@@ -211,23 +212,29 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
     #[test]
-    fn arbitrary_requests_never_trap_or_deny(request in damaged_request(), settings in arbitrary_json()) {
+    fn arbitrary_requests_never_trap_or_deny(
+        request in damaged_request(),
+        settings in arbitrary_json(),
+    ) {
         let real_settings = read_json(policies_dir().join("settings.json"));
         for payload in [
             json!({"settings": real_settings, "request": request}),
             json!({"settings": settings, "request": request}),
         ] {
             let answer = engine().call("validate", &serde_json::to_vec(&payload).unwrap());
-            let answer: Value = serde_json::from_slice(&answer.expect("the module must not trap")).unwrap();
+            let answer: Value =
+                serde_json::from_slice(&answer.expect("the module must not trap")).unwrap();
             prop_assert_eq!(&answer["accepted"], &json!(true));
         }
     }
 
     #[test]
     fn arbitrary_bytes_never_trap(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-        let answer: Value = serde_json::from_slice(&engine().call("validate", &bytes).unwrap()).unwrap();
+        let answer: Value =
+            serde_json::from_slice(&engine().call("validate", &bytes).unwrap()).unwrap();
         prop_assert_eq!(&answer["accepted"], &json!(true));
-        let settings_answer: Value = serde_json::from_slice(&engine().call("validate_settings", &bytes).unwrap()).unwrap();
+        let settings_answer: Value =
+            serde_json::from_slice(&engine().call("validate_settings", &bytes).unwrap()).unwrap();
         prop_assert!(settings_answer["valid"].is_boolean());
     }
 }

@@ -99,13 +99,17 @@ fn every_fixture_is_accepted_and_handled_as_expected() {
     }
 }
 
+/// The object the policy makes of the fixture `name` with the default settings.
+fn mutated_fixture(name: &str) -> Value {
+    let settings = read_json(policies_dir().join("settings.json"));
+    let request = read_json(policies_dir().join(format!("fixtures/{name}.json")));
+    let payload = serde_json::to_vec(&json!({"settings": settings, "request": request})).unwrap();
+    evaluate(&payload).mutated_object.unwrap()
+}
+
 #[test]
 fn fields_newer_than_any_client_library_are_kept() {
-    let settings = read_json(policies_dir().join("settings.json"));
-    let request =
-        read_json(policies_dir().join("fixtures/deployment-fields-newer-than-k8s-openapi.json"));
-    let payload = serde_json::to_vec(&json!({"settings": settings, "request": request})).unwrap();
-    let mutated = evaluate(&payload).mutated_object.unwrap();
+    let mutated = mutated_fixture("deployment-fields-newer-than-k8s-openapi");
     let spec = &mutated["spec"]["template"]["spec"];
     assert_eq!(spec["schedulingGatesV3"], json!({"x": 1}));
     assert_eq!(
@@ -116,11 +120,7 @@ fn fields_newer_than_any_client_library_are_kept() {
 
 #[test]
 fn the_older_versions_injection_is_replaced_not_stacked() {
-    let settings = read_json(policies_dir().join("settings.json"));
-    let request =
-        read_json(policies_dir().join("fixtures/deployment-injected-by-older-version.json"));
-    let payload = serde_json::to_vec(&json!({"settings": settings, "request": request})).unwrap();
-    let mutated = evaluate(&payload).mutated_object.unwrap();
+    let mutated = mutated_fixture("deployment-injected-by-older-version");
     let template = &mutated["spec"]["template"];
     assert_eq!(
         template["metadata"]["labels"]["lumigo.auto-trace"],
@@ -159,15 +159,29 @@ fn settings_validation_explains_itself() {
     for (bad, mentions) in [
         (json!({}), "injectorImage"),
         (
-            json!({"injectorImage": "i:latest", "tokenSecret": {"name": "s", "key": "k"}, "operatorVersion": "1"}),
+            json!({
+                "injectorImage": "i:latest",
+                "tokenSecret": {"name": "s", "key": "k"},
+                "operatorVersion": "1"
+            }),
             "pinned",
         ),
         (
-            json!({"injectorImage": "i:1", "tokenSecret": {"name": "s", "key": "k"}, "operatorVersion": "1", "enableLog": true}),
+            json!({
+                "injectorImage": "i:1",
+                "tokenSecret": {"name": "s", "key": "k"},
+                "operatorVersion": "1",
+                "enableLog": true
+            }),
             "enableLog",
         ),
         (
-            json!({"injectorImage": "i:1", "tokenSecret": {"name": "s", "key": "k"}, "operatorVersion": "1", "logsEndpoint": "x"}),
+            json!({
+                "injectorImage": "i:1",
+                "tokenSecret": {"name": "s", "key": "k"},
+                "operatorVersion": "1",
+                "logsEndpoint": "x"
+            }),
             "logsEndpoint",
         ),
     ] {

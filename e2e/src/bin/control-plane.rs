@@ -25,12 +25,9 @@ struct Options {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let options = match parse(std::env::args().skip(1)) {
-        Some(options) => options,
-        None => {
-            eprintln!("usage: control-plane [--kubeconfig PATH] [--node --traces FILE]");
-            return ExitCode::from(2);
-        }
+    let Some(options) = parse(std::env::args().skip(1)) else {
+        eprintln!("usage: control-plane [--kubeconfig PATH] [--node --traces FILE]");
+        return ExitCode::from(2);
     };
     match run(options).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,7 @@ use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
 
 use super::{Error, Result, TlsOptions};
+use crate::error::lost_race;
 
 const CA_KEY: &str = "ca.crt";
 const CERT_KEY: &str = "tls.crt";
@@ -189,7 +190,7 @@ impl ResolvesServerCert for CertificateResolver {
         Some(
             self.current
                 .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
         )
     }
@@ -200,7 +201,7 @@ impl CertificateResolver {
         *self
             .current
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(key);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(key);
     }
 }
 
@@ -258,7 +259,10 @@ impl CertificateManager {
         loop {
             tokio::time::sleep(self.options.check_interval).await;
             if let Err(error) = self.check().await {
-                tracing::warn!(%error, "admission certificate check failed; retrying at the next one");
+                tracing::warn!(
+                    %error,
+                    "admission certificate check failed; retrying at the next one"
+                );
             }
         }
     }
@@ -301,7 +305,10 @@ impl CertificateManager {
             return Ok(false);
         };
         let Some(mut configuration) = self.configurations.get_opt(name).await? else {
-            tracing::debug!(configuration = %name, "no webhook configuration to publish the CA to yet");
+            tracing::debug!(
+                configuration = %name,
+                "no webhook configuration to publish the CA to yet"
+            );
             return Ok(false);
         };
         let bundle = match previous_ca {
@@ -326,7 +333,8 @@ impl CertificateManager {
             }
         }
         if changed {
-            // Replaced at the resourceVersion read: a concurrent writer makes this fail and the next check retry.
+            // Replaced at the resourceVersion read: a concurrent writer makes this fail and the
+            // next check retry.
             self.configurations
                 .replace(name, &PostParams::default(), &configuration)
                 .await?;
@@ -374,10 +382,14 @@ async fn current_certificate(
         };
         match written {
             Ok(_) => {
-                tracing::info!(certificate = ?issued, secret = %options.secret_name, "issued an admission certificate");
+                tracing::info!(
+                    certificate = ?issued,
+                    secret = %options.secret_name,
+                    "issued an admission certificate"
+                );
                 return Ok(issued);
             }
-            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(error) if lost_race(&error) => continue,
             Err(error) => return Err(error.into()),
         }
     }

@@ -94,7 +94,11 @@ fn engine_within(
             Ok(engine)
         }
         Err(error) => {
-            tracing::warn!(%error, "compiling the policy module in a child process failed; compiling it in the operator");
+            tracing::warn!(
+                %error,
+                "compiling the policy module in a child process failed; compiling it in the \
+                 operator"
+            );
             compile_here(module, options)
         }
     }
@@ -197,9 +201,7 @@ mod tests {
     use super::*;
 
     fn module() -> Vec<u8> {
-        let path = std::env::var("LUMIGO_POLICY_WASM")
-            .expect("LUMIGO_POLICY_WASM names the built module: run through `just`");
-        std::fs::read(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
+        lumigo_e2e::testing::policy_module()
     }
 
     fn answers(engine: &PolicyEngine) {

@@ -29,8 +29,8 @@ pub enum WebhookTarget {
 
 /// The configuration for every kind the policy mutates, on CREATE and UPDATE. It never blocks:
 /// failurePolicy Ignore, and a timeout well under the apiserver's own. The protected namespaces
-/// (the cluster's own and the operator's) are left out so that the operator can always be repaired. `ca_bundle` is
-/// what the operator keeps current; `None` until it publishes one.
+/// (the cluster's own and the operator's) are left out so that the operator can always be repaired.
+/// `ca_bundle` is what the operator keeps current; `None` until it publishes one.
 pub fn webhook_configuration(
     name: &str,
     target: &WebhookTarget,

@@ -13,16 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
-use kube::{Api, Client};
+use kube::Client;
 use lumigo_mutation::WorkloadKind;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use crate::events::{EventPublisher, EventReason, SeriesKey};
 use crate::metrics::Metrics;
 use crate::workloads::WorkloadApi;
 
@@ -34,13 +31,7 @@ pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 const IN_FLIGHT: usize = 32;
 /// How long an object being created may take to appear. One that never does was rejected after us.
 const APPEAR_WITHIN: Duration = Duration::from_secs(15);
-/// A series is continued (its count raised) while it was last seen within this; then a new Event
-/// starts, as the Kubernetes event recorder does.
-const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(60);
-/// Series remembered for continuing; past this a new one gets an Event of its own each flush, so a
-/// flood of distinct objects cannot grow the table without bound.
-const MAX_SERIES: usize = 4096;
 
 #[derive(Clone)]
 pub(crate) struct AdmittedObject {
@@ -50,70 +41,44 @@ pub(crate) struct AdmittedObject {
     pub uid: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Severity {
-    Normal,
-    Warning,
-}
-
 pub(crate) struct AdmissionEvent {
     object: AdmittedObject,
-    severity: Severity,
-    reason: &'static str,
+    reason: EventReason,
     note: String,
 }
 
 impl AdmissionEvent {
-    pub fn changed(object: &AdmittedObject, reason: &'static str, operation: &str) -> Self {
+    pub fn changed(object: &AdmittedObject, reason: EventReason, operation: &str) -> Self {
         AdmissionEvent {
             object: object.clone(),
-            severity: Severity::Normal,
             reason,
             note: format!(
-                "pod template changed by the Lumigo admission webhook; trigger: {operation} of this {}",
+                "pod template changed by the Lumigo admission webhook; trigger: {operation} of \
+                 this {}",
                 object.kind.name()
             ),
         }
     }
 
     pub fn cannot_add(object: &AdmittedObject, warnings: String, operation: &str) -> Self {
-        let mut note = format!(
-            "{warnings}; trigger: {operation} of this {}",
-            object.kind.name()
-        );
-        // The Events API caps the note at 1 kB.
-        if note.len() > 1000 {
-            let mut end = 1000;
-            while !note.is_char_boundary(end) {
-                end -= 1;
-            }
-            note.truncate(end);
-        }
         AdmissionEvent {
             object: object.clone(),
-            severity: Severity::Warning,
-            reason: crate::events::CANNOT_ADD,
-            note,
+            reason: EventReason::CannotAddInstrumentation,
+            note: format!(
+                "{warnings}; trigger: {operation} of this {}",
+                object.kind.name()
+            ),
         }
     }
 
     fn key(&self) -> SeriesKey {
         SeriesKey {
+            kind: self.object.kind.name().to_owned(),
             namespace: self.object.namespace.clone(),
-            kind: self.object.kind,
             name: self.object.name.clone(),
             reason: self.reason,
         }
     }
-}
-
-/// What makes two admission events one series.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct SeriesKey {
-    namespace: String,
-    kind: WorkloadKind,
-    name: String,
-    reason: &'static str,
 }
 
 /// The events of one flush: the first of each series and how often it happened.
@@ -174,11 +139,7 @@ impl EventSink {
             pending: pending.clone(),
             metrics,
         };
-        let recorder = Arc::new(SeriesRecorder {
-            client,
-            reporter,
-            published: Mutex::default(),
-        });
+        let publisher = Arc::new(EventPublisher::new(client.clone(), reporter));
         let task = async move {
             let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
             let mut ticks = tokio::time::interval(FLUSH_INTERVAL);
@@ -203,14 +164,23 @@ impl EventSink {
                     dropped_since_log = 0;
                     last_log = Some(Instant::now());
                 }
-                recorder.forget_ended_series();
-                for (event, count) in flushed.series.into_values() {
+                for (key, (event, count)) in flushed.series {
                     let Ok(permit) = in_flight.clone().acquire_owned().await else {
                         return;
                     };
-                    let recorder = recorder.clone();
+                    let publisher = publisher.clone();
+                    let client = client.clone();
                     tokio::spawn(async move {
-                        recorder.record(event, count).await;
+                        let regarding = reference(client, &event.object);
+                        let published = publisher.publish(key, &event.note, count, regarding);
+                        if let Err(error) = published.await {
+                            tracing::warn!(
+                                %error,
+                                reason = event.reason.as_str(),
+                                name = %event.object.name,
+                                "could not record an admission event"
+                            );
+                        }
                         drop(permit);
                     });
                 }
@@ -220,189 +190,22 @@ impl EventSink {
     }
 }
 
-/// Creates an Event for the first occurrence of a series and raises its `series.count` after.
-struct SeriesRecorder {
-    client: Client,
-    reporter: Reporter,
-    published: Mutex<HashMap<SeriesKey, Series>>,
-}
-
-enum Series {
-    /// Its Event is being created (its object may not exist yet): what happens meanwhile is
-    /// added once it is.
-    Creating { meanwhile: u32 },
-    Created {
-        name: String,
-        count: u32,
-        last_seen: Timestamp,
-    },
-}
-
-impl SeriesRecorder {
-    fn series(&self) -> std::sync::MutexGuard<'_, HashMap<SeriesKey, Series>> {
-        self.published
-            .lock()
-            .expect("the published series are never poisoned: nothing panics holding them")
+/// A reference to the object the event is about, once it exists: its uid is read from the
+/// API, so that a review forged by whoever can reach the webhook cannot attach events to
+/// objects that do not exist, and one claiming a uid must claim the stored object's.
+async fn reference(client: Client, object: &AdmittedObject) -> Option<ObjectReference> {
+    let uid = stored_uid(client, object).await?;
+    if object.uid.as_ref().is_some_and(|claimed| *claimed != uid) {
+        return None;
     }
-
-    fn forget_ended_series(&self) {
-        let now = Timestamp::now();
-        self.series().retain(|_, series| match series {
-            Series::Creating { .. } => true,
-            Series::Created { last_seen, .. } => last_seen
-                .saturating_add(SERIES_TTL)
-                .is_ok_and(|end| end > now),
-        });
-    }
-
-    async fn record(&self, event: AdmissionEvent, count: u32) {
-        let key = event.key();
-        let now = Timestamp::now();
-        let continued = match self.series().get_mut(&key) {
-            Some(Series::Creating { meanwhile }) => {
-                *meanwhile = meanwhile.saturating_add(count);
-                return;
-            }
-            Some(Series::Created {
-                name,
-                count: so_far,
-                last_seen,
-            }) => {
-                *so_far = so_far.saturating_add(count);
-                *last_seen = now;
-                Some((name.clone(), *so_far))
-            }
-            None => None,
-        };
-        let result = match continued {
-            Some((name, total)) => self.raise(&event, &name, total, now).await,
-            None => self.create(&key, &event, count, now).await,
-        };
-        if let Err(error) = result {
-            tracing::warn!(%error, reason = event.reason, name = %event.object.name, "could not record an admission event");
-        }
-    }
-
-    async fn create(
-        &self,
-        key: &SeriesKey,
-        event: &AdmissionEvent,
-        count: u32,
-        now: Timestamp,
-    ) -> kube::Result<()> {
-        self.series()
-            .insert(key.clone(), Series::Creating { meanwhile: 0 });
-        let Some(reference) = self.reference(&event.object).await else {
-            self.series().remove(key);
-            tracing::debug!(kind = %event.object.kind, name = %event.object.name, "admitted object never appeared, or is not the one the request named; no event");
-            return Ok(());
-        };
-        let created = self.new_event(event, reference, count, now);
-        let name = created.metadata.name.clone().unwrap_or_default();
-        let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), &event.object.namespace);
-        if let Err(error) = events.create(&PostParams::default(), &created).await {
-            self.series().remove(key);
-            return Err(error);
-        }
-        let meanwhile = match self.series().remove(key) {
-            Some(Series::Creating { meanwhile }) => meanwhile,
-            _ => 0,
-        };
-        let total = count.saturating_add(meanwhile);
-        {
-            let mut series = self.series();
-            if series.len() < MAX_SERIES {
-                series.insert(
-                    key.clone(),
-                    Series::Created {
-                        name: name.clone(),
-                        count: total,
-                        last_seen: now,
-                    },
-                );
-            }
-        }
-        if meanwhile > 0 {
-            self.raise(event, &name, total, Timestamp::now()).await?;
-        }
-        Ok(())
-    }
-
-    async fn raise(
-        &self,
-        event: &AdmissionEvent,
-        name: &str,
-        total: u32,
-        now: Timestamp,
-    ) -> kube::Result<()> {
-        let series = EventSeries {
-            count: i32::try_from(total).unwrap_or(i32::MAX),
-            last_observed_time: MicroTime(now),
-        };
-        let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), &event.object.namespace);
-        events
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(&serde_json::json!({"series": series})),
-            )
-            .await
-            .map(drop)
-    }
-
-    fn new_event(
-        &self,
-        event: &AdmissionEvent,
-        reference: ObjectReference,
-        count: u32,
-        now: Timestamp,
-    ) -> K8sEvent {
-        let controller = self.reporter.controller.clone();
-        K8sEvent {
-            metadata: ObjectMeta {
-                name: Some(format!("{}.{:x}", event.object.name, now.as_nanosecond())),
-                namespace: Some(event.object.namespace.clone()),
-                ..Default::default()
-            },
-            event_time: Some(MicroTime(now)),
-            type_: Some(format!("{:?}", event.severity)),
-            reason: Some(event.reason.into()),
-            action: Some(crate::events::action_for(event.reason).into()),
-            note: Some(event.note.clone()),
-            regarding: Some(reference),
-            reporting_instance: Some(
-                self.reporter
-                    .instance
-                    .clone()
-                    .unwrap_or_else(|| controller.clone()),
-            ),
-            reporting_controller: Some(controller),
-            // The API accepts a series only from its second occurrence on.
-            series: (count > 1).then(|| EventSeries {
-                count: i32::try_from(count).unwrap_or(i32::MAX),
-                last_observed_time: MicroTime(now),
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// A reference to the object the event is about, once it exists: its uid is read from the
-    /// API, so that a review forged by whoever can reach the webhook cannot attach events to
-    /// objects that do not exist, and one claiming a uid must claim the stored object's.
-    async fn reference(&self, object: &AdmittedObject) -> Option<ObjectReference> {
-        let uid = stored_uid(self.client.clone(), object).await?;
-        if object.uid.as_ref().is_some_and(|claimed| *claimed != uid) {
-            return None;
-        }
-        Some(ObjectReference {
-            api_version: Some(object.kind.api_version().into()),
-            kind: Some(object.kind.name().into()),
-            namespace: Some(object.namespace.clone()),
-            name: Some(object.name.clone()),
-            uid: Some(uid),
-            ..Default::default()
-        })
-    }
+    Some(ObjectReference {
+        api_version: Some(object.kind.api_version().into()),
+        kind: Some(object.kind.name().into()),
+        namespace: Some(object.namespace.clone()),
+        name: Some(object.name.clone()),
+        uid: Some(uid),
+        ..Default::default()
+    })
 }
 
 /// The uid of the stored object, waiting up to [`APPEAR_WITHIN`] for one being created.
@@ -444,7 +247,7 @@ mod tests {
         for _ in 0..5 {
             assert!(pending.add(AdmissionEvent::changed(
                 &admitted("cart"),
-                "LumigoAddedInstrumentation",
+                EventReason::AddedInstrumentation,
                 "CREATE"
             )));
         }
@@ -455,10 +258,10 @@ mod tests {
         )));
         assert!(pending.add(AdmissionEvent::changed(
             &admitted("checkout"),
-            "LumigoAddedInstrumentation",
+            EventReason::AddedInstrumentation,
             "UPDATE"
         )));
-        let mut counts: Vec<(String, &str, u32)> = pending
+        let mut counts: Vec<(String, EventReason, u32)> = pending
             .series
             .values()
             .map(|(event, count)| (event.object.name.clone(), event.reason, *count))
@@ -467,9 +270,9 @@ mod tests {
         assert_eq!(
             counts,
             [
-                ("cart".into(), "LumigoAddedInstrumentation", 5),
-                ("cart".into(), crate::events::CANNOT_ADD, 1),
-                ("checkout".into(), "LumigoAddedInstrumentation", 1),
+                ("cart".into(), EventReason::AddedInstrumentation, 5),
+                ("cart".into(), EventReason::CannotAddInstrumentation, 1),
+                ("checkout".into(), EventReason::AddedInstrumentation, 1),
             ]
         );
     }
@@ -480,18 +283,18 @@ mod tests {
         for index in 0..MAX_PENDING {
             assert!(pending.add(AdmissionEvent::changed(
                 &admitted(&format!("app-{index}")),
-                "LumigoAddedInstrumentation",
+                EventReason::AddedInstrumentation,
                 "CREATE"
             )));
         }
         assert!(!pending.add(AdmissionEvent::changed(
             &admitted("one-too-many"),
-            "LumigoAddedInstrumentation",
+            EventReason::AddedInstrumentation,
             "CREATE"
         )));
         assert!(pending.add(AdmissionEvent::changed(
             &admitted("app-0"),
-            "LumigoAddedInstrumentation",
+            EventReason::AddedInstrumentation,
             "CREATE"
         )));
         assert_eq!(pending.series.len(), MAX_PENDING);
@@ -500,12 +303,5 @@ mod tests {
             pending.series.values().map(|(_, count)| count).sum::<u32>() as usize,
             MAX_PENDING + 1
         );
-    }
-
-    #[test]
-    fn a_long_note_is_cut_at_the_api_limit_on_a_character_boundary() {
-        let event = AdmissionEvent::cannot_add(&admitted("cart"), "é".repeat(600), "CREATE");
-        assert!(event.note.len() <= 1000);
-        assert!(event.note.starts_with('é'));
     }
 }

@@ -158,7 +158,8 @@ impl std::fmt::Display for BodyRefused {
         match self {
             BodyRefused::TooLarge { declared, limit } => write!(
                 f,
-                "the request body ({declared} bytes or more) exceeds the webhook's limit of {limit} bytes"
+                "the request body ({declared} bytes or more) exceeds the webhook's limit of \
+                 {limit} bytes"
             ),
             BodyRefused::Busy(wait) => write!(
                 f,

@@ -83,8 +83,9 @@ pub struct AdmissionOptions {
     pub tls: TlsOptions,
     /// How long one evaluation may run before the module is interrupted.
     pub deadline: Duration,
-    /// Evaluations running at once (at most `lumigo_policy_host::PolicyEngine::MAX_CONCURRENT_CALLS`); more wait, up
-    /// to `deadline`, for a slot. The number of cores is a good value: evaluations are CPU-bound.
+    /// Evaluations running at once (at most
+    /// `lumigo_policy_host::PolicyEngine::MAX_CONCURRENT_CALLS`); more wait, up to `deadline`, for
+    /// a slot. The number of cores is a good value: evaluations are CPU-bound.
     pub max_concurrent_evaluations: usize,
     /// Who the admission events say recorded them.
     pub reporter: Reporter,
@@ -95,7 +96,8 @@ pub struct AdmissionOptions {
     pub protected: ProtectedNamespaces,
 }
 
-/// The serving certificate: where it is kept, whom it names, and the configuration that must trust it.
+/// The serving certificate: where it is kept, whom it names, and the configuration that must trust
+/// it.
 #[derive(Debug, Clone)]
 pub struct TlsOptions {
     pub secret_namespace: String,
@@ -106,7 +108,8 @@ pub struct TlsOptions {
     /// DNS names or IP addresses the certificate is issued for.
     pub hosts: Vec<String>,
     pub lifetime: Duration,
-    /// How often the certificate is checked for renewal (renewed with a third of its lifetime left).
+    /// How often the certificate is checked for renewal (renewed with a third of its lifetime
+    /// left).
     pub check_interval: Duration,
     /// After a renewal, how long the new CA is published before the new certificate is served, for
     /// the apiserver to pick the caBundle up.
@@ -305,7 +308,7 @@ pub fn lumigo_cache(client: Client) -> Store<Lumigo> {
     use futures::StreamExt;
     use kube::runtime::{reflector, watcher, WatchStreamExt};
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
+    let stream = reflector(
         writer,
         watcher(kube::Api::<Lumigo>::all(client), watcher::Config::default()),
     )

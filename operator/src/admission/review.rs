@@ -1,7 +1,7 @@
-//! One AdmissionReview: the namespace's settings from the cache, the policy module's answer, and the
-//! JSON Patch from the request's object to the module's. The object is kept as raw JSON from end to
-//! end, so fields the compiled Kubernetes types do not know survive. Whatever goes wrong, the
-//! object is admitted, unchanged, with a warning.
+//! One AdmissionReview: the namespace's settings from the cache, the policy module's answer, and
+//! the JSON Patch from the request's object to the module's. The object is kept as raw JSON from
+//! end to end, so fields the compiled Kubernetes types do not know survive. Whatever goes wrong,
+//! the object is admitted, unchanged, with a warning.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::crd::Lumigo;
+use crate::events::EventReason;
 use crate::metrics::Metrics;
 use crate::settings::{admission_settings, OperatorSettings, ProtectedNamespaces};
 
@@ -245,7 +246,13 @@ impl Reviewer {
             Err(error) => {
                 let RequestUid { uid } =
                     serde_json::from_str(request.get()).map_err(|_| not_a_review())?;
-                return Ok(warn(uid, format!("{WARNING_PREFIX}: cannot read the admission request, admitted unchanged: {error}")));
+                return Ok(warn(
+                    uid,
+                    format!(
+                        "{WARNING_PREFIX}: cannot read the admission request, admitted unchanged: \
+                         {error}"
+                    ),
+                ));
             }
         };
         if let Err(problem) = head.check_names() {
@@ -267,8 +274,19 @@ impl Reviewer {
         let answer = match answer {
             Ok(answer) => answer,
             Err(error) => {
-                tracing::warn!(%error, uid = %head.uid, namespace = %head.namespace, "policy evaluation failed");
-                return Ok(warn(head.uid, format!("{WARNING_PREFIX}: the policy evaluation failed, admitted unchanged: {error}")));
+                tracing::warn!(
+                    %error,
+                    uid = %head.uid,
+                    namespace = %head.namespace,
+                    "policy evaluation failed"
+                );
+                return Ok(warn(
+                    head.uid,
+                    format!(
+                        "{WARNING_PREFIX}: the policy evaluation failed, admitted unchanged: \
+                         {error}"
+                    ),
+                ));
             }
         };
         Ok(self.respond(head, answer))
@@ -332,7 +350,7 @@ impl Reviewer {
             .state_filter(|lumigo| lumigo.metadata.namespace.as_deref() == Some(namespace));
         admission_settings(
             namespace,
-            in_namespace.iter().map(|lumigo| lumigo.as_ref()),
+            in_namespace.iter().map(AsRef::as_ref),
             &self.operator,
             &self.protected,
         )
@@ -361,11 +379,11 @@ fn warn(uid: String, warning: String) -> AdmissionResponse {
 }
 
 /// What the change did, told by the injection record before and after; the module does not say.
-fn change_reason(before: &Value, after: &Value, kind: WorkloadKind) -> &'static str {
+fn change_reason(before: &Value, after: &Value, kind: WorkloadKind) -> EventReason {
     match (is_injected(before, kind), is_injected(after, kind)) {
-        (false, _) => "LumigoAddedInstrumentation",
-        (true, true) => "LumigoUpdatedInstrumentation",
-        (true, false) => "LumigoRemovedInstrumentation",
+        (false, _) => EventReason::AddedInstrumentation,
+        (true, true) => EventReason::UpdatedInstrumentation,
+        (true, false) => EventReason::RemovedInstrumentation,
     }
 }
 
@@ -411,7 +429,11 @@ mod tests {
                 .unwrap();
         assert_eq!(
             review,
-            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {"uid": "abc", "allowed": true}})
+            json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "response": {"uid": "abc", "allowed": true}
+            })
         );
     }
 
@@ -483,7 +505,10 @@ mod tests {
         let parsed: Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(
             parsed,
-            json!({"settings": serde_json::to_value(&settings).unwrap(), "request": {"uid": "u1", "object": {"b": 1, "a": "é"}}})
+            json!({
+                "settings": serde_json::to_value(&settings).unwrap(),
+                "request": {"uid": "u1", "object": {"b": 1, "a": "é"}}
+            })
         );
         let text = String::from_utf8(payload).unwrap();
         assert!(

@@ -1,18 +1,25 @@
-//! Shared by the operator's end-to-end tests: the CRD, the operator binary as a real process
-//! against the real control plane, workload manifests, and polling.
+//! What the operator's end-to-end tests and benchmarks share, on top of `lumigo_e2e::testing`
+//! (opening a suite, waiting, the built policy module, waPC guests): the CRD, the operator binary
+//! as a real process against the real control plane, `Lumigo` resources and their status, workload
+//! manifests, events and metrics. Its parts: [`admission`] (webhook hosts and an AdmissionReview
+//! client), [`chart`] (helm and the rendered chart), [`node_rollout`] (rollouts on the real node).
+//! Every suite says `mod support;` once; a bench includes it by `#[path]`.
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod admission;
+pub mod chart;
 pub mod node_rollout;
 
 use std::future::Future;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt};
+use lumigo_e2e::testing::{eventually, policy_module_path, succeeded};
 use lumigo_e2e::{ControlPlane, Process};
 use lumigo_mutation::WorkloadKind;
 use lumigo_operator::crd::Lumigo;
@@ -47,6 +54,28 @@ pub async fn install_crd(client: &Client) {
     .await;
 }
 
+/// The opening of a suite: `opening` (e.g. `lumigo_e2e::testing::shared_control_plane()`), then
+/// the Lumigo CRD installed on it.
+pub async fn with_crd<T>(opening: impl Future<Output = (T, Client)>) -> (T, Client) {
+    let (place, client) = opening.await;
+    install_crd(&client).await;
+    (place, client)
+}
+
+/// Kubewarden's AdmissionPolicy CRD (a fixture), once the apiserver serves it.
+pub async fn install_admission_policy_crd(cp: &ControlPlane, timeout: Duration) {
+    let crd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/kubewarden-admissionpolicy-crd.yaml"
+    );
+    let applied = chart::run(cp.kubectl().args(["apply", "-f", crd]));
+    assert!(applied.status.success(), "{}", chart::text(&applied));
+    eventually("the AdmissionPolicy CRD to be served", timeout, || async {
+        succeeded(cp.kubectl().args(["get", "admissionpolicies", "-A"]))
+    })
+    .await;
+}
+
 /// The operator binary, started against the control plane as a real process.
 pub fn start_operator(cp: &ControlPlane, version: &str, extra_env: &[(&str, &str)]) -> Process {
     start_operator_probed(cp, version, extra_env, "127.0.0.1:0")
@@ -77,7 +106,7 @@ pub fn start_operator_with_webhook(
         // One operator per suite unless a suite elects a leader among several (`extra_env`).
         .env("LUMIGO_LEADER_ELECTION", "false")
         .env("POD_NAMESPACE", "default")
-        .env("LUMIGO_POLICY_MODULE", policy_module())
+        .env("LUMIGO_POLICY_MODULE", policy_module_path())
         .env("LUMIGO_WEBHOOK_LOOPBACK", "true")
         .env(
             "LUMIGO_WEBHOOK_ADDRESS",
@@ -98,13 +127,6 @@ pub fn start_operator_with_webhook(
     (
         Process::spawn_command("lumigo-operator", command, log).unwrap(),
         webhook_port,
-    )
-}
-
-/// The built policy module (`just policy::build`), which the built-in webhook evaluates.
-pub fn policy_module() -> String {
-    std::env::var("LUMIGO_POLICY_WASM").expect(
-        "LUMIGO_POLICY_WASM must name the built policy module: run the tests through `just`",
     )
 }
 
@@ -131,6 +153,11 @@ pub async fn create_secret(client: &Client, namespace: &str, name: &str, data: &
         .unwrap();
 }
 
+/// The Secret `lumigo-credentials` holding a valid token under `token`.
+pub async fn create_token_secret(client: &Client, namespace: &str) {
+    create_secret(client, namespace, "lumigo-credentials", &[("token", TOKEN)]).await;
+}
+
 pub async fn create_lumigo(client: &Client, namespace: &str, name: &str, spec: Value) -> Lumigo {
     let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), namespace);
     let lumigo: Lumigo = serde_json::from_value(json!({
@@ -142,6 +169,45 @@ pub async fn create_lumigo(client: &Client, namespace: &str, name: &str, spec: V
         .create(&PostParams::default(), &lumigo)
         .await
         .unwrap()
+}
+
+/// The `Lumigo` resource `lumigo` with the [`default_spec`] of the Secret `lumigo-credentials`.
+pub async fn create_default_lumigo(client: &Client, namespace: &str) -> Lumigo {
+    create_lumigo(
+        client,
+        namespace,
+        "lumigo",
+        default_spec("lumigo-credentials"),
+    )
+    .await
+}
+
+/// Turns logs on in the `Lumigo` resource `lumigo` (`spec.logging.enabled`).
+pub async fn enable_logging(client: &Client, namespace: &str) -> Lumigo {
+    Api::<Lumigo>::namespaced(client.clone(), namespace)
+        .patch(
+            "lumigo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"logging": {"enabled": true}}})),
+        )
+        .await
+        .unwrap()
+}
+
+/// `lumigo-operator uninstall --wait-for-operator <wait_for_operator>` against the control plane,
+/// with `extra_env`; panics unless it succeeds.
+pub fn uninstall(cp: &ControlPlane, wait_for_operator: &str, extra_env: &[(&str, &str)]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_lumigo-operator"))
+        .args(["uninstall", "--wait-for-operator", wait_for_operator])
+        .env("KUBECONFIG", cp.kubeconfig())
+        .envs(extra_env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "uninstall failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Deletes the `Lumigo` resource and waits until its finalizer lets it go.
@@ -183,19 +249,14 @@ pub fn default_spec(secret: &str) -> Value {
     json!({"lumigoToken": {"secretRef": {"name": secret, "key": "token"}}})
 }
 
-/// A manifest of `kind` named `name` with one container running `image`; `replicas` 0 keeps
-/// the controller-manager from creating Pods where a test does not need them.
-pub fn manifest(kind: WorkloadKind, name: &str, replicas: u32) -> Value {
-    let template = json!({
-        "metadata": {"labels": {"app": name}},
-        "spec": {
-            "containers": [{"name": "app", "image": "registry.example.com/shop/app:1.0",
-                            "env": [{"name": "LD_PRELOAD", "value": "/usr/lib/libjemalloc.so"}]}],
-            "restartPolicy": if matches!(kind, WorkloadKind::Job | WorkloadKind::CronJob) { "Never" } else { "Always" }
-        }
-    });
+/// A workload of `kind` named and labelled `name` (`app: name`, its selector) whose pods run
+/// `pod_spec`; `replicas` where the kind has them.
+pub fn workload(kind: WorkloadKind, name: &str, replicas: u32, pod_spec: Value) -> Value {
     let metadata = json!({"name": name, "labels": {"app": name}});
-    let api_version = kind.api_version();
+    if kind == WorkloadKind::Pod {
+        return json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec});
+    }
+    let template = json!({"metadata": {"labels": {"app": name}}, "spec": pod_spec});
     let spec = match kind {
         WorkloadKind::Deployment | WorkloadKind::StatefulSet | WorkloadKind::ReplicaSet => json!({
             "replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": template
@@ -210,14 +271,46 @@ pub fn manifest(kind: WorkloadKind, name: &str, replicas: u32) -> Value {
         WorkloadKind::CronJob => {
             json!({"schedule": "0 0 1 1 *", "jobTemplate": {"spec": {"template": template}}})
         }
-        WorkloadKind::Pod => unreachable!("the rollout does not create bare pods"),
+        WorkloadKind::Pod => unreachable!("returned above"),
     };
-    let mut object =
-        json!({"apiVersion": api_version, "kind": kind.name(), "metadata": metadata, "spec": spec});
+    let mut object = json!({
+        "apiVersion": kind.api_version(), "kind": kind.name(), "metadata": metadata, "spec": spec
+    });
     if kind == WorkloadKind::StatefulSet {
         object["spec"]["serviceName"] = json!(name);
     }
     object
+}
+
+/// A manifest of `kind` named `name` with one container running `image`; `replicas` 0 keeps
+/// the controller-manager from creating Pods where a test does not need them.
+pub fn manifest(kind: WorkloadKind, name: &str, replicas: u32) -> Value {
+    assert!(
+        kind != WorkloadKind::Pod,
+        "the rollout does not create bare pods"
+    );
+    let restart_policy = if matches!(kind, WorkloadKind::Job | WorkloadKind::CronJob) {
+        "Never"
+    } else {
+        "Always"
+    };
+    let pod_spec = json!({
+        "containers": [{"name": "app", "image": "registry.example.com/shop/app:1.0",
+                        "env": [{"name": "LD_PRELOAD", "value": "/usr/lib/libjemalloc.so"}]}],
+        "restartPolicy": restart_policy
+    });
+    workload(kind, name, replicas, pod_spec)
+}
+
+/// Creates the [`manifest`] of `kind` named `name`.
+pub async fn create_manifest(
+    client: &Client,
+    namespace: &str,
+    kind: WorkloadKind,
+    name: &str,
+    replicas: u32,
+) {
+    create(client, namespace, kind, manifest(kind, name, replicas)).await;
 }
 
 pub async fn create(client: &Client, namespace: &str, kind: WorkloadKind, object: Value) {
@@ -291,25 +384,6 @@ async fn events_of(
     events.list(&params).await.unwrap().items
 }
 
-/// Polls `check` until it yields a value; panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 pub async fn lumigo_status(client: &Client, namespace: &str, name: &str) -> Option<Value> {
     let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), namespace);
     let lumigo = lumigos.get_opt(name).await.unwrap()?;
@@ -342,14 +416,8 @@ pub fn workload_writes(metrics_url: &str) -> u64 {
 /// A token Secret and a `Lumigo` resource in `namespace`, once the reconciler has given the
 /// resource a status with an `Active` condition (true, or false with its reason).
 pub async fn lumigo_with_status(client: &Client, namespace: &str) -> Value {
-    create_secret(client, namespace, "lumigo-credentials", &[("token", TOKEN)]).await;
-    create_lumigo(
-        client,
-        namespace,
-        "lumigo",
-        default_spec("lumigo-credentials"),
-    )
-    .await;
+    create_token_secret(client, namespace).await;
+    create_default_lumigo(client, namespace).await;
     eventually(
         "the Lumigo resource to have a status",
         WAIT_FOR_STATUS,
@@ -376,6 +444,18 @@ pub async fn active_lumigo(client: &Client, namespace: &str) {
 }
 
 const WAIT_FOR_STATUS: Duration = Duration::from_secs(60);
+
+/// The operator binary with its built-in webhook, registered with the apiserver as the operator
+/// keeps it ([`register_loopback_webhook`]): the process, the webhook's port and the CA it serves.
+pub async fn start_operator_with_registered_webhook(
+    cp: &ControlPlane,
+    client: &Client,
+    extra_env: &[(&str, &str)],
+) -> (Process, u16, String) {
+    let (operator, port) = start_operator_with_webhook(cp, "0.1.0", extra_env, "127.0.0.1:0");
+    let ca = register_loopback_webhook(client, port).await;
+    (operator, port, ca)
+}
 
 /// Registers the operator's webhook on `https://127.0.0.1:port` as the configuration the
 /// operator keeps (`lumigo-operator`), and returns the CA the operator publishes into it.

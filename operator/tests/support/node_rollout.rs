@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::Client;
 use lumigo_e2e::{images, Cluster};
+use lumigo_mutation::WorkloadKind;
 use serde_json::{json, Value};
 
 /// The autotrace image of these suites: `images/autotrace.Dockerfile` around the payload's
@@ -47,25 +48,15 @@ pub fn deployment(name: &str, script: Option<&str>) -> Value {
         Some(script) => json!(["/bin/busybox", "sh", "-c", format!("{script}; {serve}")]),
         None => json!(["/bin/busybox", "sh", "-c", serve]),
     };
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{
-                        "name": "app", "image": images::STATIC_APP, "imagePullPolicy": "Never",
-                        "command": command,
-                        "readinessProbe": {"httpGet": {"path": "/ping", "port": 8080}, "periodSeconds": 1}
-                    }]
-                }
-            }
-        }
-    })
+    let pod_spec = json!({
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{
+            "name": "app", "image": images::STATIC_APP, "imagePullPolicy": "Never",
+            "command": command,
+            "readinessProbe": {"httpGet": {"path": "/ping", "port": 8080}, "periodSeconds": 1}
+        }]
+    });
+    super::workload(WorkloadKind::Deployment, name, 1, pod_spec)
 }
 
 /// What the sampler saw over a rollout.

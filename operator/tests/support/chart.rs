@@ -1,7 +1,5 @@
-//! Shared by the chart tests (chart.rs, rbac.rs): helm built from tools/helm, the chart rendered,
-//! and its multi-document output parsed.
-
-#![allow(dead_code)] // each test binary uses its own part of this module
+//! Shared by the chart tests (chart.rs, rbac.rs, cluster.rs): helm built from tools/helm, the chart
+//! rendered, and its multi-document output parsed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -103,4 +101,13 @@ pub fn to_yaml(documents: &[&Value]) -> String {
 pub fn yaml_file(path: &Path) -> Value {
     serde_norway::from_str(&std::fs::read_to_string(path).unwrap())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The environment variable `name` of a rendered container (its `name` and `value` or `valueFrom`).
+pub fn env_var<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
 }

@@ -1,8 +1,6 @@
-//! What the admission tests and the admission benchmark share: the built policy module, hand-written
-//! guests, the operator's settings, a `Lumigo` resource, the CRD on the control plane, and an HTTPS client
-//! that speaks AdmissionReview to the webhook.
-
-#![allow(dead_code)] // each test binary uses its own part of it
+//! What the admission tests and the admission benchmarks share: the webhook host's options and the
+//! operator's settings, `Lumigo` resources as admission sees them, a loopback webhook host, and an
+//! HTTPS client that speaks AdmissionReview to the webhook.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,12 +10,12 @@ use anyhow::{bail, Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::PostParams;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Api, Client};
+use lumigo_mutation::WorkloadKind;
 use lumigo_operator::admission::compile::PolicyCompiler;
 use lumigo_operator::admission::{AdmissionLimits, AdmissionOptions, TlsOptions};
 use lumigo_operator::crd::{Lumigo, LumigoSpec};
@@ -26,14 +24,6 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
 pub const WAIT: Duration = Duration::from_secs(60);
-
-/// The built policy module; `just operator::test-admission` sets the variable.
-pub fn policy_module() -> Vec<u8> {
-    let path = std::env::var("LUMIGO_POLICY_WASM").unwrap_or_else(|_| {
-        panic!("LUMIGO_POLICY_WASM must name the built policy module: LUMIGO_POLICY_WASM=$(just policy::path) after `just policy::build`")
-    });
-    std::fs::read(&path).unwrap_or_else(|e| panic!("reading the policy module {path}: {e}"))
-}
 
 pub fn operator_settings() -> OperatorSettings {
     OperatorSettings {
@@ -59,7 +49,8 @@ pub fn options(tls: TlsOptions, module: Vec<u8>, deadline: Duration) -> Admissio
         compiler: unsafe { PolicyCompiler::child(env!("CARGO_BIN_EXE_lumigo-operator").into()) },
         tls,
         deadline,
-        max_concurrent_evaluations: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        max_concurrent_evaluations: std::thread::available_parallelism()
+            .map_or(2, std::num::NonZero::get),
         reporter: reporter(),
         metrics: Default::default(),
         limits: AdmissionLimits::default(),
@@ -108,30 +99,18 @@ pub async fn mark_token_verified(client: &Client, namespace: &str, name: &str) -
     Ok(())
 }
 
-/// The Lumigo CRD, served and established.
-pub async fn apply_crd(client: &Client) -> Result<()> {
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    match crds.create(&PostParams::default(), &Lumigo::crd()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 409 => {}
-        Err(error) => return Err(error).context("creating the Lumigo CRD"),
-    }
-    let started = std::time::Instant::now();
-    loop {
-        let crd = crds.get(Lumigo::crd_name()).await?;
-        let established = crd
-            .status
-            .iter()
-            .flat_map(|s| s.conditions.iter().flatten())
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if established {
-            return Ok(());
-        }
-        if started.elapsed() > WAIT {
-            bail!("the Lumigo CRD was not established within {WAIT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// A `Lumigo` resource named `lumigo` in `namespace`, its token found valid as the reconciler
+/// would.
+pub async fn create_verified_lumigo(
+    client: &Client,
+    namespace: &str,
+    injection_enabled: bool,
+) -> Result<()> {
+    Api::<Lumigo>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &lumigo("lumigo", injection_enabled))
+        .await
+        .context("creating the Lumigo resource")?;
+    mark_token_verified(client, namespace, "lumigo").await
 }
 
 /// A cache holding `lumigos`, for a webhook host that no apiserver calls.
@@ -145,7 +124,6 @@ pub fn fixed_lumigos(lumigos: Vec<Lumigo>) -> Store<Lumigo> {
     store
 }
 
-/// The CA the webhook's serving certificate is issued by, from the Secret the operator keeps.
 /// A webhook host serving `module` on loopback, with a Lumigo resource in `active_namespace`
 /// only; its address and the CA its certificate chains to.
 pub async fn start_loopback_host(
@@ -175,15 +153,26 @@ pub async fn start_loopback_host(
     Ok((address, ca))
 }
 
+/// The CA the webhook's serving certificate is issued by, from the Secret the operator keeps.
 pub async fn serving_ca(client: &Client, namespace: &str, secret: &str) -> Result<String> {
+    secret_entry(client, namespace, secret, "ca.crt").await
+}
+
+/// The entry `key` of the Secret, as text.
+pub async fn secret_entry(
+    client: &Client,
+    namespace: &str,
+    secret: &str,
+    key: &str,
+) -> Result<String> {
     let secret = Api::<Secret>::namespaced(client.clone(), namespace)
         .get(secret)
         .await?;
-    let ca = secret
+    let entry = secret
         .data
-        .and_then(|d| d.get("ca.crt").cloned())
-        .context("the Secret has no ca.crt")?;
-    Ok(String::from_utf8(ca.0)?)
+        .and_then(|d| d.get(key).cloned())
+        .with_context(|| format!("the Secret has no {key}"))?;
+    Ok(String::from_utf8(entry.0)?)
 }
 
 /// One kept-alive HTTPS connection to the webhook, trusting only `ca_pem`.
@@ -282,25 +271,14 @@ pub fn admission_review(uid: &str, namespace: &str, operation: &str, object: Val
 
 /// A typical Deployment, as a user applies it.
 pub fn deployment(name: &str) -> Value {
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{
-                    "name": "app",
-                    "image": "registry.invalid/app:1",
-                    "ports": [{"containerPort": 8080}],
-                    "env": [{"name": "MODE", "value": "production"}],
-                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}
-                }]}
-            }
-        }
-    })
+    let pod_spec = json!({"containers": [{
+        "name": "app",
+        "image": "registry.invalid/app:1",
+        "ports": [{"containerPort": 8080}],
+        "env": [{"name": "MODE", "value": "production"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}
+    }]});
+    super::workload(WorkloadKind::Deployment, name, 2, pod_spec)
 }
 
 /// The object after applying the response's JSON Patch to `object`.
@@ -313,14 +291,4 @@ pub fn patched(object: &Value, response: &Value) -> Result<Value> {
         json_patch::patch(&mut object, &patch)?;
     }
     Ok(object)
-}
-
-/// A waPC guest whose one function runs `body`.
-pub fn guest(body: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module
-             (memory (export "memory") 1)
-             (func (export "__guest_call") (param i32 i32) (result i32) {body}))"#
-    ))
-    .expect("the test guest assembles")
 }
