@@ -11,6 +11,7 @@ pub mod env;
 mod json;
 pub mod names;
 pub mod outcome;
+pub mod patch_answer;
 mod record;
 mod rollback;
 mod template;
@@ -20,6 +21,7 @@ use serde_json::Value;
 
 pub use config::{ConfigError, InjectionConfig, SecretKeyRef};
 pub use outcome::{Change, Outcome, Reason};
+pub use patch_answer::{InjectionChange, PatchAnswer};
 pub use rollback::{roll_back, rollback_marker, Failure, RollbackMarker};
 pub use workload::{Operation, WorkloadKind};
 

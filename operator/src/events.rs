@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
 use kube::{Api, Client};
-use lumigo_mutation::{Change, Reason};
+use lumigo_mutation::{Change, InjectionChange, Reason};
 
 use crate::crd::{InstrumentedResource, TracedContainer};
 
@@ -84,6 +84,15 @@ impl EventReason {
             Change::Reinjected { .. } => EventReason::UpdatedInstrumentation,
             Change::Removed => EventReason::RemovedInstrumentation,
             Change::RolledBack { .. } => EventReason::RolledBackInstrumentation,
+        }
+    }
+
+    /// The reason of a change admission made, as the policy module reports it.
+    pub const fn of_injection_change(change: InjectionChange) -> Self {
+        match change {
+            InjectionChange::Added => EventReason::AddedInstrumentation,
+            InjectionChange::Updated => EventReason::UpdatedInstrumentation,
+            InjectionChange::Removed => EventReason::RemovedInstrumentation,
         }
     }
 

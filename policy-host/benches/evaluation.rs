@@ -2,12 +2,16 @@
 //! p99 per evaluation, their ratio, and the module's size. The wasm evaluation runs on a
 //! pre-instantiated module (a fresh instance made before the clock starts, used once and torn
 //! down after it stops); what a request pays end to end, with making and tearing down its
-//! fresh instance, is printed beside it.
+//! fresh instance, is printed beside it. Last, the operator's webhook both ways: `validate` and
+//! the patch computed by the host (what it did before), and `validate_as_patch`, whose patch the
+//! host passes on as it came (what it does now).
 //! Run: `just policy::bench`.
 
 use std::time::{Duration, Instant};
 
+use lumigo_mutation::{is_injected, PatchAnswer, WorkloadKind};
 use lumigo_policy_host::{EngineOptions, PolicyEngine};
+use serde_json::value::RawValue;
 
 const WARMUP: usize = 200;
 const SAMPLES: usize = 5_000;
@@ -39,47 +43,54 @@ fn main() {
         |instance| instance.call("validate", &payload).unwrap(),
     );
     let end_to_end = measure(|| (), |_| engine.call("validate", &payload).unwrap());
+    // The webhook's work from the module's call to the patch's bytes, both ways (base64, the same
+    // for both, left out).
+    let object_text = request["object"].to_string();
+    let host_diff = measure(
+        || (),
+        |_| {
+            let answer: serde_json::Value =
+                serde_json::from_slice(&engine.call("validate", &payload).unwrap()).unwrap();
+            let object: serde_json::Value = serde_json::from_str(&object_text).unwrap();
+            let mutated = &answer["mutated_object"];
+            let patch = json_patch::diff(&object, mutated);
+            let kind = WorkloadKind::Deployment;
+            std::hint::black_box((is_injected(&object, kind), is_injected(mutated, kind)));
+            serde_json::to_vec(&patch).unwrap()
+        },
+    );
+    let module_patch = measure(
+        || (),
+        |_| {
+            let bytes = engine.call("validate_as_patch", &payload).unwrap();
+            let answer: PatchAnswer<Box<RawValue>> = serde_json::from_slice(&bytes).unwrap();
+            answer.patch.unwrap().get().as_bytes().to_vec()
+        },
+    );
     // A fresh instance and a call that does nothing: the fixed cost every request pays.
     let instance_only = measure(|| (), |_| engine.call("protocol_version", b"").unwrap());
 
-    let (native_median, native_p99) = percentiles(native);
-    let (wasm_median, wasm_p99) = percentiles(wasm);
-    let (end_to_end_median, end_to_end_p99) = percentiles(end_to_end);
-    let (instance_median, instance_p99) = percentiles(instance_only);
+    let native = percentiles(native);
+    let wasm = percentiles(wasm);
+    let end_to_end = percentiles(end_to_end);
+    let host_diff = percentiles(host_diff);
     println!(
         "typical Deployment CREATE request ({} bytes), {SAMPLES} evaluations each",
         payload.len()
     );
-    println!(
-        "native                        median {:>6.1} µs   p99 {:>6.1} µs",
-        micros(native_median),
-        micros(native_p99)
+    times("native", native);
+    times("wasm, pre-instantiated", wasm);
+    ratio("wasm/native", wasm, native);
+    times("wasm, fresh instance per call", end_to_end);
+    ratio("  end to end/native", end_to_end, native);
+    times(
+        "  of which instance + empty call",
+        percentiles(instance_only),
     );
-    println!(
-        "wasm, pre-instantiated        median {:>6.1} µs   p99 {:>6.1} µs",
-        micros(wasm_median),
-        micros(wasm_p99)
-    );
-    println!(
-        "wasm/native                   median {:>6.2}x    p99 {:>6.2}x",
-        micros(wasm_median) / micros(native_median),
-        micros(wasm_p99) / micros(native_p99)
-    );
-    println!(
-        "wasm, fresh instance per call median {:>6.1} µs   p99 {:>6.1} µs",
-        micros(end_to_end_median),
-        micros(end_to_end_p99)
-    );
-    println!(
-        "  end to end/native           median {:>6.2}x    p99 {:>6.2}x",
-        micros(end_to_end_median) / micros(native_median),
-        micros(end_to_end_p99) / micros(native_p99)
-    );
-    println!(
-        "  of which instance + empty call median {:>6.1} µs   p99 {:>6.1} µs",
-        micros(instance_median),
-        micros(instance_p99)
-    );
+    times("webhook, validate + host diff", host_diff);
+    let module_patch = percentiles(module_patch);
+    times("webhook, validate_as_patch", module_patch);
+    ratio("  as patch/host diff", module_patch, host_diff);
     println!(
         "module size {} bytes ({})",
         module.len(),
@@ -114,6 +125,24 @@ fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
         samples[samples.len() / 2],
         samples[samples.len() * 99 / 100],
     )
+}
+
+/// A row of median and p99.
+fn times(what: &str, (median, p99): (Duration, Duration)) {
+    println!(
+        "{what:<32} median {:>6.1} µs   p99 {:>6.1} µs",
+        micros(median),
+        micros(p99)
+    );
+}
+
+/// A row of the ratios of two rows' median and p99.
+fn ratio(what: &str, (median, p99): (Duration, Duration), to: (Duration, Duration)) {
+    println!(
+        "{what:<32} median {:>6.2}x    p99 {:>6.2}x",
+        micros(median) / micros(to.0),
+        micros(p99) / micros(to.1)
+    );
 }
 
 fn micros(duration: Duration) -> f64 {

@@ -1,11 +1,13 @@
 //! The built policy module under wasmtime/waPC, the stack Kubewarden's evaluator uses: it is
-//! annotated for policy-server, answers exactly as the native code on every fixture, and never
-//! traps or denies on arbitrary input.
+//! annotated for policy-server, answers exactly as the native code on every fixture, answers the
+//! operator's `validate_as_patch` with the very patch its `validate` stands for, and never traps
+//! or denies on arbitrary input.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use lumigo_e2e::testing::policy_module;
+use lumigo_mutation::{InjectionChange, PatchAnswer, WorkloadKind};
 use lumigo_policy_host::metadata::read_metadata;
 use lumigo_policy_host::{EngineOptions, PolicyEngine};
 use proptest::prelude::*;
@@ -89,6 +91,83 @@ fn wasm_and_native_answer_every_fixture_identically() {
         }
     }
     assert!(compared >= 50, "compared only {compared}");
+}
+
+/// The fixtures' payloads, with each settings file: (what, payload).
+fn fixture_payloads() -> Vec<(String, Value)> {
+    let mut payloads = Vec::new();
+    for settings_file in ["settings.json", "settings-logs-enabled.json"] {
+        let settings = read_json(policies_dir().join(settings_file));
+        for entry in std::fs::read_dir(policies_dir().join("fixtures")).unwrap() {
+            let path = entry.unwrap().path();
+            let request = read_json(path.clone());
+            let what = format!("{} with {settings_file}", path.display());
+            payloads.push((what, json!({"settings": settings, "request": request})));
+        }
+    }
+    payloads
+}
+
+/// `validate_as_patch` says what `validate` says, its patch is the diff from the request's object
+/// to `validate`'s mutated object (what the operator computed from it before), and its change is
+/// what the injection records before and after tell. Returns whether the request was mutated.
+fn patch_answer_matches_validate(payload: &Value) -> Result<bool, TestCaseError> {
+    let bytes = serde_json::to_vec(payload).unwrap();
+    let whole: Value = serde_json::from_slice(&engine().call("validate", &bytes).unwrap()).unwrap();
+    let answer: PatchAnswer<json_patch::Patch> =
+        serde_json::from_slice(&engine().call("validate_as_patch", &bytes).unwrap()).unwrap();
+    prop_assert_eq!(&json!(answer.accepted), &whole["accepted"]);
+    prop_assert_eq!(answer.message.as_deref(), whole["message"].as_str());
+    let warnings = whole["warnings"].as_array().cloned().unwrap_or_default();
+    prop_assert_eq!(&json!(answer.warnings), &json!(warnings));
+    let request = &payload["request"];
+    let Some(mutated) = whole.get("mutated_object").filter(|m| !m.is_null()) else {
+        prop_assert!(answer.patch.is_none() && answer.change.is_none());
+        return Ok(false);
+    };
+    let object = &request["object"];
+    let patch = answer.patch.expect("a mutated request has a patch");
+    prop_assert_eq!(&patch, &json_patch::diff(object, mutated));
+    let mut patched = object.clone();
+    json_patch::patch(&mut patched, &patch).unwrap();
+    prop_assert_eq!(&patched, mutated);
+    let kind = WorkloadKind::from_group_kind(
+        request["kind"]["group"].as_str().unwrap_or_default(),
+        request["kind"]["kind"].as_str().unwrap_or_default(),
+    )
+    .expect("only workloads are mutated");
+    prop_assert_eq!(
+        answer.change,
+        Some(InjectionChange::between(object, mutated, kind))
+    );
+    Ok(true)
+}
+
+#[test]
+fn the_patch_answer_is_the_diff_to_what_validate_answers_on_every_fixture() {
+    let payloads = fixture_payloads();
+    let mut mutated = 0;
+    for (what, payload) in &payloads {
+        match patch_answer_matches_validate(payload) {
+            Ok(changed) => mutated += usize::from(changed),
+            Err(failure) => panic!("{what}: {failure}"),
+        }
+        let bytes = serde_json::to_vec(payload).unwrap();
+        let native =
+            serde_json::to_vec(&lumigo_policy::admission::evaluate_as_patch(&bytes)).unwrap();
+        let wasm = engine().call("validate_as_patch", &bytes).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&wasm),
+            String::from_utf8_lossy(&native),
+            "{what}"
+        );
+    }
+    // Creations, updates, removals by opt-out and re-injections are all among them.
+    assert!(
+        mutated >= 20,
+        "only {mutated} of {} mutated",
+        payloads.len()
+    );
 }
 
 /// The operator has a child process compile the module and loads the machine code it returns:
@@ -225,6 +304,7 @@ proptest! {
             let answer: Value =
                 serde_json::from_slice(&answer.expect("the module must not trap")).unwrap();
             prop_assert_eq!(&answer["accepted"], &json!(true));
+            patch_answer_matches_validate(&payload)?;
         }
     }
 
@@ -233,6 +313,9 @@ proptest! {
         let answer: Value =
             serde_json::from_slice(&engine().call("validate", &bytes).unwrap()).unwrap();
         prop_assert_eq!(&answer["accepted"], &json!(true));
+        let patch_answer: Value =
+            serde_json::from_slice(&engine().call("validate_as_patch", &bytes).unwrap()).unwrap();
+        prop_assert_eq!(&patch_answer["accepted"], &json!(true));
         let settings_answer: Value =
             serde_json::from_slice(&engine().call("validate_settings", &bytes).unwrap()).unwrap();
         prop_assert!(settings_answer["valid"].is_boolean());

@@ -4,8 +4,9 @@
 use kubewarden_policy_sdk::request::KubernetesAdmissionRequest;
 use kubewarden_policy_sdk::response::ValidationResponse;
 use kubewarden_policy_sdk::settings::SettingsValidationResponse;
-use lumigo_mutation::{reconcile, Operation, Outcome, WorkloadKind};
+use lumigo_mutation::{reconcile, InjectionChange, Operation, Outcome, PatchAnswer, WorkloadKind};
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::settings::Settings;
 
@@ -16,50 +17,107 @@ const WARNING_PREFIX: &str = "lumigo";
 #[derive(Deserialize)]
 struct ValidationRequest {
     #[serde(default)]
-    settings: serde_json::Value,
+    settings: Value,
     request: KubernetesAdmissionRequest,
 }
 
-pub fn evaluate(payload: &[u8]) -> ValidationResponse {
+/// What the policy decided for one request.
+enum Decision {
+    /// Admitted as it came, perhaps with a warning.
+    Unchanged(ValidationResponse),
+    /// Mutated; `before` is the object as it came, when the caller asked to keep it.
+    Changed {
+        kind: WorkloadKind,
+        before: Option<Value>,
+        after: Value,
+    },
+}
+
+fn decide(payload: &[u8], keep_before: bool) -> Decision {
     let request: ValidationRequest = match serde_json::from_slice(payload) {
         Ok(request) => request,
         Err(error) => {
-            return accept_with_warning(format!(
+            return Decision::Unchanged(accept_with_warning(format!(
                 "{WARNING_PREFIX}: cannot read the admission request: {error}"
-            ))
+            )))
         }
     };
     let settings = match Settings::parse(&request.settings) {
         Ok(settings) => settings,
-        Err(error) => return accept_with_warning(format!("{WARNING_PREFIX}: {error}")),
+        Err(error) => {
+            return Decision::Unchanged(accept_with_warning(format!("{WARNING_PREFIX}: {error}")))
+        }
     };
     let admission = request.request;
     let Some(operation) = Operation::from_admission(&admission.operation) else {
-        return accepted();
+        return Decision::Unchanged(accepted());
     };
     let Some(kind) = WorkloadKind::from_group_kind(&admission.kind.group, &admission.kind.kind)
     else {
-        return accepted();
+        return Decision::Unchanged(accepted());
     };
     if !admission.sub_resource.is_empty() {
-        return accepted();
+        return Decision::Unchanged(accepted());
     }
     let mut object = admission.object;
+    let before = keep_before.then(|| object.clone());
     match reconcile(&mut object, kind, &settings.0, operation) {
-        Outcome::Changed(_) => ValidationResponse {
-            mutated_object: Some(object),
-            ..accepted()
+        Outcome::Changed(_) => Decision::Changed {
+            kind,
+            before,
+            after: object,
         },
         Outcome::Unchanged(reason) if reason.is_problem() => {
             let name = object
                 .pointer("/metadata/name")
                 .and_then(|n| n.as_str())
                 .unwrap_or(&admission.name);
-            accept_with_warning(format!(
+            Decision::Unchanged(accept_with_warning(format!(
                 "{WARNING_PREFIX}: {kind} {name} is not instrumented: {reason}"
-            ))
+            )))
         }
-        Outcome::Unchanged(_) => accepted(),
+        Outcome::Unchanged(_) => Decision::Unchanged(accepted()),
+    }
+}
+
+/// Kubewarden's `validate`: the mutated object whole, as policy-server and kwctl expect it.
+pub fn evaluate(payload: &[u8]) -> ValidationResponse {
+    match decide(payload, false) {
+        Decision::Unchanged(response) => response,
+        Decision::Changed { after, .. } => ValidationResponse {
+            mutated_object: Some(after),
+            ..accepted()
+        },
+    }
+}
+
+/// `validate_as_patch`, for the operator's built-in webhook: the same decision as [`evaluate`],
+/// answered as the JSON Patch from the request's object to the mutated one.
+pub fn evaluate_as_patch(payload: &[u8]) -> PatchAnswer<json_patch::Patch> {
+    match decide(payload, true) {
+        Decision::Unchanged(response) => PatchAnswer {
+            accepted: response.accepted,
+            message: response.message,
+            warnings: response.warnings.unwrap_or_default(),
+            patch: None,
+            change: None,
+        },
+        Decision::Changed {
+            kind,
+            before,
+            after,
+        } => {
+            let before = before.expect("kept for the patch");
+            let patch = json_patch::diff(&before, &after);
+            let changed = !patch.0.is_empty();
+            PatchAnswer {
+                accepted: true,
+                message: None,
+                warnings: Vec::new(),
+                change: changed.then(|| InjectionChange::between(&before, &after, kind)),
+                patch: changed.then_some(patch),
+            }
+        }
     }
 }
 

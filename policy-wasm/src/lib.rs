@@ -9,12 +9,17 @@ use wapc_guest::prelude::*;
 #[no_mangle]
 pub extern "C" fn wapc_init() {
     register_function("validate", validate);
+    register_function("validate_as_patch", validate_as_patch);
     register_function("validate_settings", validate_settings);
     register_function("protocol_version", protocol_version_guest);
 }
 
 fn validate(payload: &[u8]) -> CallResult {
     Ok(serde_json::to_vec(&admission::evaluate(payload))?)
+}
+
+fn validate_as_patch(payload: &[u8]) -> CallResult {
+    Ok(serde_json::to_vec(&admission::evaluate_as_patch(payload))?)
 }
 
 fn validate_settings(payload: &[u8]) -> CallResult {

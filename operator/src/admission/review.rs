@@ -9,11 +9,10 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use kube::runtime::reflector::Store;
-use lumigo_mutation::{is_injected, InjectionConfig, WorkloadKind};
+use lumigo_mutation::{InjectionConfig, PatchAnswer, WorkloadKind};
 use lumigo_policy_host::PolicyEngine;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::crd::Lumigo;
@@ -25,6 +24,8 @@ use super::events::{AdmissionEvent, EventSink};
 use super::limits::ByteBudget;
 
 const WARNING_PREFIX: &str = "lumigo";
+/// The module's function that answers with a JSON Patch (`lumigo_mutation::patch_answer`).
+const PATCH_FUNCTION: &str = "validate_as_patch";
 /// A request up to this size is evaluated on the runtime thread that read it: its evaluation takes
 /// tens of microseconds, less than handing it to another thread and back costs. A larger one goes
 /// to the blocking pool, so that no worker thread is held for long (the permits bound both).
@@ -113,16 +114,22 @@ struct GroupKind {
     kind: String,
 }
 
-/// Kubewarden's ValidationResponse: only what the host uses.
-#[derive(Deserialize)]
-struct ValidationResponse {
-    accepted: bool,
+/// The module's answer: its patch passed on as the bytes it wrote.
+type Answer = PatchAnswer<Box<RawValue>>;
+
+/// What an event needs of the object: read from the request without building the object.
+#[derive(Deserialize, Default)]
+struct ObjectIdentity {
     #[serde(default)]
-    message: Option<String>,
+    metadata: IdentityMetadata,
+}
+
+#[derive(Deserialize, Default)]
+struct IdentityMetadata {
     #[serde(default)]
-    mutated_object: Option<Value>,
+    name: Option<String>,
     #[serde(default)]
-    warnings: Option<Vec<String>>,
+    uid: Option<String>,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -205,13 +212,13 @@ impl Evaluator {
             let _permit = permit;
             return self
                 .engine
-                .call("validate", &payload)
+                .call(PATCH_FUNCTION, &payload)
                 .map_err(|error| error.to_string());
         }
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || {
             let _permits = (permit, large);
-            engine.call("validate", &payload)
+            engine.call(PATCH_FUNCTION, &payload)
         })
         .await
         .map_err(|join| format!("the evaluation panicked: {join}"))?
@@ -268,8 +275,8 @@ impl Reviewer {
         };
         let payload = validation_request(&settings, request);
         let answer = self.evaluator.validate(payload).await.and_then(|bytes| {
-            serde_json::from_slice::<ValidationResponse>(&bytes)
-                .map_err(|e| format!("the policy's answer is not a ValidationResponse: {e}"))
+            serde_json::from_slice::<Answer>(&bytes)
+                .map_err(|e| format!("the policy's answer is not a patch answer: {e}"))
         });
         let answer = match answer {
             Ok(answer) => answer,
@@ -292,9 +299,9 @@ impl Reviewer {
         Ok(self.respond(head, answer))
     }
 
-    fn respond(&self, head: RequestHead, answer: ValidationResponse) -> AdmissionResponse {
+    fn respond(&self, head: RequestHead, answer: Answer) -> AdmissionResponse {
         let mut response = AdmissionResponse {
-            warnings: answer.warnings.unwrap_or_default(),
+            warnings: answer.warnings,
             ..AdmissionResponse::allowed(head.uid.clone())
         };
         if !answer.accepted {
@@ -305,33 +312,28 @@ impl Reviewer {
             ));
         }
         let kind = WorkloadKind::from_group_kind(&head.kind.group, &head.kind.kind);
-        // Only a workload's patch or event needs the object; the head parsed, so it is valid JSON.
-        let object: Value = kind
-            .and(head.object)
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
-            .unwrap_or_default();
-        if let (Some(mutated), Some(kind)) = (answer.mutated_object, kind) {
-            let patch = json_patch::diff(&object, &mutated);
-            if !patch.0.is_empty() {
-                let reason = change_reason(&object, &mutated, kind);
-                response.patch_type = Some("JSONPatch");
-                response.patch = Some(
-                    STANDARD.encode(serde_json::to_vec(&patch).expect("a JSON Patch serializes")),
-                );
-                if !head.dry_run {
-                    self.events.send(AdmissionEvent::changed(
-                        &admitted_object(&head, kind, &mutated),
-                        reason,
-                        &head.operation,
-                    ));
-                }
+        // Only a workload's events need the object's name and uid; the head parsed, so it is JSON.
+        let object = || -> ObjectIdentity {
+            head.object
+                .and_then(|raw| serde_json::from_str(raw.get()).ok())
+                .unwrap_or_default()
+        };
+        if let (Some(patch), Some(change), Some(kind)) = (answer.patch, answer.change, kind) {
+            response.patch_type = Some("JSONPatch");
+            response.patch = Some(STANDARD.encode(patch.get()));
+            if !head.dry_run {
+                self.events.send(AdmissionEvent::changed(
+                    &admitted_object(&head, kind, &object()),
+                    EventReason::of_injection_change(change),
+                    &head.operation,
+                ));
             }
         }
         // Events are the webhook's only side effect, and a dry run must have none.
         if let Some(kind) = kind.filter(|_| !response.warnings.is_empty() && !head.dry_run) {
             let note = response.warnings.join("; ");
             self.events.send(AdmissionEvent::cannot_add(
-                &admitted_object(&head, kind, &object),
+                &admitted_object(&head, kind, &object()),
                 note,
                 &head.operation,
             ));
@@ -378,22 +380,13 @@ fn warn(uid: String, warning: String) -> AdmissionResponse {
     }
 }
 
-/// What the change did, told by the injection record before and after; the module does not say.
-fn change_reason(before: &Value, after: &Value, kind: WorkloadKind) -> EventReason {
-    match (is_injected(before, kind), is_injected(after, kind)) {
-        (false, _) => EventReason::AddedInstrumentation,
-        (true, true) => EventReason::UpdatedInstrumentation,
-        (true, false) => EventReason::RemovedInstrumentation,
-    }
-}
-
 /// The object an event is about: its kind from the table of workload kinds (never the request's
 /// strings), its namespace and name as checked, and the uid the request claims, which the event
 /// recorder compares with the stored object's.
 fn admitted_object(
     head: &RequestHead,
     kind: WorkloadKind,
-    object: &Value,
+    object: &ObjectIdentity,
 ) -> super::events::AdmittedObject {
     super::events::AdmittedObject {
         kind,
@@ -403,24 +396,21 @@ fn admitted_object(
         // object's is used if it is a name at all.
         name: match head.name.as_str() {
             "" => object
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
+                .metadata
+                .name
+                .clone()
                 .filter(|name| is_dns_subdomain(name))
-                .unwrap_or_default()
-                .to_owned(),
+                .unwrap_or_default(),
             name => name.to_owned(),
         },
-        uid: object
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        uid: object.metadata.uid.clone(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     #[test]
     fn the_response_echoes_the_uid_and_omits_empty_fields() {
