@@ -21,8 +21,14 @@ cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 
 # rustfmt wraps code at its max_width (rustfmt.toml: 100; the injector's: 120) but leaves what it
 # cannot parse, such as macro bodies and long literals; they are wrapped by hand.
-too_long=$( (git ls-files -- '*.rs' ':!injector/*' | xargs -r awk 'length > 100 {print FILENAME ":" FNR}'
-  git ls-files -- 'injector/*.rs' | xargs -r awk 'length > 120 {print FILENAME ":" FNR}') 2>/dev/null || true)
+# The files in git and the new ones not ignored, as they are on disk (a deleted one is not read).
+sources() {
+  git ls-files --cached --others --exclude-standard -- "$@" | while read -r file; do
+    if [[ -f $file ]]; then echo "$file"; fi
+  done
+}
+too_long=$(sources '*.rs' ':!injector/*' | xargs -r awk 'length > 100 {print FILENAME ":" FNR}'
+  sources 'injector/*.rs' | xargs -r awk 'length > 120 {print FILENAME ":" FNR}')
 if [[ -n "$too_long" ]]; then
   echo "lint: lines wider than rustfmt's max_width:" >&2
   echo "$too_long" >&2

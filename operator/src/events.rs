@@ -184,7 +184,6 @@ impl EventPublisher {
         count: u32,
         regarding: impl Future<Output = Option<ObjectReference>>,
     ) -> kube::Result<()> {
-        self.forget_ended_series();
         let now = Timestamp::now();
         let continued = match self.series().get_mut(&key) {
             Some(Series::Creating { meanwhile }) => {
@@ -195,12 +194,12 @@ impl EventPublisher {
                 name,
                 count: so_far,
                 last_seen,
-            }) => {
+            }) if !ended(*last_seen, now) => {
                 *so_far = so_far.saturating_add(count);
                 *last_seen = now;
                 Some((name.clone(), *so_far))
             }
-            None => None,
+            _ => None,
         };
         match continued {
             Some((name, total)) => self.raise(&key.namespace, &name, total, now).await,
@@ -212,16 +211,6 @@ impl EventPublisher {
         self.published
             .lock()
             .expect("the published series are never poisoned: nothing panics holding them")
-    }
-
-    fn forget_ended_series(&self) {
-        let now = Timestamp::now();
-        self.series().retain(|_, series| match series {
-            Series::Creating { .. } => true,
-            Series::Created { last_seen, .. } => last_seen
-                .saturating_add(SERIES_TTL)
-                .is_ok_and(|end| end > now),
-        });
     }
 
     async fn create(
@@ -257,6 +246,14 @@ impl EventPublisher {
         let total = count.saturating_add(meanwhile);
         {
             let mut series = self.series();
+            // An ended series is passed over where it is found; the table is swept of them only
+            // once it is full, rather than on every event.
+            if series.len() >= MAX_SERIES {
+                series.retain(|_, series| match series {
+                    Series::Creating { .. } => true,
+                    Series::Created { last_seen, .. } => !ended(*last_seen, now),
+                });
+            }
             if series.len() < MAX_SERIES {
                 series.insert(
                     key.clone(),
@@ -340,6 +337,13 @@ impl EventPublisher {
             ..Default::default()
         }
     }
+}
+
+/// Whether a series last seen at `last_seen` is over: its next occurrence starts a new Event.
+fn ended(last_seen: Timestamp, now: Timestamp) -> bool {
+    last_seen
+        .saturating_add(SERIES_TTL)
+        .is_ok_and(|end| end <= now)
 }
 
 /// `text` cut to at most `limit` bytes, on a character boundary.
@@ -577,6 +581,17 @@ mod tests {
             EventReason::AdmissionUnavailable.action(),
             EventAction::Admit
         );
+    }
+
+    #[test]
+    fn a_series_ends_once_its_last_occurrence_is_a_ttl_old() {
+        let now = Timestamp::now();
+        let ago = |seconds: i64| now - k8s_openapi::jiff::SignedDuration::from_secs(seconds);
+        let ttl = SERIES_TTL.as_secs() as i64;
+        assert!(!ended(now, now));
+        assert!(!ended(ago(ttl - 1), now));
+        assert!(ended(ago(ttl), now));
+        assert!(ended(ago(ttl + 60), now));
     }
 
     #[test]
