@@ -15,8 +15,8 @@ mod operator "operator/justfile"
 # Run every test of the project: the lint gates first, then each part's tests.
 test: lint deny setup policy::test injector::test e2e::test operator::test
 
-# rustfmt and clippy (warnings denied) over both workspaces, and every package covered by a test
-# recipe (scripts/lint.sh).
+# rustfmt and clippy (warnings denied) over both workspaces, no line past rustfmt's max_width, and
+# every package covered by a test recipe (scripts/lint.sh).
 lint:
     scripts/lint.sh
 
