@@ -220,7 +220,7 @@ pub fn node_app(out: &Path) -> Result<ImageInfo> {
     image.write(out)
 }
 
-/// Debian's Python 3.11 (the interpreter the payload's compiled packages are built for) serving
+/// Debian's Python 3.11 (one of the interpreters the payload's Python packages serve) serving
 /// `e2e/apps/server.py`, with `requests` as the application's own dependency on its PYTHONPATH and
 /// a library of its own for LD_PRELOAD.
 pub fn python_app(out: &Path, cache: &Path) -> Result<ImageInfo> {

@@ -7,6 +7,9 @@
 set -euo pipefail
 
 NODE_DISTRO_VERSION=1.53.1
+# The bundler that makes the Node.js distro one file (scripts/bundle-nodejs.js); a devDependency
+# of the npm lock, so it is installed from the lock too.
+ESBUILD_VERSION=0.28.2
 PYTHON_DISTRO_VERSION=1.0.201
 JAVA_AGENT_VERSION=2.33.1
 # The autoconfigure SPI the Lumigo extension compiles against: the SDK version the agent bundles
@@ -40,35 +43,82 @@ lock_hash() { cat "$@" | sha256sum | cut -c1-16; }
 node_lock=$here/payload/nodejs
 grep -qF "\"@lumigo/opentelemetry\": \"$NODE_DISTRO_VERSION\"" "$node_lock/package.json" ||
   stale_lock "$node_lock/package.json" "@lumigo/opentelemetry $NODE_DISTRO_VERSION"
+grep -qF "\"esbuild\": \"$ESBUILD_VERSION\"" "$node_lock/package.json" ||
+  stale_lock "$node_lock/package.json" "esbuild $ESBUILD_VERSION"
+# The distro and esbuild are installed (no install scripts: esbuild's JavaScript API finds its
+# binary in the @esbuild/<platform> package npm installs for this machine), the distro is
+# bundled into lumigo.js, and the npm tree is thrown away: the cache entry holds only the bundle.
 node_fetch() {
-  cp "$node_lock/package.json" "$node_lock/package-lock.json" "$tmp/" &&
-    (cd "$tmp" && npm ci --loglevel=error --no-audit --no-fund --omit=dev --ignore-scripts)
+  mkdir "$tmp/npm" && cp "$node_lock/package.json" "$node_lock/package-lock.json" "$tmp/npm/" &&
+    (cd "$tmp/npm" && npm ci --loglevel=error --no-audit --no-fund --ignore-scripts) &&
+    node "$here/scripts/bundle-nodejs.js" "$tmp/npm" "$tmp" &&
+    rm -rf "$tmp/npm"
 }
-# Compiled dependencies make the Python tree specific to one interpreter version and CPU.
-py_tag=$(python3 -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-py_lock=$here/payload/python/lock/$py_tag
-[[ -f $py_lock/wheels.txt ]] ||
-  { echo "payload: no Python lock for $py_tag; add its version to PYTHON_VERSIONS and run injector/scripts/lock.sh" >&2; exit 1; }
-grep -qxF "lumigo-opentelemetry==$PYTHON_DISTRO_VERSION \\" "$py_lock/wheels.txt" ||
-  stale_lock "$py_lock/wheels.txt" "lumigo-opentelemetry $PYTHON_DISTRO_VERSION"
+# The Python tree serves every CPython and C library the lock names, in layers (lock-python.sh
+# says which): the pure packages once, in common, and per interpreter and C library only what
+# differs (compiled wheels; a version's own pins). The bootstrap puts the right ones on sys.path.
+py_lock=$here/payload/python/lock
+[[ -f $py_lock/layers.txt ]] ||
+  { echo "payload: $py_lock/layers.txt is missing; run injector/scripts/lock-python.sh" >&2; exit 1; }
+grep -qxF "lumigo-opentelemetry==$PYTHON_DISTRO_VERSION \\" "$py_lock"/*.txt ||
+  stale_lock "$py_lock" "lumigo-opentelemetry $PYTHON_DISTRO_VERSION"
+py_sets=$(awk '$1 ~ /^cp[0-9]+-/ { printf "%s%s", sep, $1; sep = " " }' "$py_lock/layers.txt")
 pip_quiet=(--quiet --disable-pip-version-check --root-user-action=ignore)
 python_fetch() {
   # The wheels of the target CPU whichever CPU builds, so a native and a cross build install the
-  # same files.
-  python3 -m pip install "${pip_quiet[@]}" --require-hashes --no-deps --only-binary=:all: \
-    --platform "manylinux2014_$arch" --implementation cp --python-version "${py_tag#cp}" \
-    --target "$tmp" -r "$py_lock/wheels.txt" || return
-  grep -q '^[^#]' "$py_lock/sdists.txt" || return 0
-  # The source-only dependencies are pure Python, so building them here suits any CPU. Build
-  # isolation would fetch an unpinned setuptools; the locked one is put on the path instead.
-  local backend rc=0
-  backend=$(mktemp -d)
-  python3 -m pip install "${pip_quiet[@]}" --require-hashes --no-deps --only-binary=:all: \
-    --target "$backend" -r "$py_lock/build.txt" &&
-    PYTHONPATH=$backend python3 -m pip install "${pip_quiet[@]}" --require-hashes --no-deps \
-      --no-binary=:all: --no-build-isolation --use-pep517 --target "$tmp" -r "$py_lock/sdists.txt" || rc=$?
-  rm -rf "$backend"
-  return "$rc"
+  # same files. Each layer's directory exists even when empty: a set's directory is what tells
+  # the bootstrap its interpreter is served. No .pyc files (--no-compile; python_prune says why).
+  local layer version platform requires args
+  while read -r layer version platform requires; do
+    [[ -z $layer || $layer == \#* ]] && continue
+    mkdir -p "$tmp/$layer"
+    grep -q '^[^#]' "$py_lock/$layer.txt" || continue
+    args=(--python-version "$version")
+    case $platform in
+      musllinux) args+=(--platform "musllinux_1_2_$arch" --platform "musllinux_1_1_$arch") ;;
+      *) args+=(--platform "manylinux2014_$arch") ;; # manylinux, or pure wheels ("any")
+    esac
+    [[ $requires == checked ]] || args+=(--ignore-requires-python)
+    python3 -m pip install "${pip_quiet[@]}" --require-hashes --no-deps --only-binary=:all: --no-compile \
+      --implementation cp "${args[@]}" --target "$tmp/$layer" -r "$py_lock/$layer.txt" || return
+  done <"$py_lock/layers.txt"
+  if grep -q '^[^#]' "$py_lock/sdists.txt"; then
+    # The source-only dependencies are pure Python, so building them here suits any CPU and
+    # interpreter. Build isolation would fetch an unpinned setuptools; the locked one is put on
+    # the path instead.
+    local backend rc=0
+    backend=$(mktemp -d)
+    python3 -m pip install "${pip_quiet[@]}" --require-hashes --no-deps --only-binary=:all: \
+      --target "$backend" -r "$py_lock/build.txt" &&
+      PYTHONPATH=$backend python3 -m pip install "${pip_quiet[@]}" --require-hashes --no-deps --no-compile \
+        --no-binary=:all: --no-build-isolation --use-pep517 --target "$tmp/common" -r "$py_lock/sdists.txt" || rc=$?
+    rm -rf "$backend"
+    [[ $rc == 0 ]] || return "$rc"
+  fi
+  python_prune "$tmp"
+}
+# The tree is copied into every pod that has no image volumes (issue #13: the whole payload within
+# 60 MB, tests/harness.py checks it), so what no traced process reads is left out:
+# - bytecode: a .pyc serves one interpreter version, and pip's were stale anyway once copied (they
+#   record the source's mtime, which the copies here and in the pod's init container do not keep),
+#   so every version compiled the sources in memory at each start already; 12 MB;
+# - type stubs (.pyi), protobuf's .proto sources (the _pb2 modules embed their descriptors);
+# - pip's bookkeeping in *.dist-info (RECORD, INSTALLER, REQUESTED; RECORD would no longer match):
+#   importlib.metadata reads METADATA, entry_points.txt and top_level.txt, which stay;
+# - console scripts (bin/, for the building python3), and the test suite and CI helpers that
+#   lumigo-opentelemetry's wheel ships as the top-level packages test and ci, which nothing imports;
+# - the debug information and static symbol tables of the compiled modules (the target CPU's
+#   binutils strip; the dynamic symbols stay). Wheels are hash-checked before this, at install.
+# Packages the distro requires but does not import are left out of the lock itself (lock-python.sh).
+python_prune() { # python_prune DIR
+  local strip=$arch-linux-gnu-strip
+  command -v "$strip" >/dev/null ||
+    { echo "payload: $strip not found (Debian: binutils-${arch//_/-}-linux-gnu)" >&2; return 1; }
+  find "$1" -name __pycache__ -type d -prune -exec rm -rf {} + &&
+    find "$1" -type f \( -name '*.pyc' -o -name '*.pyi' -o -name '*.proto' \
+      -o -path '*.dist-info/RECORD' -o -path '*.dist-info/INSTALLER' -o -path '*.dist-info/REQUESTED' \) -delete &&
+    rm -rf "$1"/*/bin "$1"/*/test "$1"/*/ci &&
+    find "$1" -type f -name '*.so' -exec "$strip" --strip-unneeded {} +
 }
 maven_path() { echo "$1/$2/$3/$2-$3.jar"; } # maven_path GROUP_PATH ARTIFACT VERSION
 maven_fetch() { # maven_fetch GROUP_PATH ARTIFACT VERSION FILE: one jar from Maven Central, sha1-checked
@@ -133,11 +183,21 @@ PY
   return "$rc"
 }
 
-# Keyed by the lock's contents too: a regenerated lock of the same version installs anew.
-node_out=$cache/nodejs-$NODE_DISTRO_VERSION-$(lock_hash "$node_lock/package-lock.json")
-python_out=$cache/python-$PYTHON_DISTRO_VERSION-$py_tag-$arch-$(lock_hash "$py_lock"/*.txt)
+# Keyed by the lock's contents too: a regenerated lock of the same version installs anew (and the
+# Node.js bundle by its script).
+node_out=$cache/nodejs-$NODE_DISTRO_VERSION-$(lock_hash "$node_lock/package-lock.json" "$here/scripts/bundle-nodejs.js")
+# The Python tree by the code that installs and prunes it too.
+python_out=$cache/python-$PYTHON_DISTRO_VERSION-$arch-$(lock_hash "$py_lock"/*.txt <(declare -f python_fetch python_prune))
 fill "$node_out" node_fetch
+# Bundles of earlier locks or scripts (each a whole npm tree before the bundling).
+for old in "$cache/nodejs-"*; do
+  [[ $old == "$node_out" || $old == *.tmp.* || ! -d $old ]] || rm -rf "$old"
+done
 fill "$python_out" python_fetch
+# Python trees of earlier locks of this CPU (the other CPU's and in-progress ones are kept).
+for old in "$cache/python-"*; do
+  [[ $old == "$python_out" || $old == *.tmp.* || $old != *"-$arch-"* || ! -d $old ]] || rm -rf "$old"
+done
 # The Java agent is optional: the tree is complete without it, and the injector leaves
 # JAVA_TOOL_OPTIONS alone when the jar is absent. Without the extension (no javac, say) it is
 # left out too: the bare upstream agent would export to localhost. The built jar is keyed by
@@ -164,7 +224,7 @@ fi
 rm -rf "$dest/injector" "$dest/nodejs" "$dest/python" "$dest/java"
 mkdir -p "$dest/injector" "$dest/nodejs" "$dest/python/bootstrap"
 cp "$so" "$dest/injector/lumigo_injector.so"
-cp -r "$node_out/node_modules" "$dest/nodejs/"
+cp "$node_out/"* "$dest/nodejs/"
 cp "$here/payload/nodejs/register.js" "$dest/nodejs/register.js"
 cp -r "$python_out" "$dest/python/packages"
 cp "$here/payload/python/sitecustomize.py" "$dest/python/bootstrap/sitecustomize.py"
@@ -175,4 +235,4 @@ fi
 # Readable by every user: the init container copies as the pod's uid, and the app containers read
 # the copy as theirs. (The cache entries come from mktemp -d, which makes them 0700.)
 chmod -R a+rX "$dest"
-echo "payload: assembled $dest ($arch, python $py_tag${java_ok:+, java agent $JAVA_AGENT_VERSION + lumigo extension $java_hash})"
+echo "payload: assembled $dest ($arch, python ${py_sets// /,}${java_ok:+, java agent $JAVA_AGENT_VERSION + lumigo extension $java_hash})"

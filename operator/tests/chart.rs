@@ -1373,7 +1373,7 @@ fn the_image_recipes_use_what_exists_and_run_as_the_chart_expects() {
     let ignored = read("images/autotrace.Dockerfile.dockerignore");
     for needed in [
         "injector/payload/nodejs/package-lock.json",
-        "injector/payload/python/lock/cp311/wheels.txt",
+        "injector/payload/python/lock/layers.txt",
     ] {
         assert!(repo().join(needed).is_file(), "{needed} exists");
         let components: Vec<&str> = needed.split('/').collect();

@@ -1,9 +1,11 @@
-// Loaded through `NODE_OPTIONS=--require` by lumigo_injector.so. The bare specifier resolves
-// from this directory's node_modules, never the application's, and a tracer that fails to
-// load (an unsupported Node.js version, say) must not stop the application.
+// Loaded through `NODE_OPTIONS=--require` by lumigo_injector.so. lumigo.js beside it is the
+// Lumigo distro (@lumigo/opentelemetry) bundled with its dependencies by
+// scripts/bundle-nodejs.js; a relative path, so nothing resolves through the application's
+// node_modules. A tracer that fails to load (a Node.js version too old to parse the bundle,
+// say) must not stop the application, so this file itself uses only the oldest syntax.
 'use strict';
 try {
-  require('@lumigo/opentelemetry');
+  require('./lumigo.js');
 } catch (err) {
   if (String(process.env.LUMIGO_DEBUG).toLowerCase() === 'true') {
     console.error('lumigo: tracer not loaded:', err);
