@@ -135,21 +135,23 @@ sed 's/^/  /' "$work/lumigo.yaml"
 applied_at="$(date +%s.%N)"
 show "$kubectl" apply -n "$app_ns" -f "$work/lumigo.yaml"
 explain "The operator validates the token Secret, then rolls the injection into every existing workload: each" \
-        "Deployment's pods are replaced by pods whose init container copies the tracers into a shared volume."
+        "Deployment's pods are replaced by pods that mount the injector and the tracers read-only at /opt/lumigo."
 wait_for 240 "the rollout" bash -c "[[ \$('$kubectl' get lumigo lumigo -n $app_ns -o jsonpath='{.status.instrumentedCount}') == 4 ]]"
 "$kubectl" rollout status deployment -n "$app_ns" --timeout=180s >/dev/null
 show "$kubectl" get lumigoes -n "$app_ns" -o wide
-show --as "kubectl get pods -n $app_ns -o custom-columns=<pod, init container, its exit, ready>" \
-    "$kubectl" get pods -n "$app_ns" -o custom-columns='POD:.metadata.name,INIT:.spec.initContainers[*].name,INIT-EXIT:.status.initContainerStatuses[*].state.terminated.reason,READY:.status.containerStatuses[*].ready,RESTARTS:.status.containerStatuses[*].restartCount'
-explain "paymentservice (opted out) has no init container; frontend (a static binary) has one and runs unharmed."
+show --as "kubectl get pods -n $app_ns -o custom-columns=<pod, payload image volume, init containers, ready>" \
+    "$kubectl" get pods -n "$app_ns" -o custom-columns='POD:.metadata.name,PAYLOAD-IMAGE:.spec.volumes[?(@.name=="lumigo-injector")].image.reference,INIT:.spec.initContainers[*].name,READY:.status.containerStatuses[*].ready,RESTARTS:.status.containerStatuses[*].restartCount'
+explain "paymentservice (opted out) is untouched; frontend (a static binary) is injected too and runs unharmed."
+show --as "kubectl get lumigo lumigo -n $app_ns -o jsonpath='<the payload delivery>'" \
+    "$kubectl" get lumigo lumigo -n "$app_ns" -o jsonpath='payloadDelivery: {.status.payloadDelivery.mode} ({.status.payloadDelivery.reason}): {.status.payloadDelivery.message}{"\n"}'
+explain "This node runs Kubernetes 1.35 and containerd 2, so the autotrace image is mounted as an image volume:" \
+        "no copy, no init container, no per-pod storage. Where a node cannot, an init container copies it instead."
 show --as "kubectl get lumigo lumigo -n $app_ns -o jsonpath='<the Degraded condition>'" \
     "$kubectl" get lumigo lumigo -n "$app_ns" -o jsonpath='{range .status.conditions[?(@.type=="Degraded")]}Degraded={.status} ({.reason}): {.message}{"\n"}{end}'
 explain "The rollout was health-gated: a workload whose injected pods fail would have been rolled back and" \
         "named here."
 
-say "What the init container did, and what the app container got"
-show --as "kubectl logs -n $app_ns deploy/currencyservice -c lumigo-injector" \
-    "$kubectl" logs -n "$app_ns" deploy/currencyservice -c lumigo-injector
+say "What the app container got"
 show --as "kubectl get deployment currencyservice -n $app_ns -o jsonpath='<env of the server container>'" \
     "$kubectl" get deployment currencyservice -n "$app_ns" -o jsonpath='{range .spec.template.spec.containers[0].env[*]}{.name}={.value}{.valueFrom.secretKeyRef.name}{"\n"}{end}'
 show --as "kubectl logs -n $app_ns deploy/emailservice -c server | grep 'listening on'" \
@@ -196,15 +198,11 @@ show "$kubectl" get events -n "$app_ns" --field-selector reason=LumigoNoTraces \
 explain "frontend is injected but runs no Node.js, Python or Java: the operator says so instead of listing it as traced."
 
 say "Figures: the injected pods and the cluster's footprint"
-for pod in $("$kubectl" get pods -n "$app_ns" --field-selector=status.phase=Running -o jsonpath='{range .items[?(@.spec.initContainers)]}{.metadata.name}{"\n"}{end}'); do
+for pod in $("$kubectl" get pods -n "$app_ns" --field-selector=status.phase=Running -o jsonpath='{range .items[?(@.spec.volumes)]}{.metadata.name}{"\n"}{end}'); do
     uid="$("$kubectl" get pod "$pod" -n "$app_ns" -o jsonpath='{.metadata.uid}')"
-    times="$("$kubectl" get pod "$pod" -n "$app_ns" -o jsonpath='{.status.initContainerStatuses[0].state.terminated.startedAt} {.status.initContainerStatuses[0].state.terminated.finishedAt}')"
-    read -r started finished <<<"$times"
-    volume="$LUMIGO_NODE_DIR/kubelet/pods/$uid/volumes/kubernetes.io~empty-dir/lumigo-injector"
-    # A pod replaced since the list (its volume already gone) has no figures to give.
-    [[ -d "$volume" && -n "$finished" ]] || continue
-    bytes="$(du -sb "$volume" | cut -f1)"
-    explain "$pod: init container $(( $(date -d "$finished" +%s) - $(date -d "$started" +%s) )) s (1 s resolution), emptyDir $((bytes / 1024 / 1024)) MiB"
+    # An image volume is the image's own snapshot: nothing of the payload is in the pod's directory.
+    bytes="$(du -sb "$LUMIGO_NODE_DIR/kubelet/pods/$uid/volumes" 2>/dev/null | cut -f1)"
+    explain "$pod: no init container, $((${bytes:-0} / 1024)) KiB in the pod's volume directory on the node"
 done
 rss() { ps -o rss= -C "$1" | awk -v n="$1" '{ s += $1 } END { printf "%s %d MiB  ", n, s / 1024 }'; }
 explain "RSS: $(rss kubelet)$(rss containerd)$(rss kube-proxy)$(rss coredns)$(rss kube-scheduler)" \
@@ -212,8 +210,8 @@ explain "RSS: $(rss kubelet)$(rss containerd)$(rss kube-proxy)$(rss coredns)$(rs
 
 say "A Deployment created now is injected at admission, by the operator's built-in webhook"
 show "$kubectl" create deployment checkoutservice --image=lumigo-e2e.local/shop-node:1 -n "$app_ns"
-show --as "kubectl get deployment checkoutservice -n $app_ns -o jsonpath='<generation, init containers, label>'" \
-    "$kubectl" get deployment checkoutservice -n "$app_ns" -o jsonpath='generation: {.metadata.generation}  init containers: {.spec.template.spec.initContainers[*].name}  lumigo.auto-trace: {.metadata.labels.lumigo\.auto-trace}{"\n"}'
+show --as "kubectl get deployment checkoutservice -n $app_ns -o jsonpath='<generation, payload image, label>'" \
+    "$kubectl" get deployment checkoutservice -n "$app_ns" -o jsonpath='generation: {.metadata.generation}  payload image: {.spec.template.spec.volumes[?(@.name=="lumigo-injector")].image.reference}  lumigo.auto-trace: {.metadata.labels.lumigo\.auto-trace}{"\n"}'
 explain "Generation 1: it was stored injected by its very creation, no rollout needed."
 show "$kubectl" get events -n "$app_ns" --field-selector reason=LumigoAddedInstrumentation \
     -o custom-columns=WORKLOAD:.involvedObject.name,REASON:.reason,MESSAGE:.message
@@ -225,7 +223,7 @@ show "$kubectl" delete lumigo lumigo -n "$app_ns" --wait=true --timeout=120s
 wait_for 120 "the injected pods to be gone" bash -c "[[ -z \$('$kubectl' get pods -n $app_ns -o jsonpath='{.items[?(@.metadata.deletionTimestamp)].metadata.name}') ]]"
 sleep 3
 after="$("$kubectl" get deployment currencyservice -n "$app_ns" -o jsonpath='{.spec}' | sha256sum)"
-show "$kubectl" get pods -n "$app_ns" -o custom-columns='POD:.metadata.name,INIT:.spec.initContainers[*].name,READY:.status.containerStatuses[*].ready'
+show "$kubectl" get pods -n "$app_ns" -o custom-columns='POD:.metadata.name,VOLUMES:.spec.volumes[*].name,READY:.status.containerStatuses[*].ready'
 if [[ "$before" == "$after" ]]; then
     explain "currencyservice's spec is byte for byte what it was before Lumigo: restored."
 else

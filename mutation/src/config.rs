@@ -35,6 +35,22 @@ pub struct InjectionConfig {
     /// Written into the `lumigo.auto-trace` label; a different value on an object means it was
     /// injected by another version and is re-injected.
     pub operator_version: String,
+    /// How the payload reaches the pod's containers.
+    #[serde(default)]
+    pub payload_delivery: PayloadDelivery,
+}
+
+/// How the injector and the tracers reach `/opt/lumigo` in a pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PayloadDelivery {
+    /// An init container copies the payload into an emptyDir: works on every runtime, costs a
+    /// copy and the payload's size of ephemeral storage per pod.
+    #[default]
+    InitContainer,
+    /// The image itself is mounted read-only (`volumes[].image`, Kubernetes 1.35 by default; the
+    /// runtime must be containerd 2.1 or CRI-O 1.31 or later): no copy, no per-pod storage.
+    ImageVolume,
 }
 
 fn default_traces_endpoint() -> String {

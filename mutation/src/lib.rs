@@ -19,7 +19,7 @@ pub mod workload;
 
 use serde_json::Value;
 
-pub use config::{ConfigError, InjectionConfig, SecretKeyRef};
+pub use config::{ConfigError, InjectionConfig, PayloadDelivery, SecretKeyRef};
 pub use outcome::{Change, Outcome, Reason};
 pub use patch_answer::{InjectionChange, PatchAnswer};
 pub use rollback::{roll_back, rollback_marker, Failure, RollbackMarker};

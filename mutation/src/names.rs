@@ -7,6 +7,9 @@ pub const INJECTOR_NAME: &str = "lumigo-injector";
 pub const INIT_TARGET_DIRECTORY: &str = "/target";
 /// Where app containers see the volume.
 pub const PAYLOAD_MOUNT_PATH: &str = "/opt/lumigo";
+/// Where the payload is inside the autotrace image, relative to its root: the `subPath` of an
+/// image volume's mount.
+pub const PAYLOAD_IMAGE_DIRECTORY: &str = "opt/lumigo";
 /// The preloaded object, inside the payload mount.
 pub const INJECTOR_LIBRARY_PATH: &str = "/opt/lumigo/injector/lumigo_injector.so";
 /// Size limit of the payload volume: the payload is about 120 MB for all runtimes.

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::config::InjectionConfig;
+use crate::config::{InjectionConfig, PayloadDelivery};
 use crate::env::{
     ld_preload_entry, lumigo_variables, names_injector, prepend_injector, strip_injector,
 };
@@ -107,7 +107,8 @@ fn inject_spec(
     config: &InjectionConfig,
     record: &mut Record,
 ) -> Result<(), Reason> {
-    let init_container = init_container(spec, config);
+    let init_container = (config.payload_delivery == PayloadDelivery::InitContainer)
+        .then(|| init_container(spec, config));
 
     let volumes = array_at(spec, "volumes", "volumes", &mut record.volumes)?;
     if position_named(volumes, INJECTOR_NAME).is_some() {
@@ -115,21 +116,30 @@ fn inject_spec(
             "the pod already has a volume named {INJECTOR_NAME}"
         )));
     }
-    volumes.push(json!({"name": INJECTOR_NAME, "emptyDir": {"sizeLimit": VOLUME_SIZE_LIMIT}}));
+    volumes.push(payload_volume(config));
 
-    let init_containers = array_at(
-        spec,
-        "initContainers",
-        "initContainers",
-        &mut record.init_containers,
-    )?;
-    if position_named(init_containers, INJECTOR_NAME).is_some() {
+    // The name is the injection's in both modes: removal takes out the init container of that
+    // name, so a user's own one would be lost even where none is added.
+    let named_init_container = |spec: &Map<String, Value>| {
+        spec.get("initContainers")
+            .and_then(Value::as_array)
+            .is_some_and(|list| position_named(list, INJECTOR_NAME).is_some())
+    };
+    if named_init_container(spec) {
         return Err(Reason::Conflict(format!(
             "the pod already has an init container named {INJECTOR_NAME}"
         )));
     }
-    // First, so that native sidecars (restartable init containers) find the payload in place.
-    init_containers.insert(0, init_container);
+    if let Some(init_container) = init_container {
+        let init_containers = array_at(
+            spec,
+            "initContainers",
+            "initContainers",
+            &mut record.init_containers,
+        )?;
+        // First, so that native sidecars (restartable init containers) find the payload in place.
+        init_containers.insert(0, init_container);
+    }
 
     let containers = spec
         .get_mut("containers")
@@ -176,7 +186,7 @@ fn inject_container(
              {PAYLOAD_MOUNT_PATH}"
         )));
     }
-    mounts.push(json!({"name": INJECTOR_NAME, "mountPath": PAYLOAD_MOUNT_PATH, "readOnly": true}));
+    mounts.push(payload_mount(config.payload_delivery));
 
     let env = array_at(container, "env", "env", &mut record.env)?;
     match position_named(env, LD_PRELOAD) {
@@ -217,6 +227,33 @@ fn inject_container(
         }
     }
     Ok(record)
+}
+
+/// The pod's volume that holds the payload: the autotrace image itself, or the emptyDir the init
+/// container fills.
+fn payload_volume(config: &InjectionConfig) -> Value {
+    match config.payload_delivery {
+        PayloadDelivery::InitContainer => {
+            json!({"name": INJECTOR_NAME, "emptyDir": {"sizeLimit": VOLUME_SIZE_LIMIT}})
+        }
+        // The pull policy the API server would default for a pinned reference, written out (as
+        // for the init container) so that a stored object equals a fresh injection.
+        PayloadDelivery::ImageVolume => json!({
+            "name": INJECTOR_NAME,
+            "image": {"reference": config.injector_image, "pullPolicy": "IfNotPresent"}
+        }),
+    }
+}
+
+/// An app container's mount of the payload volume at `/opt/lumigo`. The image keeps the payload
+/// at the same path as the copy step reads it from, so an image volume mounts that directory.
+fn payload_mount(delivery: PayloadDelivery) -> Value {
+    let mut mount =
+        json!({"name": INJECTOR_NAME, "mountPath": PAYLOAD_MOUNT_PATH, "readOnly": true});
+    if delivery == PayloadDelivery::ImageVolume {
+        mount["subPath"] = Value::String(PAYLOAD_IMAGE_DIRECTORY.to_owned());
+    }
+    mount
 }
 
 /// The init container that copies the payload into the shared volume, compliant with Pod

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bytes, config, workload};
+use common::{bytes, config_delivering, workload};
 use lumigo_mutation::names::*;
 use lumigo_mutation::*;
 use proptest::prelude::*;
@@ -129,6 +129,13 @@ fn any_workload() -> impl Strategy<Value = (WorkloadKind, Value)> {
         })
 }
 
+fn any_delivery() -> impl Strategy<Value = PayloadDelivery> {
+    prop_oneof![
+        Just(PayloadDelivery::InitContainer),
+        Just(PayloadDelivery::ImageVolume)
+    ]
+}
+
 /// The object with every owned item taken away by name, and empty maps and lists dropped:
 /// what remains is what the injection must never touch.
 fn without_owned_items(value: &Value) -> Value {
@@ -180,22 +187,26 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn injection_is_idempotent((kind, original) in any_workload()) {
+    fn injection_is_idempotent((kind, original) in any_workload(), delivery in any_delivery()) {
+        let config = config_delivering(delivery);
         let mut once = original.clone();
-        let first = inject(&mut once, kind, &config(), Operation::Create);
+        let first = inject(&mut once, kind, &config, Operation::Create);
         prop_assert_eq!(first, Outcome::Changed(Change::Injected));
         let mut twice = once.clone();
         prop_assert_eq!(
-            inject(&mut twice, kind, &config(), Operation::Update),
+            inject(&mut twice, kind, &config, Operation::Update),
             Outcome::Unchanged(Reason::AlreadyInjected)
         );
         prop_assert_eq!(bytes(&twice), bytes(&once));
     }
 
     #[test]
-    fn removal_gives_back_the_input_exactly((kind, original) in any_workload()) {
+    fn removal_gives_back_the_input_exactly(
+        (kind, original) in any_workload(),
+        delivery in any_delivery()
+    ) {
         let mut object = original.clone();
-        inject(&mut object, kind, &config(), Operation::Create);
+        inject(&mut object, kind, &config_delivering(delivery), Operation::Create);
         prop_assert_eq!(
             remove(&mut object, kind, Operation::Create),
             Outcome::Changed(Change::Removed)
@@ -206,13 +217,14 @@ proptest! {
     #[test]
     fn reinjection_with_other_settings_still_removes_exactly(
         (kind, original) in any_workload(),
-        logs in any::<bool>()
+        logs in any::<bool>(),
+        deliveries in (any_delivery(), any_delivery())
     ) {
-        let mut old = config();
+        let mut old = config_delivering(deliveries.0);
         old.operator_version = "0.0.1".into();
         let mut object = original.clone();
         inject(&mut object, kind, &old, Operation::Create);
-        let mut new = config();
+        let mut new = config_delivering(deliveries.1);
         new.enable_logs = logs;
         prop_assert!(matches!(
             inject(&mut object, kind, &new, Operation::Create),
@@ -223,9 +235,9 @@ proptest! {
     }
 
     #[test]
-    fn only_owned_items_differ((kind, original) in any_workload()) {
+    fn only_owned_items_differ((kind, original) in any_workload(), delivery in any_delivery()) {
         let mut object = original.clone();
-        inject(&mut object, kind, &config(), Operation::Create);
+        inject(&mut object, kind, &config_delivering(delivery), Operation::Create);
         prop_assert_eq!(without_owned_items(&object), without_owned_items(&original));
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{bytes, config, workload};
+use common::{bytes, config, config_delivering, workload};
 use lumigo_mutation::names::*;
 use lumigo_mutation::*;
 use serde_json::{json, Value};
@@ -588,4 +588,116 @@ fn an_object_being_deleted_is_left_alone() {
         ),
         Outcome::Unchanged(Reason::Terminating)
     );
+}
+
+#[test]
+fn an_image_volume_mounts_the_image_with_no_copy() {
+    let original = deployment(json!([{"name": "app", "image": "node:22"}]));
+    let mut object = original.clone();
+    let image_volume = config_delivering(PayloadDelivery::ImageVolume);
+    let outcome = inject(
+        &mut object,
+        WorkloadKind::Deployment,
+        &image_volume,
+        Operation::Create,
+    );
+    assert_eq!(outcome, Outcome::Changed(Change::Injected));
+
+    let spec = &object["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["volumes"],
+        json!([{
+            "name": INJECTOR_NAME,
+            "image": {
+                "reference": "ghcr.io/lumigo-rs/autotrace:0.1.0",
+                "pullPolicy": "IfNotPresent"
+            }
+        }])
+    );
+    assert!(
+        spec.get("initContainers").is_none(),
+        "no copy step: {spec:#}"
+    );
+    assert_eq!(
+        spec["containers"][0]["volumeMounts"],
+        json!([{
+            "name": INJECTOR_NAME,
+            "mountPath": PAYLOAD_MOUNT_PATH,
+            "readOnly": true,
+            "subPath": PAYLOAD_IMAGE_DIRECTORY
+        }])
+    );
+    assert_eq!(
+        env_value(&object, 0, LD_PRELOAD).unwrap()["value"],
+        INJECTOR_LIBRARY_PATH
+    );
+
+    remove(&mut object, WorkloadKind::Deployment, Operation::Update);
+    assert_eq!(bytes(&object), bytes(&original));
+}
+
+#[test]
+fn switching_the_delivery_reinjects_and_removal_stays_exact() {
+    let original = deployment(json!([{"name": "app", "image": "node:22"}]));
+    let mut object = original.clone();
+    let copied = config();
+    let mounted = config_delivering(PayloadDelivery::ImageVolume);
+    inject(
+        &mut object,
+        WorkloadKind::Deployment,
+        &copied,
+        Operation::Create,
+    );
+    let outcome = inject(
+        &mut object,
+        WorkloadKind::Deployment,
+        &mounted,
+        Operation::Update,
+    );
+    assert!(
+        matches!(outcome, Outcome::Changed(Change::Reinjected { .. })),
+        "{outcome:?}"
+    );
+    let spec = &object["spec"]["template"]["spec"];
+    assert!(spec.get("initContainers").is_none(), "{spec:#}");
+    assert!(spec["volumes"][0].get("image").is_some(), "{spec:#}");
+
+    let outcome = inject(
+        &mut object,
+        WorkloadKind::Deployment,
+        &copied,
+        Operation::Update,
+    );
+    assert!(matches!(
+        outcome,
+        Outcome::Changed(Change::Reinjected { .. })
+    ));
+    assert_eq!(
+        object["spec"]["template"]["spec"]["initContainers"][0]["name"],
+        INJECTOR_NAME
+    );
+    remove(&mut object, WorkloadKind::Deployment, Operation::Update);
+    assert_eq!(bytes(&object), bytes(&original));
+}
+
+#[test]
+fn an_init_container_of_the_injectors_name_is_a_conflict_in_either_mode() {
+    for delivery in [PayloadDelivery::InitContainer, PayloadDelivery::ImageVolume] {
+        let mut object = deployment(json!([{"name": "app", "image": "node:22"}]));
+        object["spec"]["template"]["spec"]["initContainers"] =
+            json!([{"name": INJECTOR_NAME, "image": "busybox:1"}]);
+        let before = object.clone();
+        let outcome = inject(
+            &mut object,
+            WorkloadKind::Deployment,
+            &config_delivering(delivery),
+            Operation::Create,
+        );
+        let conflict = matches!(
+            &outcome,
+            Outcome::Unchanged(Reason::Conflict(why)) if why.contains("init container")
+        );
+        assert!(conflict, "{delivery:?}: {outcome:?}");
+        assert_eq!(object, before, "{delivery:?}: untouched");
+    }
 }

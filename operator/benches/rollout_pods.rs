@@ -33,7 +33,7 @@ async fn rolled_out_count(client: &kube::Client, namespace: &str, injected: bool
         count += page
             .iter()
             .filter(|d| rolled_out(WorkloadKind::Deployment, d))
-            .filter(|d| !injected || d["spec"]["template"]["spec"]["initContainers"].is_array())
+            .filter(|d| !injected || d["spec"]["template"]["spec"]["volumes"].is_array())
             .count();
         match next {
             Some(next) => token = Some(next),

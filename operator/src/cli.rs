@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use lumigo_mutation::config::{DEFAULT_LOGS_ENDPOINT, DEFAULT_TRACES_ENDPOINT};
 
 use crate::admission::AdmissionLimits;
+use crate::delivery::DeliveryChoice;
 use crate::settings::{OperatorSettings, ProtectedNamespaces};
 
 #[derive(Parser, Debug)]
@@ -77,6 +78,16 @@ pub struct InjectionArgs {
         hide = true
     )]
     pub operator_version: String,
+    /// How the payload reaches pods (a `Lumigo` resource's `spec.tracing.injection.payloadDelivery`
+    /// overrides it): `auto` mounts the injector image as an image volume where every node and the
+    /// API server support one, and copies it with an init container where not.
+    #[arg(
+        long,
+        env = "LUMIGO_PAYLOAD_DELIVERY",
+        value_enum,
+        default_value_t = DeliveryChoice::Auto
+    )]
+    pub payload_delivery: DeliveryChoice,
     /// Workload writes in flight at once during a rollout.
     #[arg(long, env = "LUMIGO_MAX_CONCURRENT_WRITES", default_value_t = 8)]
     pub max_concurrent_writes: usize,
@@ -128,6 +139,7 @@ impl InjectionArgs {
             traces_endpoint: self.traces_endpoint.clone(),
             logs_endpoint: self.logs_endpoint.clone(),
             operator_version: self.operator_version.clone(),
+            payload_delivery: self.payload_delivery,
         }
     }
 }

@@ -3,6 +3,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
+
+use crate::delivery::{DeliveryChoice, DeliveryStatus};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +31,12 @@ pub const FINALIZER: &str = "operator.lumigo.io/lumigo-finalizer";
         json_path = ".status.instrumentedCount"
     ),
     printcolumn(name = "Tracing", type_ = "string", json_path = ".status.tracing"),
+    printcolumn(
+        name = "Delivery",
+        type_ = "string",
+        priority = "1",
+        json_path = ".status.payloadDelivery.mode"
+    ),
     printcolumn(
         name = "Error",
         type_ = "string",
@@ -105,6 +113,11 @@ pub struct Injection {
     /// How existing workloads are restarted into the injection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// How the injector and the tracers reach the pods: `auto` (an image volume where every node
+    /// and the API server support one, else an init container), `imageVolume` or
+    /// `initContainer`. Unset: the operator's setting (the chart's `injection.payloadDelivery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_delivery: Option<DeliveryChoice>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -125,6 +138,7 @@ impl Default for Injection {
             inject_lumigo_into_existing_resources_on_creation: true,
             remove_lumigo_from_resources_on_deletion: true,
             rollout: None,
+            payload_delivery: None,
         }
     }
 }
@@ -164,6 +178,9 @@ pub struct LumigoStatus {
     /// Workloads given back uninjected because the injection broke their pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rolled_back_resources: Vec<RolledBackResource>,
+    /// How the payload reaches this namespace's pods, and why (admission injects the same way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_delivery: Option<DeliveryStatus>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -337,7 +354,18 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Active", "Instrumented", "Tracing", "Error", "Age"]
+            [
+                "Active",
+                "Instrumented",
+                "Tracing",
+                "Delivery",
+                "Error",
+                "Age"
+            ]
+        );
+        assert_eq!(
+            injection["payloadDelivery"]["enum"],
+            json!(["auto", "imageVolume", "initContainer"])
         );
         assert_eq!(crd["spec"]["names"]["plural"], "lumigoes");
         assert!(version["subresources"]["status"].is_object());

@@ -44,6 +44,8 @@ pub enum EventReason {
     TracesReceived,
     NoTraces,
     RolloutHalted,
+    /// `payloadDelivery: imageVolume` was asked for where the cluster cannot mount one.
+    ImageVolumeUnsupported,
     RemovalIncomplete,
     AdmissionUnavailable,
 }
@@ -72,6 +74,7 @@ impl EventReason {
             EventReason::TracesReceived => "LumigoTracesReceived",
             EventReason::NoTraces => "LumigoNoTraces",
             EventReason::RolloutHalted => "LumigoRolloutHalted",
+            EventReason::ImageVolumeUnsupported => "LumigoImageVolumeUnsupported",
             EventReason::RemovalIncomplete => "LumigoRemovalIncomplete",
             EventReason::AdmissionUnavailable => "LumigoAdmissionUnavailable",
         }
@@ -107,7 +110,9 @@ impl EventReason {
             | EventReason::RemovalIncomplete => EventAction::RemoveInstrumentation,
             EventReason::RolledBackInstrumentation => EventAction::RollBackInstrumentation,
             EventReason::TracesReceived | EventReason::NoTraces => EventAction::VerifyTracing,
-            EventReason::RolloutHalted => EventAction::RollOut,
+            EventReason::RolloutHalted | EventReason::ImageVolumeUnsupported => {
+                EventAction::RollOut
+            }
             EventReason::AdmissionUnavailable => EventAction::Admit,
         }
     }
@@ -487,7 +492,7 @@ impl Events {
 mod tests {
     use super::*;
 
-    const EVERY_REASON: [EventReason; 11] = [
+    const EVERY_REASON: [EventReason; 12] = [
         EventReason::AddedInstrumentation,
         EventReason::UpdatedInstrumentation,
         EventReason::RemovedInstrumentation,
@@ -497,6 +502,7 @@ mod tests {
         EventReason::TracesReceived,
         EventReason::NoTraces,
         EventReason::RolloutHalted,
+        EventReason::ImageVolumeUnsupported,
         EventReason::RemovalIncomplete,
         EventReason::AdmissionUnavailable,
     ];

@@ -13,6 +13,7 @@ use lumigo_mutation::{inject, InjectionConfig, Operation, Outcome, WorkloadKind}
 use serde_json::{json, Value};
 
 use crate::cli::InjectionArgs;
+use crate::delivery::{ClusterSupport, ImageVolumes};
 use crate::reconciler::Context;
 use crate::settings::ProtectedNamespaces;
 use crate::tracing_watch::TracingWatch;
@@ -208,6 +209,9 @@ pub fn context(client: Client) -> Context {
         None,
         None,
         TracingWatch::disabled(),
+        ClusterSupport::fixed(ImageVolumes::Unsupported(
+            "no node answers the fake API server".into(),
+        )),
     )
 }
 

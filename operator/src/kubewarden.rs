@@ -104,12 +104,19 @@ mod tests {
             traces_endpoint: "http://t/v1/traces".into(),
             logs_endpoint: "http://t/v1/logs".into(),
             operator_version: "0.1.0".into(),
+            payload_delivery: crate::delivery::DeliveryChoice::Auto,
         };
-        let config = crate::settings::injection_config(&lumigo, &operator).unwrap();
+        let config = crate::settings::injection_config(
+            &lumigo,
+            &operator,
+            lumigo_mutation::PayloadDelivery::ImageVolume,
+        )
+        .unwrap();
         let policy = admission_policy(&lumigo, &config, "registry://example/policy:v0.1.0");
         assert_eq!(policy["metadata"]["namespace"], "shop");
         assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], "u-1");
         assert_eq!(policy["spec"]["settings"]["enableLogs"], true);
+        assert_eq!(policy["spec"]["settings"]["payloadDelivery"], "imageVolume");
         assert_eq!(
             policy["spec"]["settings"]["tokenSecret"],
             json!({"name": "creds", "key": "token"})

@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod cli;
 pub mod crd;
+pub mod delivery;
 mod error;
 mod events;
 #[cfg(test)]

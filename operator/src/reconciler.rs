@@ -21,12 +21,14 @@ use serde_json::json;
 use lumigo_mutation::{Failure, InjectionConfig};
 
 use crate::crd::{InstrumentedResource, Lumigo, RolloutHalt, RolloutStatus, FINALIZER};
+use crate::delivery::{self, ClusterSupport, DeliveryChoice, DeliveryMode, DeliveryStatus};
 use crate::error::{Error, Result};
 use crate::events::{EventReason, Events};
 use crate::metrics::Metrics;
 use crate::rollout::{Desired, RolloutSettings, RolloutSlots, Sweeper};
 use crate::settings::{
-    injection_config, instrumenting, rollout_halted, OperatorSettings, ProtectedNamespaces,
+    delivery_choice, injection_config, instrumenting, rollout_halted, OperatorSettings,
+    ProtectedNamespaces,
 };
 use crate::status::{next_status, Health, RolloutView};
 use crate::token::check_secret_data;
@@ -62,6 +64,8 @@ pub struct Context {
     pub slots: RolloutSlots,
     /// Consecutive failed reconciles per resource uid, for the retries' backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Whether the cluster's pods can mount the injector image, for the payload delivery.
+    pub image_volumes: ClusterSupport,
 }
 
 impl Context {
@@ -103,6 +107,7 @@ pub async fn run(
     controller: Controller<Lumigo>,
     store: Store<Lumigo>,
     watches: Client,
+    delivery_changes: impl Stream<Item = ()> + Send + 'static,
 ) {
     let (tracing_changes, tracing_requests) = futures::channel::mpsc::unbounded();
     let watch = tokio::spawn(tracing_watch::run(
@@ -115,6 +120,8 @@ pub async fn run(
             workload_changes(watches, store).boxed(),
             tracing_requests.boxed(),
         ))
+        // Every resource decides its payload delivery again when the nodes' support changes.
+        .reconcile_all_on(delivery_changes)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -236,7 +243,7 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
                 ctx.protected.names().join(", ")
             ),
         };
-        write_status(lumigo, ctx, api, &health, None, None).await?;
+        write_status(lumigo, ctx, api, &health, None, None, None).await?;
         return Ok(Action::await_change());
     }
     if let Some(first) = earlier_resource_in_namespace(lumigo, api).await? {
@@ -247,11 +254,15 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
                  only one is used per namespace, delete this one"
             ),
         };
-        write_status(lumigo, ctx, api, &health, None, None).await?;
+        write_status(lumigo, ctx, api, &health, None, None, None).await?;
         return Ok(Action::await_change());
     }
+    let delivery = delivery::resolve(
+        delivery_choice(lumigo, &ctx.operator),
+        &ctx.image_volumes.known().await,
+    );
     let config = match check_secret(lumigo, ctx, &namespace).await? {
-        Ok(()) => injection_config(lumigo, &ctx.operator),
+        Ok(()) => injection_config(lumigo, &ctx.operator, delivery.mode.into()),
         Err(message) => {
             stop_kubewarden_admission(ctx, &namespace).await?;
             let message = match lumigo.annotations().get(crate::onboarding::TOKEN_SOURCE) {
@@ -265,7 +276,7 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
                 reason: "InvalidToken",
                 message,
             };
-            write_status(lumigo, ctx, api, &health, None, None).await?;
+            write_status(lumigo, ctx, api, &health, None, None, None).await?;
             return Ok(Action::requeue(SECRET_RECHECK));
         }
     };
@@ -276,7 +287,7 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
             message: "the token is valid; injection is disabled by spec.tracing.injection.enabled"
                 .into(),
         };
-        write_status(lumigo, ctx, api, &health, None, None).await?;
+        write_status(lumigo, ctx, api, &health, None, None, None).await?;
         return Ok(Action::await_change());
     };
     // Read fresh: the store may not have the halt the previous reconcile wrote yet, and a
@@ -359,7 +370,17 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
             if count == 1 { "" } else { "s" }
         ),
     };
-    write_status(lumigo, ctx, api, &health, Some(listed), Some(rollout)).await?;
+    announce_fallback(lumigo, ctx, &delivery).await;
+    write_status(
+        lumigo,
+        ctx,
+        api,
+        &health,
+        Some(listed),
+        Some(rollout),
+        Some(delivery),
+    )
+    .await?;
     if report.in_progress > 0 || (report.pending > 0 && !halted && report.halt.is_none()) {
         return Ok(Action::requeue(ctx.rollout.check_interval));
     }
@@ -548,6 +569,30 @@ async fn check_secret(
     }
 }
 
+/// A warning on the resource when it asks for an image volume the cluster cannot mount, once
+/// per change of the decision (the status says it for as long as it holds).
+async fn announce_fallback(lumigo: &Lumigo, ctx: &Context, delivery: &DeliveryStatus) {
+    let asked_for_image_volume =
+        lumigo.spec.tracing.injection.payload_delivery == Some(DeliveryChoice::ImageVolume);
+    let decided_before = lumigo
+        .status
+        .as_ref()
+        .and_then(|status| status.payload_delivery.as_ref());
+    if asked_for_image_volume
+        && delivery.mode == DeliveryMode::InitContainer
+        && decided_before != Some(delivery)
+    {
+        ctx.events
+            .on_resource(
+                &resource_reference(lumigo),
+                EventReason::ImageVolumeUnsupported,
+                delivery.message.clone(),
+            )
+            .await;
+    }
+}
+
+/// Writes the status for `health`; each `None` keeps that part as it is.
 async fn write_status(
     lumigo: &Lumigo,
     ctx: &Context,
@@ -555,14 +600,18 @@ async fn write_status(
     health: &Health,
     instrumented: Option<Vec<InstrumentedResource>>,
     rollout: Option<RolloutView>,
+    delivery: Option<DeliveryStatus>,
 ) -> Result<()> {
-    let status = next_status(
+    let mut status = next_status(
         lumigo.status.as_ref(),
         lumigo.metadata.generation,
         health,
         instrumented,
         rollout,
     );
+    if delivery.is_some() {
+        status.payload_delivery = delivery;
+    }
     if lumigo.status.as_ref() == Some(&status) {
         return Ok(());
     }

@@ -14,6 +14,7 @@ use crate::admission::compile::PolicyCompiler;
 use crate::admission::{self, AdmissionOptions, TlsOptions};
 use crate::cli::{AdmissionEngine, RunArgs};
 use crate::crd::InstrumentedResource;
+use crate::delivery::{self, ClusterSupport, ImageVolumes};
 use crate::error::Result;
 use crate::events::{EventReason, Events, CONTROLLER_NAME};
 use crate::health::{self, Probes};
@@ -35,6 +36,7 @@ pub fn context(
     instance: Option<String>,
     kubewarden_module: Option<String>,
     tracing: TracingWatch,
+    image_volumes: ClusterSupport,
 ) -> Context {
     Context {
         tracing,
@@ -49,6 +51,7 @@ pub fn context(
         rollout: RolloutSettings::from_args(&injection.rollout),
         slots: RolloutSlots::new(limit(injection.rollout.rollout_max_in_progress_cluster)),
         failures: Default::default(),
+        image_volumes,
     }
 }
 
@@ -72,6 +75,8 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
     let (client, watches) = api_clients(args.api_timeout).await?;
     let kubewarden_module = (args.admission_engine == AdmissionEngine::Kubewarden)
         .then(|| args.kubewarden_policy_module.clone());
+    // Only the leader drives the node watch (through the controller), so standbys watch nothing.
+    let (image_volumes, delivery_changes) = delivery::watch_nodes(watches.clone());
     let ctx = Arc::new(context(
         client.clone(),
         &args.injection,
@@ -79,6 +84,7 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
         Some(args.identity.clone()),
         kubewarden_module,
         tracing_watch(&args),
+        image_volumes,
     ));
     let ready = Arc::new(AtomicBool::new(false));
     let probes = Probes {
@@ -120,7 +126,13 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
             }
         };
         tokio::select! {
-            () = reconciler::run(ctx.clone(), controller, store, watches.clone()) => {
+            () = reconciler::run(
+                ctx.clone(),
+                controller,
+                store,
+                watches.clone(),
+                delivery_changes,
+            ) => {
                 tracing::info!("controller stopped");
                 Ok(())
             }
@@ -301,6 +313,10 @@ pub async fn uninstall(args: crate::cli::UninstallArgs) -> Result<()> {
         None,
         None,
         TracingWatch::disabled(),
+        // Removal takes out what each workload's record names, whatever the delivery.
+        ClusterSupport::fixed(ImageVolumes::Unsupported(
+            "not consulted by uninstall".into(),
+        )),
     );
     let report = crate::uninstall::uninstall(
         &ctx,

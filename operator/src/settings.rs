@@ -1,9 +1,10 @@
 //! The operator's own configuration, and the injection settings it derives for a namespace
 //! from its `Lumigo` resource (the same JSON the Kubewarden policy takes).
 
-use lumigo_mutation::{InjectionConfig, SecretKeyRef};
+use lumigo_mutation::{InjectionConfig, PayloadDelivery, SecretKeyRef};
 
 use crate::crd::Lumigo;
+use crate::delivery::DeliveryChoice;
 use crate::status::ACTIVE;
 
 /// Namespaces nothing is injected into, by the rollout or at admission: the cluster's own, the
@@ -59,6 +60,8 @@ pub struct OperatorSettings {
     /// Written into the `lumigo.auto-trace` label; workloads labelled by another version are
     /// re-injected.
     pub operator_version: String,
+    /// How the payload reaches pods, unless a `Lumigo` resource says otherwise.
+    pub payload_delivery: DeliveryChoice,
 }
 
 /// The resource that instruments a namespace, among that namespace's `Lumigo` resources: the
@@ -76,8 +79,34 @@ pub fn instrumenting<'a>(lumigos: impl IntoIterator<Item = &'a Lumigo>) -> Optio
         })
 }
 
+/// The delivery a resource asks for: its own, else the operator's.
+pub fn delivery_choice(lumigo: &Lumigo, operator: &OperatorSettings) -> DeliveryChoice {
+    lumigo
+        .spec
+        .tracing
+        .injection
+        .payload_delivery
+        .unwrap_or(operator.payload_delivery)
+}
+
+/// The delivery the reconciler decided for the resource and wrote into its status; an init
+/// container until it has (it works on every cluster).
+fn decided_delivery(lumigo: &Lumigo) -> PayloadDelivery {
+    lumigo
+        .status
+        .as_ref()
+        .and_then(|status| status.payload_delivery.as_ref())
+        .map_or(PayloadDelivery::InitContainer, |decided| {
+            decided.mode.into()
+        })
+}
+
 /// The injection settings of a namespace, or `None` when its resource does not ask for injection.
-pub fn injection_config(lumigo: &Lumigo, operator: &OperatorSettings) -> Option<InjectionConfig> {
+pub fn injection_config(
+    lumigo: &Lumigo,
+    operator: &OperatorSettings,
+    delivery: PayloadDelivery,
+) -> Option<InjectionConfig> {
     if !lumigo.spec.tracing.injection.enabled || lumigo.metadata.deletion_timestamp.is_some() {
         return None;
     }
@@ -93,6 +122,7 @@ pub fn injection_config(lumigo: &Lumigo, operator: &OperatorSettings) -> Option<
         enable_traces: lumigo.spec.tracing.enabled,
         enable_logs: lumigo.spec.logging.enabled,
         operator_version: operator.operator_version.clone(),
+        payload_delivery: delivery,
     })
 }
 
@@ -100,7 +130,8 @@ pub fn injection_config(lumigo: &Lumigo, operator: &OperatorSettings) -> Option<
 /// exactly where the rollout injects. Not in a protected namespace; from the resource that
 /// instruments the namespace; only once the reconciler has found its token valid (its `Active`
 /// condition is true; a missing or wrong token makes it false, and the rollout injects nothing
-/// then either); injection enabled; and not while the rollout is halted for these settings.
+/// then either); injection enabled; with the payload delivery the reconciler decided; and not
+/// while the rollout is halted for these settings.
 pub fn admission_settings<'a>(
     namespace: &str,
     lumigos: impl IntoIterator<Item = &'a Lumigo>,
@@ -114,7 +145,8 @@ pub fn admission_settings<'a>(
     if !token_verified(winner) {
         return None;
     }
-    injection_config(winner, operator).filter(|config| !rollout_halted(winner, config))
+    injection_config(winner, operator, decided_delivery(winner))
+        .filter(|config| !rollout_halted(winner, config))
 }
 
 /// Whether the reconciler's last verdict on the resource is `Active`: its token Secret exists and
@@ -178,6 +210,7 @@ mod tests {
             traces_endpoint: "http://proxy:4318/v1/traces".into(),
             logs_endpoint: "http://proxy:4318/v1/logs".into(),
             operator_version: "0.1.0".into(),
+            payload_delivery: DeliveryChoice::Auto,
         }
     }
 
@@ -232,6 +265,43 @@ mod tests {
     }
 
     #[test]
+    fn admission_delivers_the_payload_as_the_status_decided() {
+        let protected = ProtectedNamespaces::new("lumigo-system");
+        let mut active = with_active(
+            lumigo("a", "2026-01-01T00:00:00Z", false),
+            "True",
+            "Instrumenting",
+        );
+        let delivery = |lumigo: &Lumigo| {
+            admission_settings("shop", [lumigo], &operator(), &protected)
+                .unwrap()
+                .payload_delivery
+        };
+        assert_eq!(delivery(&active), PayloadDelivery::InitContainer);
+        active.status.as_mut().unwrap().payload_delivery = Some(
+            serde_json::from_value(json!({
+                "mode": "imageVolume", "reason": "ImageVolumeSupported", "message": ""
+            }))
+            .unwrap(),
+        );
+        assert_eq!(delivery(&active), PayloadDelivery::ImageVolume);
+    }
+
+    #[test]
+    fn a_resource_overrides_the_operators_delivery() {
+        let mut resource = lumigo("a", "2026-01-01T00:00:00Z", false);
+        assert_eq!(
+            delivery_choice(&resource, &operator()),
+            DeliveryChoice::Auto
+        );
+        resource.spec.tracing.injection.payload_delivery = Some(DeliveryChoice::InitContainer);
+        assert_eq!(
+            delivery_choice(&resource, &operator()),
+            DeliveryChoice::InitContainer
+        );
+    }
+
+    #[test]
     fn the_webhook_selector_lists_every_protected_namespace() {
         let protected = ProtectedNamespaces::new("ops");
         for name in protected.names() {
@@ -264,8 +334,12 @@ mod tests {
             injector_image: image.clone(),
             ..operator()
         };
-        let config =
-            injection_config(&lumigo("a", "2026-01-01T00:00:00Z", false), &operator).unwrap();
+        let config = injection_config(
+            &lumigo("a", "2026-01-01T00:00:00Z", false),
+            &operator,
+            PayloadDelivery::InitContainer,
+        )
+        .unwrap();
         assert_eq!(config.injector_image, image);
         assert_eq!(config.validate(), Ok(()));
         assert_eq!(config.label_value(), "lumigo-operator.v0.1.0");

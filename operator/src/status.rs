@@ -108,6 +108,7 @@ pub fn next_status(
         instrumented_resources,
         rollout: rollout.status,
         rolled_back_resources,
+        payload_delivery: current.and_then(|s| s.payload_delivery.clone()),
     }
 }
 

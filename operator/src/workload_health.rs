@@ -9,7 +9,8 @@ use lumigo_mutation::names::{AUTO_TRACE_LABEL, INJECTED_VALUE_PREFIX, INJECTOR_N
 use lumigo_mutation::{Failure, WorkloadKind};
 use serde_json::Value;
 
-/// The init container's image cannot be had: every injected pod of the cluster would fail alike.
+/// The injector image cannot be had (by the init container, or as an image volume for an app
+/// container): every injected pod of the cluster would fail alike.
 const IMAGE_UNAVAILABLE: [&str; 4] = [
     "ErrImagePull",
     "ImagePullBackOff",
@@ -112,6 +113,8 @@ pub struct PodHealth {
     pub no_room: Option<String>,
     /// Being deleted: what its containers say then (killed, status unknown) is no verdict.
     pub terminating: bool,
+    /// The injector image, when the pod mounts it as an image volume.
+    pub payload_image: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +164,15 @@ impl PodHealth {
             containers: containers(status.and_then(|s| s.container_statuses.as_ref())),
             no_room,
             terminating: pod.metadata.deletion_timestamp.is_some(),
+            payload_image: pod
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.volumes.as_ref())
+                .into_iter()
+                .flatten()
+                .find(|volume| volume.name == INJECTOR_NAME)
+                .and_then(|volume| volume.image.as_ref())
+                .and_then(|image| image.reference.clone()),
         }
     }
 }
@@ -214,6 +226,7 @@ pub fn verdict(kind: WorkloadKind, object: &Value, pods: &[PodHealth]) -> Option
     injected
         .iter()
         .find_map(|pod| init_container_verdict(pod))
+        .or_else(|| injected.iter().find_map(|pod| image_volume_verdict(pod)))
         .or_else(|| injected.iter().find_map(|pod| no_room_verdict(pod)))
         .or_else(|| {
             injected
@@ -252,6 +265,26 @@ fn init_container_verdict(pod: &PodHealth) -> Option<Verdict> {
             message: format!("the init container ended with {exit_reason}"),
         },
         everywhere: false,
+    })
+}
+
+/// An app container that cannot start because the injector image mounted into it cannot be pulled:
+/// the kubelet reports the image volume's pull error as the container's own, naming the image.
+fn image_volume_verdict(pod: &PodHealth) -> Option<Verdict> {
+    let image = pod.payload_image.as_deref()?;
+    let (container, reason, message) = pod.containers.iter().find_map(|container| {
+        let (reason, message) = container.waiting.as_ref()?;
+        (IMAGE_UNAVAILABLE.contains(&reason.as_str()) && message.contains(image))
+            .then_some((container, reason, message))
+    })?;
+    Some(Verdict {
+        failure: Failure {
+            reason: reason.clone(),
+            container: container.name.clone(),
+            exit_code: None,
+            message: format!("the injector image volume cannot be mounted: {message}"),
+        },
+        everywhere: true,
     })
 }
 
@@ -522,6 +555,48 @@ mod tests {
         assert_eq!(verdict.failure.reason, "ImagePullBackOff");
         assert_eq!(verdict.failure.container, INJECTOR_NAME);
         assert!(verdict.failure.message.contains("ghcr.io/x:0"));
+    }
+
+    #[test]
+    fn an_unavailable_injector_image_volume_stops_everything_but_the_apps_own_image_does_not() {
+        let waiting = |image: &str| {
+            json!({
+                "name": "app", "ready": false, "restartCount": 0, "image": "app:1", "imageID": "",
+                "state": {"waiting": {
+                    "reason": "ErrImagePull",
+                    "message": format!("failed to pull and unpack image \"{image}\": not found")
+                }}
+            })
+        };
+        let mounting = |status: Value| {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {
+                    "name": "web-1",
+                    "labels": {AUTO_TRACE_LABEL: "lumigo-operator.v0.1.0"}
+                },
+                "spec": {
+                    "containers": [{"name": "app", "image": "app:1"}],
+                    "volumes": [{"name": INJECTOR_NAME, "image": {"reference": "ghcr.io/x:0"}}]
+                },
+                "status": status
+            }))
+            .unwrap();
+            PodHealth::of(&pod, Timestamp::now())
+        };
+        let ours = [mounting(
+            json!({"containerStatuses": [waiting("ghcr.io/x:0")]}),
+        )];
+        let found = verdict(WorkloadKind::Deployment, &json!({}), &ours).unwrap();
+        assert!(found.everywhere);
+        assert_eq!(found.failure.reason, "ErrImagePull");
+        assert_eq!(found.failure.container, "app");
+        let message = &found.failure.message;
+        assert!(
+            message.contains("image volume") && message.contains("ghcr.io/x:0"),
+            "{message}"
+        );
+        let theirs = [mounting(json!({"containerStatuses": [waiting("app:1")]}))];
+        assert_eq!(verdict(WorkloadKind::Deployment, &json!({}), &theirs), None);
     }
 
     #[test]

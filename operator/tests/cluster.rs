@@ -1,10 +1,13 @@
 //! The whole product on a real node, installed as a user installs it: `helm install` of the chart
 //! (the operator in its pod with the chart's RBAC, its built-in webhook behind its Service, the
 //! collector in its pod), then a Secret and a `Lumigo` resource in a namespace where Node.js,
-//! Python and Java services already run. The pods are replaced, the init container copies the
-//! payload, and spans from each runtime reach an OTLP sink through the proxy with the Kubernetes
-//! attributes it adds and the tracer's token header. Then the removal: `kubectl delete lumigo`,
-//! `helm uninstall`.
+//! Python and Java services already run. The pods are replaced and spans from each runtime reach
+//! an OTLP sink through the proxy with the Kubernetes attributes it adds and the tracer's token
+//! header.
+//! Both payload deliveries run: the shop's resource leaves it to the operator (`auto`: this node
+//! runs Kubernetes 1.35 and containerd 2, so the image is mounted as an image volume), the
+//! restricted namespace's asks for the init container's copy. Then the removal: `kubectl delete
+//! lumigo`, `helm uninstall`, each restoring the templates byte for byte.
 //!
 //! Needs root and the image inputs of `e2e/image-inputs.sh` (`just operator::test-cluster`).
 
@@ -118,9 +121,8 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
 
     let applied = SystemTime::now();
     let status_writes = count_writes(Api::<Lumigo>::namespaced(client.clone(), "shop"));
-    for namespace in ["shop", "secure"] {
-        kubectl_apply(namespace, &lumigo_manifest());
-    }
+    kubectl_apply("shop", &lumigo_manifest(None));
+    kubectl_apply("secure", &lumigo_manifest(Some("initContainer")));
 
     // Every traced service: a span with the proxy's Kubernetes attributes and the tracer's header.
     for (deployment, runtime) in TRACED {
@@ -151,18 +153,35 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
     }
     first_span(cluster, &sink, "secure", "inventoryservice").await;
 
-    // The injected pods really ran the init container, under the pod's own restrictions.
-    for (namespace, deployment) in [("shop", "currencyservice"), ("secure", "inventoryservice")] {
-        let pod = running_pod(&client, namespace, deployment).await;
-        let init = &pod["status"]["initContainerStatuses"][0];
+    // The restricted namespace's pods really ran the init container, under the pod's own
+    // restrictions; the shop's mount the image, with no copy.
+    let secure = running_pod(&client, "secure", "inventoryservice").await;
+    let init = &secure["status"]["initContainerStatuses"][0];
+    assert_eq!(init["name"], "lumigo-injector", "{secure:#}");
+    assert_eq!(init["state"]["terminated"]["exitCode"], 0, "{init:#}");
+    for deployment in ["currencyservice", "emailservice", "adservice"] {
+        let pod = running_pod(&client, "shop", deployment).await;
+        assert!(pod["spec"]["initContainers"].is_null(), "{pod:#}");
+        let volume = &pod["spec"]["volumes"]
+            .as_array()
+            .and_then(|volumes| volumes.iter().find(|v| v["name"] == "lumigo-injector"))
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(
-            init["name"], "lumigo-injector",
-            "{namespace}/{deployment}: {pod:#}"
+            volume["image"]["reference"],
+            images::autotrace_name(),
+            "shop/{deployment}: {pod:#}"
         );
-        assert_eq!(
-            init["state"]["terminated"]["exitCode"], 0,
-            "{namespace}/{deployment}: {init:#}"
-        );
+    }
+    for (namespace, mode, reason) in [
+        ("shop", "imageVolume", "ImageVolumeSupported"),
+        ("secure", "initContainer", "Requested"),
+    ] {
+        let lumigos: Api<Lumigo> = Api::namespaced(client.clone(), namespace);
+        let status = lumigos.get("lumigo").await.unwrap().status.unwrap();
+        let delivery = serde_json::to_value(&status.payload_delivery).unwrap();
+        assert_eq!(delivery["mode"], mode, "{namespace}: {delivery:#}");
+        assert_eq!(delivery["reason"], reason, "{namespace}: {delivery:#}");
     }
     // Read from the injected pod (kubectl's deploy/… would pick the oldest ready one).
     let email = running_pod(&client, "shop", "emailservice").await;
@@ -185,10 +204,7 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
     );
     // The static binary was injected like every other container and runs unharmed.
     let frontend = running_pod(&client, "shop", "frontend").await;
-    assert_eq!(
-        frontend["spec"]["initContainers"][0]["name"],
-        "lumigo-injector"
-    );
+    assert_eq!(frontend["spec"]["volumes"][0]["name"], "lumigo-injector");
     assert_eq!(
         frontend["status"]["containerStatuses"][0]["restartCount"], 0,
         "{frontend:#}"
@@ -211,16 +227,18 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
         "-n",
         "shop",
         "-o",
-        "jsonpath={.metadata.generation} {.spec.template.spec.initContainers[*].name}",
+        "jsonpath={.metadata.generation} {.spec.template.spec.volumes[*].image.reference}",
     ]);
     assert_eq!(
-        created, "1 lumigo-injector",
-        "injected by its very creation"
+        created,
+        format!("1 {}", images::autotrace_name()),
+        "injected by its very creation, as the rollout injects"
     );
     kubectl(&["delete", "deployment", "checkoutservice", "-n", "shop"]);
     // The opted-out service was never touched and sent nothing.
     let payment = running_pod(&client, "shop", "paymentservice").await;
     assert!(payment["spec"]["initContainers"].is_null(), "{payment:#}");
+    assert!(payment["spec"]["volumes"].is_null(), "{payment:#}");
     assert!(spans_of(&sink, "shop", "paymentservice").is_empty());
 
     verified_tracing(cluster, &client, &status_writes).await;
@@ -580,7 +598,11 @@ spec:
 "#
 );
 
-fn lumigo_manifest() -> String {
+/// The token Secret and a `Lumigo` resource, with `payloadDelivery` when one is given.
+fn lumigo_manifest(payload_delivery: Option<&str>) -> String {
+    let injection = payload_delivery.map_or_else(String::new, |delivery| {
+        format!(", tracing: {{injection: {{payloadDelivery: {delivery}}}}}")
+    });
     format!(
         "apiVersion: v1
 kind: Secret
@@ -590,7 +612,7 @@ stringData: {{token: {TOKEN}}}
 apiVersion: operator.lumigo.io/v1alpha1
 kind: Lumigo
 metadata: {{name: lumigo}}
-spec: {{lumigoToken: {{secretRef: {{name: lumigo-credentials, key: token}}}}}}
+spec: {{lumigoToken: {{secretRef: {{name: lumigo-credentials, key: token}}}}{injection}}}
 "
     )
 }

@@ -59,13 +59,13 @@ fn the_demo_traces_a_real_shop_and_removes_every_trace_of_it() {
     }
     assert!(
         lines.iter().any(|l| l.contains("currencyservice-")
-            && l.contains("lumigo-injector")
-            && l.contains("Completed")),
-        "an injected pod whose init container completed\n{stdout}"
+            && l.contains("ghcr.io/lumigo-rs/autotrace:")
+            && l.contains("<none>")),
+        "an injected pod that mounts the autotrace image, with no init container\n{stdout}"
     );
     assert!(
-        has("lumigo: payload copied to /target"),
-        "the init container's own words\n{stdout}"
+        has("payloadDelivery: imageVolume (ImageVolumeSupported)"),
+        "the delivery the operator chose, and why\n{stdout}"
     );
     assert!(has("LD_PRELOAD=/opt/lumigo/injector/lumigo_injector.so"));
     assert!(
@@ -98,7 +98,7 @@ fn the_demo_traces_a_real_shop_and_removes_every_trace_of_it() {
     );
     assert!(has("none from paymentservice (opted out): yes"), "{stdout}");
     assert!(
-        has("generation: 1  init containers: lumigo-injector"),
+        has("generation: 1  payload image: ghcr.io/lumigo-rs/autotrace:"),
         "injected at admission\n{stdout}"
     );
     assert!(has("byte for byte what it was before Lumigo: restored"));

@@ -88,10 +88,12 @@ async fn deployments(client: &Client, namespace: &str) -> Vec<Value> {
         .0
 }
 
+/// Carries the payload volume, in either delivery (the operator's `auto` gives this node an image
+/// volume).
 fn injected(deployment: &Value) -> bool {
-    deployment["spec"]["template"]["spec"]["initContainers"]
+    deployment["spec"]["template"]["spec"]["volumes"]
         .as_array()
-        .is_some_and(|init| init.iter().any(|c| c["name"] == INJECTOR_NAME))
+        .is_some_and(|volumes| volumes.iter().any(|v| v["name"] == INJECTOR_NAME))
 }
 
 fn generation(deployment: &Value) -> i64 {

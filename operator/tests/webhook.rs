@@ -98,8 +98,14 @@ async fn the_operators_webhook_injects_new_workloads() {
         traces_endpoint: lumigo_mutation::config::DEFAULT_TRACES_ENDPOINT.into(),
         logs_endpoint: lumigo_mutation::config::DEFAULT_LOGS_ENDPOINT.into(),
         operator_version: "0.1.0".into(),
+        payload_delivery: lumigo_operator::delivery::DeliveryChoice::Auto,
     };
-    let config = lumigo_operator::settings::injection_config(&lumigo, &settings).unwrap();
+    let config = lumigo_operator::settings::injection_config(
+        &lumigo,
+        &settings,
+        lumigo_mutation::PayloadDelivery::InitContainer,
+    )
+    .unwrap();
     for (kind, name) in [
         (WorkloadKind::Deployment, "existing"),
         (WorkloadKind::CronJob, "report"),

@@ -69,10 +69,17 @@ fn the_module_is_annotated_for_policy_server() {
     assert_eq!(engine().call("protocol_version", b"").unwrap(), b"\"v1\"");
 }
 
+/// Every example settings file: the defaults, logs on, and image-volume delivery.
+const SETTINGS_FILES: [&str; 3] = [
+    "settings.json",
+    "settings-logs-enabled.json",
+    "settings-image-volume.json",
+];
+
 #[test]
 fn wasm_and_native_answer_every_fixture_identically() {
     let mut compared = 0;
-    for settings_file in ["settings.json", "settings-logs-enabled.json"] {
+    for settings_file in SETTINGS_FILES {
         let settings = read_json(policies_dir().join(settings_file));
         for entry in std::fs::read_dir(policies_dir().join("fixtures")).unwrap() {
             let path = entry.unwrap().path();
@@ -96,7 +103,7 @@ fn wasm_and_native_answer_every_fixture_identically() {
 /// The fixtures' payloads, with each settings file: (what, payload).
 fn fixture_payloads() -> Vec<(String, Value)> {
     let mut payloads = Vec::new();
-    for settings_file in ["settings.json", "settings-logs-enabled.json"] {
+    for settings_file in SETTINGS_FILES {
         let settings = read_json(policies_dir().join(settings_file));
         for entry in std::fs::read_dir(policies_dir().join("fixtures")).unwrap() {
             let path = entry.unwrap().path();

@@ -83,6 +83,15 @@ http://{{ include "lumigo.proxyName" . }}.{{ .Release.Namespace }}.svc.cluster.l
 {{- end }}
 
 {{/*
+injector.payloadDelivery, checked, as the operator's flag spells it (image-volume).
+*/}}
+{{- define "lumigo.payloadDelivery" -}}
+{{- $delivery := .Values.injector.payloadDelivery }}
+{{- if not (has $delivery (list "auto" "imageVolume" "initContainer")) }}{{ fail (printf "injector.payloadDelivery must be auto, imageVolume or initContainer, not %q" $delivery) }}{{ end }}
+{{- kebabcase $delivery }}
+{{- end }}
+
+{{/*
 The namespaces nothing is instrumented in, as a JSON list: the cluster's own (always, whatever the
 values say: the operator protects them too), protectedNamespaces.namespaces, and the release namespace.
 The webhook is not sent their requests, the operator's rollout leaves them alone

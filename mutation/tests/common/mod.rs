@@ -2,7 +2,7 @@
 
 #![allow(dead_code)] // each test file uses its own part of this module
 
-use lumigo_mutation::{InjectionConfig, WorkloadKind};
+use lumigo_mutation::{InjectionConfig, PayloadDelivery, WorkloadKind};
 use serde_json::{json, Value};
 
 pub fn config() -> InjectionConfig {
@@ -14,6 +14,13 @@ pub fn config() -> InjectionConfig {
         "operatorVersion": "0.1.0"
     }))
     .unwrap()
+}
+
+pub fn config_delivering(delivery: PayloadDelivery) -> InjectionConfig {
+    InjectionConfig {
+        payload_delivery: delivery,
+        ..config()
+    }
 }
 
 /// An object of `kind` around a pod template (`metadata` + `spec`).

@@ -31,6 +31,7 @@ pub fn operator_settings() -> OperatorSettings {
         traces_endpoint: "http://lumigo-telemetry.lumigo-system.svc:4318/v1/traces".into(),
         logs_endpoint: "http://lumigo-telemetry.lumigo-system.svc:4318/v1/logs".into(),
         operator_version: "0.1.0".into(),
+        payload_delivery: lumigo_operator::delivery::DeliveryChoice::Auto,
     }
 }
 

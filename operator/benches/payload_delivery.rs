@@ -1,0 +1,146 @@
+//! The two payload deliveries on the real node, with the real autotrace image (the whole payload):
+//! pods started one at a time, uninjected, injected with the init container's copy, and injected
+//! with the image mounted as an image volume. Prints each one's start-up time (creation to Ready,
+//! polled every 20 ms) and the node disk each pod holds in its volumes, and the payload's size.
+//! Needs root and the image inputs: `just operator::bench-payload-delivery`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use lumigo_e2e::images;
+use lumigo_e2e::testing::shared_cluster;
+use lumigo_mutation::{inject, InjectionConfig, Operation, PayloadDelivery, WorkloadKind};
+use serde_json::json;
+use support::workload;
+
+const PODS: usize = 7;
+const WAIT: Duration = Duration::from_secs(180);
+const NAMESPACE: &str = "bench-delivery";
+
+/// A pod of the static app (busybox httpd, no readiness probe: Ready once its container runs).
+fn pod(name: &str, delivery: Option<PayloadDelivery>) -> Pod {
+    let spec = json!({
+        "terminationGracePeriodSeconds": 0,
+        "containers": [{
+            "name": "app", "image": images::STATIC_APP, "imagePullPolicy": "Never",
+            "command": ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
+        }]
+    });
+    let mut object = workload(WorkloadKind::Pod, name, 1, spec);
+    if let Some(delivery) = delivery {
+        let config: InjectionConfig = serde_json::from_value(json!({
+            "injectorImage": images::autotrace_name(),
+            "tokenSecret": {"name": "lumigo-credentials", "key": "token"},
+            "operatorVersion": "0.1.0",
+            "payloadDelivery": delivery,
+        }))
+        .unwrap();
+        inject(&mut object, WorkloadKind::Pod, &config, Operation::Create);
+    }
+    serde_json::from_value(object).unwrap()
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+/// Bytes of the files under `dir` (0 when it does not exist).
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => bytes_under(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let (shared, client) = shared_cluster().await;
+    let cluster = shared.as_ref();
+    let artifacts = images::Artifacts::from_env().unwrap();
+    let images_dir = tempfile::tempdir().unwrap();
+    for archive in images::build_all(&artifacts, images_dir.path()).unwrap() {
+        cluster.import_image(&archive).unwrap();
+    }
+    cluster
+        .control_plane()
+        .run_kubectl(&["create", "namespace", NAMESPACE], None)
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    println!(
+        "payload {:.1} MB in the autotrace image; {PODS} pods per delivery, one at a time:",
+        bytes_under(&artifacts.payload) as f64 / 1e6
+    );
+    let mut baseline = 0.0;
+    for (label, delivery) in [
+        ("uninjected", None),
+        ("init container", Some(PayloadDelivery::InitContainer)),
+        ("image volume", Some(PayloadDelivery::ImageVolume)),
+    ] {
+        let (mut startups, mut disks) = (Vec::new(), Vec::new());
+        // One pod more than measured: the first of each kind pays for the node's caches.
+        for i in 0..=PODS {
+            let name = format!("pod-{}-{i}", label.replace(' ', "-"));
+            let started = Instant::now();
+            let created = pods
+                .create(&PostParams::default(), &pod(&name, delivery))
+                .await
+                .unwrap();
+            let startup = loop {
+                if pods.get(&name).await.is_ok_and(|pod| ready(&pod)) {
+                    break started.elapsed();
+                }
+                assert!(started.elapsed() < WAIT, "{name} not Ready after {WAIT:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let uid = created.metadata.uid.clone().unwrap_or_default();
+            let volumes = cluster
+                .node_dir()
+                .join("kubelet/pods")
+                .join(&uid)
+                .join("volumes");
+            let disk = bytes_under(&volumes);
+            pods.delete(&name, &DeleteParams::default().grace_period(0))
+                .await
+                .unwrap();
+            if i > 0 {
+                startups.push(startup.as_secs_f64() * 1000.0);
+                disks.push(disk as f64 / 1e6);
+            }
+        }
+        let startup = median(&mut startups);
+        if delivery.is_none() {
+            baseline = startup;
+        }
+        println!(
+            "  {label:<15} start-up median {startup:>6.0} ms (max {:>5.0} ms, {:+5.0} ms against \
+             uninjected); node disk in the pod's volumes {:>6.1} MB",
+            startups.last().copied().unwrap_or_default(),
+            startup - baseline,
+            median(&mut disks)
+        );
+    }
+}
