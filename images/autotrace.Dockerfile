@@ -1,8 +1,10 @@
 # syntax=docker/dockerfile:1.7
-# The injector ("autotrace") image the init container of every instrumented pod runs: exactly the
-# /opt/lumigo tree of its architecture (injector/lumigo_injector.so, nodejs/, python/, java/) plus a
-# static busybox whose only job is `cp -R /opt/lumigo/. $TARGET_DIRECTORY/`. Non-root, no shell
-# beyond that, fits Pod Security "restricted" with a read-only root filesystem.
+# The injector ("autotrace") image: exactly the /opt/lumigo tree of its architecture
+# (injector/lumigo_injector.so, nodejs/, python/, java/) plus a static busybox whose only job is
+# `cp -R /opt/lumigo/. $TARGET_DIRECTORY/`. Instrumented pods either mount its opt/lumigo read-only
+# as an image volume (subPath; nothing runs) or run it as their init container, which copies the
+# tree into an emptyDir. Non-root, no shell beyond that, fits Pod Security "restricted" with a
+# read-only root filesystem.
 # Multi-arch with buildx, from the repository root:
 #   docker buildx build -f images/autotrace.Dockerfile --platform linux/amd64,linux/arm64 \
 #     -t ghcr.io/lumigo-rs/autotrace:0.1.0 --push .

@@ -43,7 +43,7 @@ fn a_deployment_gets_every_owned_item() {
     let spec = &object["spec"]["template"]["spec"];
     assert_eq!(
         spec["volumes"],
-        json!([{"name": INJECTOR_NAME, "emptyDir": {"sizeLimit": "200M"}}])
+        json!([{"name": INJECTOR_NAME, "emptyDir": {"sizeLimit": "80M"}}])
     );
     let init = &spec["initContainers"][0];
     assert_eq!(init["name"], INJECTOR_NAME);

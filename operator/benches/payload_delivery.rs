@@ -1,7 +1,9 @@
 //! The two payload deliveries on the real node, with the real autotrace image (the whole payload):
 //! pods started one at a time, uninjected, injected with the init container's copy, and injected
 //! with the image mounted as an image volume. Prints each one's start-up time (creation to Ready,
-//! polled every 20 ms) and the node disk each pod holds in its volumes, and the payload's size.
+//! polled every 20 ms; the kubelet reports container changes once a second) and the node disk each
+//! pod holds in its volumes, the payload's size, and the copy step alone: the image's program
+//! (busybox `cp -R`) copying the payload on the node's disk, as the init container does.
 //! Needs root and the image inputs: `just operator::bench-payload-delivery`.
 
 #[path = "../tests/support/mod.rs"]
@@ -93,6 +95,27 @@ async fn main() {
     println!(
         "payload {:.1} MB in the autotrace image; {PODS} pods per delivery, one at a time:",
         bytes_under(&artifacts.payload) as f64 / 1e6
+    );
+    let node_disk = cluster.node_dir().join("bench-copy");
+    let mut copies: Vec<f64> = (0..PODS)
+        .map(|_| {
+            let _ = std::fs::remove_dir_all(&node_disk);
+            std::fs::create_dir_all(&node_disk).unwrap();
+            let started = Instant::now();
+            let status = std::process::Command::new("/bin/busybox")
+                .args(["cp", "-R"])
+                .arg(artifacts.payload.join("."))
+                .arg(&node_disk)
+                .status()
+                .unwrap();
+            assert!(status.success(), "busybox cp: {status}");
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    std::fs::remove_dir_all(&node_disk).unwrap();
+    println!(
+        "  the copy step alone (busybox cp -R, node disk): median {:.0} ms",
+        median(&mut copies)
     );
     let mut baseline = 0.0;
     for (label, delivery) in [

@@ -1022,6 +1022,66 @@ mod reconcile_tests {
     }
 
     #[tokio::test]
+    async fn a_cluster_that_mounts_images_gets_the_injector_image_as_a_volume() {
+        let mut world = World::new("shop", lumigo("shop"));
+        world.deployments = vec![deployment("shop", "web")];
+        let answering = world.clone();
+        let (client, calls) = fake_api::serve(move |call| answering.answer(call));
+        let ctx = Arc::new(Context {
+            image_volumes: ClusterSupport::fixed(delivery::ImageVolumes::Supported),
+            ..fake_api::context(client)
+        });
+        reconcile_once(&world, &ctx).await.unwrap();
+        let puts = calls.with(
+            &Method::PUT,
+            "/apis/apps/v1/namespaces/shop/deployments/web",
+        );
+        let pod_spec = &puts[0].body["spec"]["template"]["spec"];
+        assert!(pod_spec["volumes"][0]["image"].is_object(), "{pod_spec:#}");
+        assert!(pod_spec["initContainers"].is_null(), "{pod_spec:#}");
+        let (status, _) = written_status(&calls, "shop");
+        assert_eq!(status["payloadDelivery"]["mode"], "imageVolume");
+        assert_eq!(status["payloadDelivery"]["reason"], "ImageVolumeSupported");
+    }
+
+    #[tokio::test]
+    async fn an_image_volume_the_cluster_cannot_mount_falls_back_to_the_copy_and_says_why() {
+        let asks = resource(
+            "shop",
+            "lumigo",
+            spec(json!({"payloadDelivery": "imageVolume"})),
+        );
+        let mut world = World::new("shop", asks);
+        world.deployments = vec![deployment("shop", "web")];
+        let (ctx, calls) = world.clone().serve();
+        reconcile_once(&world, &ctx).await.unwrap();
+        let puts = calls.with(
+            &Method::PUT,
+            "/apis/apps/v1/namespaces/shop/deployments/web",
+        );
+        let pod_spec = &puts[0].body["spec"]["template"]["spec"];
+        assert_eq!(pod_spec["initContainers"][0]["name"], "lumigo-injector");
+        let (status, _) = written_status(&calls, "shop");
+        let delivery = &status["payloadDelivery"];
+        assert_eq!(delivery["mode"], "initContainer");
+        assert_eq!(delivery["reason"], "ImageVolumeUnsupported");
+        assert!(
+            delivery["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cannot be honoured")),
+            "{delivery:#}"
+        );
+        let warnings: Vec<Value> = calls
+            .events()
+            .into_iter()
+            .map(|call| call.body)
+            .filter(|event| event["reason"] == "LumigoImageVolumeUnsupported")
+            .collect();
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert_eq!(warnings[0]["type"], "Warning");
+    }
+
+    #[tokio::test]
     async fn workloads_that_could_not_be_written_are_retried_soon() {
         let mut world = World::new("shop", lumigo("shop"));
         world.deployments = vec![deployment("shop", "web")];

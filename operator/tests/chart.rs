@@ -40,6 +40,7 @@ fn an_unknown_engine_or_a_latest_injector_is_refused() {
     for args in [
         ["--set", "admission.engine=sidecar"],
         ["--set", "injector.image.tag=latest"],
+        ["--set", "injector.payloadDelivery=copy"],
     ] {
         let output = run(Command::new(helm())
             .args(["template", "x"])
@@ -47,6 +48,44 @@ fn an_unknown_engine_or_a_latest_injector_is_refused() {
             .args(args));
         assert!(!output.status.success(), "{args:?} should not render");
     }
+}
+
+/// The init container's emptyDir holds the payload and nothing else: its `sizeLimit` is the real
+/// payload's disk usage (file blocks, as the kubelet measures it) with a margin for growth, and no
+/// more, so that a LimitRange or the node's ephemeral storage is not charged for space never used.
+#[test]
+fn the_payload_volume_limit_is_the_real_payload_with_margin() {
+    let payload = lumigo_e2e::images::Artifacts::from_env().unwrap().payload;
+    let used = disk_usage(&payload);
+    let limit = lumigo_mutation::names::VOLUME_SIZE_LIMIT;
+    let megabytes: u64 = limit.strip_suffix('M').unwrap().parse().unwrap();
+    let limit_bytes = megabytes * 1_000_000;
+    println!("payload {used} bytes on disk, emptyDir sizeLimit {limit}");
+    assert!(
+        used * 5 / 4 <= limit_bytes,
+        "the payload ({used} bytes) leaves less than 25% of sizeLimit {limit}"
+    );
+    assert!(
+        limit_bytes <= used * 2,
+        "sizeLimit {limit} is over twice the payload ({used} bytes)"
+    );
+}
+
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let metadata = entry.metadata().unwrap();
+            let own = metadata.blocks() * 512;
+            if metadata.is_dir() {
+                own + disk_usage(&entry.path())
+            } else {
+                own
+            }
+        })
+        .sum()
 }
 
 /// `injector.image.digest` pins the injected image by digest, in the operator and in the

@@ -204,7 +204,7 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
     );
     // The static binary was injected like every other container and runs unharmed.
     let frontend = running_pod(&client, "shop", "frontend").await;
-    assert_eq!(frontend["spec"]["volumes"][0]["name"], "lumigo-injector");
+    assert!(has_payload_volume(&frontend), "{frontend:#}");
     assert_eq!(
         frontend["status"]["containerStatuses"][0]["restartCount"], 0,
         "{frontend:#}"
@@ -238,10 +238,40 @@ async fn installed_with_helm_it_traces_every_runtime_and_uninstalls_without_a_tr
     // The opted-out service was never touched and sent nothing.
     let payment = running_pod(&client, "shop", "paymentservice").await;
     assert!(payment["spec"]["initContainers"].is_null(), "{payment:#}");
-    assert!(payment["spec"]["volumes"].is_null(), "{payment:#}");
+    assert!(!has_payload_volume(&payment), "{payment:#}");
     assert!(spans_of(&sink, "shop", "paymentservice").is_empty());
 
     verified_tracing(cluster, &client, &status_writes).await;
+
+    // The other delivery for the same services, through the rollout: each traced again from a pod
+    // whose init container copied the payload; then back to the operator's choice.
+    let delivery = |value: &str| {
+        let patch =
+            format!(r#"{{"spec":{{"tracing":{{"injection":{{"payloadDelivery":{value}}}}}}}}}"#);
+        kubectl(&[
+            "patch", "lumigo", "lumigo", "-n", "shop", "--type", "merge", "-p", &patch,
+        ]);
+    };
+    delivery("\"initContainer\"");
+    for (deployment, runtime) in TRACED {
+        let pod = pod_delivered_by(&client, "shop", deployment, "initContainers").await;
+        let name = pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        within(SPANS_TIMEOUT, || async {
+            spans_of(&sink, "shop", deployment)
+                .into_iter()
+                .find(|span| span.attribute("k8s.pod.name") == Some(name.as_str()))
+        })
+        .await
+        .unwrap_or_else(|| panic!("{runtime}: no span from {name}, copied by its init container"));
+    }
+    delivery("null");
+    for (deployment, _) in TRACED {
+        pod_delivered_by(&client, "shop", deployment, "volumes").await;
+    }
+    wait_available(cluster, "shop").await;
 
     // Removal from one namespace: pods replaced without the injection, and no more spans.
     kubectl(&[
@@ -683,6 +713,51 @@ async fn templates(client: &Client, namespace: &str) -> Vec<(String, Value)> {
             (name, spec["template"].clone())
         })
         .collect()
+}
+
+/// Whether a pod has the injection's volume (beside the service account token's, which every pod
+/// gets from the API server).
+fn has_payload_volume(pod: &Value) -> bool {
+    pod["spec"]["volumes"]
+        .as_array()
+        .is_some_and(|volumes| volumes.iter().any(|v| v["name"] == "lumigo-injector"))
+}
+
+/// The one ready pod of a Deployment whose spec has the payload's `field`: `initContainers` for the
+/// init container's copy, `volumes` for the image volume (the other field absent).
+async fn pod_delivered_by(
+    client: &Client,
+    namespace: &str,
+    deployment: &str,
+    field: &str,
+) -> Value {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    eventually(
+        &format!("one ready pod of {namespace}/{deployment} with the payload in {field}"),
+        ROLLOUT_TIMEOUT,
+        || async {
+            let listed = pods
+                .list(&ListParams::default().labels(&format!("app={deployment}")))
+                .await
+                .ok()?;
+            let [pod] = listed.items.as_slice() else {
+                return None;
+            };
+            let pod = serde_json::to_value(pod).ok()?;
+            let spec = &pod["spec"];
+            let copied = spec["initContainers"][0]["name"] == "lumigo-injector";
+            let mounted = spec["volumes"]
+                .as_array()
+                .is_some_and(|volumes| volumes.iter().any(|v| v["image"].is_object()));
+            let wanted = if field == "initContainers" {
+                copied && !mounted
+            } else {
+                mounted && !copied
+            };
+            (wanted && pod["status"]["containerStatuses"][0]["ready"] == true).then_some(pod)
+        },
+    )
+    .await
 }
 
 /// The one Running pod of a Deployment whose containers are all ready (a rollout's old pods gone).
