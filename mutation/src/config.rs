@@ -35,8 +35,9 @@ pub struct InjectionConfig {
     /// Written into the `lumigo.auto-trace` label; a different value on an object means it was
     /// injected by another version and is re-injected.
     pub operator_version: String,
-    /// How the payload reaches the pod's containers.
-    #[serde(default)]
+    /// How the payload reaches the pod's containers. The default is left out when written, so
+    /// that a policy module older than the setting still takes the settings of the copy.
+    #[serde(default, skip_serializing_if = "PayloadDelivery::is_init_container")]
     pub payload_delivery: PayloadDelivery,
 }
 
@@ -49,8 +50,14 @@ pub enum PayloadDelivery {
     #[default]
     InitContainer,
     /// The image itself is mounted read-only (`volumes[].image`, Kubernetes 1.35 by default; the
-    /// runtime must be containerd 2.1 or CRI-O 1.31 or later): no copy, no per-pod storage.
+    /// runtime must be containerd 2.1 or CRI-O 1.33 or later): no copy, no per-pod storage.
     ImageVolume,
+}
+
+impl PayloadDelivery {
+    fn is_init_container(&self) -> bool {
+        *self == PayloadDelivery::InitContainer
+    }
 }
 
 fn default_traces_endpoint() -> String {

@@ -4,6 +4,7 @@
 //! every replica reads it, so that the webhook and the rollout always inject alike.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, NodeSystemInfo};
@@ -73,7 +74,8 @@ pub enum ImageVolumes {
 
 const MINIMUM_KUBERNETES: (u32, u32) = (1, 35);
 const MINIMUM_CONTAINERD: (u32, u32) = (2, 1);
-const MINIMUM_CRIO: (u32, u32) = (1, 31);
+/// CRI-O mounts an image volume's `subPath` (the payload's directory) from 1.33.
+const MINIMUM_CRIO: (u32, u32) = (1, 33);
 
 /// What a node says of itself that decides image volumes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,7 +96,8 @@ impl From<&NodeSystemInfo> for NodeRuntime {
 }
 
 /// Image volumes are on by default from Kubernetes 1.35, in the API server (which otherwise drops
-/// the field) and in the kubelet, and the runtime mounts them from containerd 2.1 and CRI-O 1.31.
+/// the field) and in the kubelet, and the runtime mounts them from containerd 2.1 and CRI-O 1.33
+/// (with the `subPath` the payload is mounted by).
 /// Windows nodes never run the pods injected, so they do not count.
 pub fn image_volumes<'a>(
     server: &Info,
@@ -127,7 +130,7 @@ pub fn image_volumes<'a>(
         }
         if !runtime_mounts_images(&node.container_runtime_version) {
             return ImageVolumes::Unsupported(format!(
-                "node {name} runs {}; image volumes need containerd 2.1 or CRI-O 1.31 or later",
+                "node {name} runs {}; image volumes need containerd 2.1 or CRI-O 1.33 or later",
                 node.container_runtime_version
             ));
         }
@@ -216,7 +219,7 @@ pub struct ClusterSupport {
 }
 
 impl ClusterSupport {
-    /// A fixed answer (tests, and an operator that cannot read nodes).
+    /// A fixed answer (tests, and uninstall, which removes whatever was delivered).
     pub fn fixed(support: ImageVolumes) -> Self {
         let (sender, current) = watch::channel(Some(support));
         // Dropped senders keep the last value readable.
@@ -240,80 +243,131 @@ impl ClusterSupport {
     }
 }
 
-/// Watches the nodes: the support, and a stream that yields each time it changes after the
-/// first answer (every `Lumigo` resource is then reconciled, and so re-decided).
-pub fn watch_nodes(client: Client) -> (ClusterSupport, impl Stream<Item = ()> + Send + 'static) {
+/// Watches the nodes through `watches` (and reads the API server's version through `client`): the
+/// support, and a stream that yields each time it changes after the first answer (every `Lumigo`
+/// resource is then reconciled, and so re-decided). The stream is what drives the watch.
+pub fn watch_nodes(
+    client: Client,
+    watches: Client,
+) -> (ClusterSupport, impl Stream<Item = ()> + Send + 'static) {
     let (sender, current) = watch::channel(None);
-    let changes = node_support(client).filter_map(move |support| {
-        let changed = sender.send_if_modified(|known| {
-            let first = known.is_none();
-            let differs = known.as_ref() != Some(&support);
-            if differs {
-                *known = Some(support.clone());
-            }
-            differs && !first
-        });
+    let changes = node_support(client, watches).filter_map(move |support| {
+        let changed = publish(&sender, support);
         async move { changed.then_some(()) }
     });
     (ClusterSupport { current }, changes)
 }
 
-/// The support after the first complete list of nodes and after every change since. A node that
-/// only renews its status changes nothing here. The server version is read once: it changes only
-/// with a restart of the API server, which restarts this watch too.
-fn node_support(client: Client) -> impl Stream<Item = ImageVolumes> + Send + 'static {
-    let server = {
-        let client = client.clone();
-        async move {
-            client.apiserver_version().await.unwrap_or_else(|error| {
-                tracing::warn!(%error, "the API server's version could not be read");
-                Info::default()
-            })
+/// Stores `support`, waking the reconciles waiting in [`ClusterSupport::known`] whenever it is new
+/// (the first answer included); whether it changed an answer already given.
+fn publish(sender: &watch::Sender<Option<ImageVolumes>>, support: ImageVolumes) -> bool {
+    let mut first = false;
+    let stored = sender.send_if_modified(|known| {
+        first = known.is_none();
+        let differs = known.as_ref() != Some(&support);
+        if differs {
+            *known = Some(support.clone());
         }
-    };
-    futures::stream::once(server).flat_map(move |server| {
-        let mut nodes: BTreeMap<String, NodeRuntime> = BTreeMap::new();
-        let mut listing = BTreeMap::new();
-        let mut listed = false;
-        watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        differs
+    });
+    stored && !first
+}
+
+/// The support after the first complete list of nodes and after every event since (a node that
+/// only renews its status changes nothing; the caller keeps only changes).
+fn node_support(client: Client, watches: Client) -> impl Stream<Item = ImageVolumes> + Send {
+    let view = NodeView {
+        events: watcher::watcher(Api::<Node>::all(watches), watcher::Config::default())
             .default_backoff()
-            .filter_map(move |event| {
-                let event = match event {
-                    Ok(event) => event,
-                    // Before the first list, a decision is owed (reconciles wait for it): the safe
-                    // delivery, until the nodes can be read.
-                    Err(error) if !listed => {
-                        return futures::future::ready(Some(ImageVolumes::Unsupported(format!(
-                            "the nodes cannot be read ({error})"
-                        ))));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "watching the nodes for image-volume support");
-                        return futures::future::ready(None);
-                    }
-                };
-                match event {
-                    Event::Init => listing.clear(),
-                    Event::InitApply(node) => {
-                        listing.insert(node.name_any(), runtime_of(&node));
-                    }
-                    Event::InitDone => {
-                        nodes = std::mem::take(&mut listing);
-                        listed = true;
-                    }
-                    Event::Apply(node) => {
-                        nodes.insert(node.name_any(), runtime_of(&node));
-                    }
-                    Event::Delete(node) => {
-                        nodes.remove(&node.name_any());
-                    }
-                }
-                let support = listed.then(|| {
-                    image_volumes(&server, nodes.iter().map(|(name, n)| (name.as_str(), n)))
-                });
-                futures::future::ready(support)
-            })
+            .boxed(),
+        client,
+        server: Info::default(),
+        nodes: BTreeMap::new(),
+        listing: BTreeMap::new(),
+        listed: false,
+    };
+    futures::stream::unfold(view, |mut view| async move {
+        let support = view.next_support().await?;
+        Some((support, view))
     })
+}
+
+struct NodeView {
+    events: futures::stream::BoxStream<'static, watcher::Result<Event<Node>>>,
+    client: Client,
+    server: Info,
+    nodes: BTreeMap<String, NodeRuntime>,
+    /// The nodes of a list under way; `nodes` keeps the previous complete one meanwhile.
+    listing: BTreeMap<String, NodeRuntime>,
+    listed: bool,
+}
+
+impl NodeView {
+    /// The support after the next event once the nodes have been listed; `None` when the watch
+    /// ends (at shutdown).
+    async fn next_support(&mut self) -> Option<ImageVolumes> {
+        loop {
+            match self.events.next().await? {
+                Ok(Event::Init) => self.listing.clear(),
+                Ok(Event::InitApply(node)) => {
+                    self.listing.insert(node.name_any(), runtime_of(&node));
+                }
+                Ok(Event::InitDone) => {
+                    self.nodes = std::mem::take(&mut self.listing);
+                    // Read at every complete list: after an upgrade of the control plane the
+                    // watch starts over, and the version may be new.
+                    self.server = server_version(&self.client).await;
+                    self.listed = true;
+                }
+                Ok(Event::Apply(node)) => {
+                    self.nodes.insert(node.name_any(), runtime_of(&node));
+                }
+                Ok(Event::Delete(node)) => {
+                    self.nodes.remove(&node.name_any());
+                }
+                // Not allowed to read nodes (an install without the chart's RBAC): no list will
+                // ever come, and reconciles wait for an answer.
+                Err(error) if !self.listed && forbidden(&error) => {
+                    return Some(ImageVolumes::Unsupported(format!(
+                        "the operator may not list nodes ({error})"
+                    )));
+                }
+                // Anything else passes: the watcher retries with backoff, and a decision waits
+                // for a complete list rather than flip the cluster's pods twice.
+                Err(error) => {
+                    tracing::warn!(%error, "watching the nodes for image-volume support");
+                    continue;
+                }
+            }
+            if self.listed {
+                let nodes = self.nodes.iter().map(|(name, node)| (name.as_str(), node));
+                return Some(image_volumes(&self.server, nodes));
+            }
+        }
+    }
+}
+
+fn forbidden(error: &watcher::Error) -> bool {
+    matches!(
+        error,
+        watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 403
+    )
+}
+
+/// The API server's version, retried until it answers: a failed read must not pass for an old
+/// server.
+async fn server_version(client: &Client) -> Info {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match client.apiserver_version().await {
+            Ok(info) => return info,
+            Err(error) => {
+                tracing::warn!(%error, "reading the API server's version; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
 }
 
 fn runtime_of(node: &Node) -> NodeRuntime {
@@ -365,7 +419,7 @@ mod tests {
         assert_eq!(
             support(
                 &server("1", "36+"),
-                &[("a", node("v1.36.0-gke.1", "cri-o://1.31.0"))]
+                &[("a", node("v1.36.0-gke.1", "cri-o://1.33.0"))]
             ),
             ImageVolumes::Supported
         );
@@ -392,8 +446,8 @@ mod tests {
             ),
             (
                 current.clone(),
-                node("v1.35.0", "cri-o://1.30.9"),
-                "cri-o://1.30.9",
+                node("v1.35.0", "cri-o://1.32.9"),
+                "cri-o://1.32.9",
             ),
             (
                 current.clone(),
@@ -477,6 +531,29 @@ mod tests {
             "{}",
             fallback.message
         );
+    }
+
+    #[tokio::test]
+    async fn the_first_answer_wakes_a_reconcile_already_waiting() {
+        let (sender, current) = watch::channel(None);
+        let support = ClusterSupport { current };
+        let waiting = tokio::spawn(async move { support.known().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "no answer yet");
+        assert!(
+            !publish(&sender, ImageVolumes::Supported),
+            "the first answer is no change"
+        );
+        let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the first answer")
+            .unwrap();
+        assert_eq!(answer, ImageVolumes::Supported);
+        assert!(!publish(&sender, ImageVolumes::Supported), "the same again");
+        assert!(publish(
+            &sender,
+            ImageVolumes::Unsupported("a new node".into())
+        ));
     }
 
     #[tokio::test]

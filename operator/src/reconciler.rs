@@ -569,11 +569,12 @@ async fn check_secret(
     }
 }
 
-/// A warning on the resource when it asks for an image volume the cluster cannot mount, once
+/// A warning on the resource when it (or the operator's setting) asks for an image volume the
+/// cluster cannot mount, once
 /// per change of the decision (the status says it for as long as it holds).
 async fn announce_fallback(lumigo: &Lumigo, ctx: &Context, delivery: &DeliveryStatus) {
     let asked_for_image_volume =
-        lumigo.spec.tracing.injection.payload_delivery == Some(DeliveryChoice::ImageVolume);
+        delivery_choice(lumigo, &ctx.operator) == DeliveryChoice::ImageVolume;
     let decided_before = lumigo
         .status
         .as_ref()

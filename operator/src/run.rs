@@ -76,7 +76,7 @@ pub async fn run(args: RunArgs, compiler: PolicyCompiler) -> Result<()> {
     let kubewarden_module = (args.admission_engine == AdmissionEngine::Kubewarden)
         .then(|| args.kubewarden_policy_module.clone());
     // Only the leader drives the node watch (through the controller), so standbys watch nothing.
-    let (image_volumes, delivery_changes) = delivery::watch_nodes(watches.clone());
+    let (image_volumes, delivery_changes) = delivery::watch_nodes(client.clone(), watches.clone());
     let ctx = Arc::new(context(
         client.clone(),
         &args.injection,

@@ -86,7 +86,8 @@ http://{{ include "lumigo.proxyName" . }}.{{ .Release.Namespace }}.svc.cluster.l
 injector.payloadDelivery, checked, as the operator's flag spells it (image-volume).
 */}}
 {{- define "lumigo.payloadDelivery" -}}
-{{- $delivery := .Values.injector.payloadDelivery }}
+{{- /* `default`: values reused from a release older than the setting lack it. */}}
+{{- $delivery := .Values.injector.payloadDelivery | default "auto" }}
 {{- if not (has $delivery (list "auto" "imageVolume" "initContainer")) }}{{ fail (printf "injector.payloadDelivery must be auto, imageVolume or initContainer, not %q" $delivery) }}{{ end }}
 {{- kebabcase $delivery }}
 {{- end }}
