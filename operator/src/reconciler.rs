@@ -316,6 +316,20 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
         lumigo.name_any(),
         lumigo.metadata.generation.unwrap_or_default()
     );
+    // Admission delivers the payload as the status says: a new decision goes there before the
+    // rollout re-injects, or workloads admitted meanwhile would be re-injected once more.
+    let decided = lumigo
+        .status
+        .as_ref()
+        .and_then(|status| status.payload_delivery.as_ref());
+    if decided.is_some_and(|decided| decided.mode != delivery.mode) {
+        api.patch_status(
+            &lumigo.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"payloadDelivery": &delivery}})),
+        )
+        .await?;
+    }
     let report = ctx
         .sweeper()
         .sweep(Some(&namespace), desired, &trigger)
@@ -1080,6 +1094,37 @@ mod reconcile_tests {
             .collect();
         assert_eq!(warnings.len(), 1, "{warnings:#?}");
         assert_eq!(warnings[0]["type"], "Warning");
+    }
+
+    #[tokio::test]
+    async fn a_new_delivery_reaches_the_status_before_the_rollout_re_injects() {
+        let mut decided = lumigo("shop");
+        decided["status"] = json!({"payloadDelivery": {
+            "mode": "imageVolume", "reason": "ImageVolumeSupported", "message": ""
+        }});
+        let mut world = World::new("shop", decided);
+        world.deployments = vec![deployment("shop", "web")];
+        let (ctx, calls) = world.clone().serve();
+        reconcile_once(&world, &ctx).await.unwrap();
+        let order: Vec<String> = calls
+            .all()
+            .into_iter()
+            .filter(|call| call.method == Method::PUT || call.path.ends_with("/status"))
+            .map(
+                |call| match call.body["status"]["payloadDelivery"]["mode"].as_str() {
+                    Some(mode) => format!("status {mode}"),
+                    None => format!("{} {}", call.method, call.path),
+                },
+            )
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "status initContainer",
+                "PUT /apis/apps/v1/namespaces/shop/deployments/web",
+                "status initContainer"
+            ]
+        );
     }
 
     #[tokio::test]
