@@ -17,6 +17,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use lumigo_e2e::images;
 use lumigo_e2e::testing::shared_cluster;
 use lumigo_mutation::{inject, InjectionConfig, Operation, PayloadDelivery, WorkloadKind};
+use lumigo_operator::workloads::pod_is_ready;
 use serde_json::json;
 use support::workload;
 
@@ -83,17 +84,6 @@ fn init_container_millis(pod: &Pod, containerd_log: &str) -> Option<f64> {
 fn settle_disk() {
     let status = std::process::Command::new("sync").status().unwrap();
     assert!(status.success(), "sync: {status}");
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|status| status.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
 }
 
 /// Bytes of the files under `dir` (0 when it does not exist).
@@ -173,7 +163,7 @@ async fn main() {
                 .await
                 .unwrap();
             let (startup, running) = loop {
-                if let Some(pod) = pods.get(&name).await.ok().filter(ready) {
+                if let Some(pod) = pods.get(&name).await.ok().filter(pod_is_ready) {
                     break (started.elapsed(), pod);
                 }
                 assert!(started.elapsed() < WAIT, "{name} not Ready after {WAIT:?}");

@@ -731,9 +731,38 @@ async fn pod_delivered_by(
     deployment: &str,
     field: &str,
 ) -> Value {
+    let what = format!("with the payload in {field}");
+    ready_pod(client, namespace, deployment, &what, |pod| {
+        let spec = &pod["spec"];
+        let copied = spec["initContainers"][0]["name"] == "lumigo-injector";
+        let mounted = spec["volumes"]
+            .as_array()
+            .is_some_and(|volumes| volumes.iter().any(|v| v["image"].is_object()));
+        if field == "initContainers" {
+            copied && !mounted
+        } else {
+            mounted && !copied
+        }
+    })
+    .await
+}
+
+/// The one Running pod of a Deployment whose containers are all ready (a rollout's old pods gone).
+async fn running_pod(client: &Client, namespace: &str, deployment: &str) -> Value {
+    ready_pod(client, namespace, deployment, "", |_| true).await
+}
+
+/// The Deployment's one pod, once it is ready and `accepted` (`what` says what that asks).
+async fn ready_pod(
+    client: &Client,
+    namespace: &str,
+    deployment: &str,
+    what: &str,
+    accepted: impl Fn(&Value) -> bool,
+) -> Value {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     eventually(
-        &format!("one ready pod of {namespace}/{deployment} with the payload in {field}"),
+        &format!("one ready pod of {namespace}/{deployment} {what}"),
         ROLLOUT_TIMEOUT,
         || async {
             let listed = pods
@@ -744,44 +773,8 @@ async fn pod_delivered_by(
                 return None;
             };
             let pod = serde_json::to_value(pod).ok()?;
-            let spec = &pod["spec"];
-            let copied = spec["initContainers"][0]["name"] == "lumigo-injector";
-            let mounted = spec["volumes"]
-                .as_array()
-                .is_some_and(|volumes| volumes.iter().any(|v| v["image"].is_object()));
-            let wanted = if field == "initContainers" {
-                copied && !mounted
-            } else {
-                mounted && !copied
-            };
-            (wanted && pod["status"]["containerStatuses"][0]["ready"] == true).then_some(pod)
-        },
-    )
-    .await
-}
-
-/// The one Running pod of a Deployment whose containers are all ready (a rollout's old pods gone).
-async fn running_pod(client: &Client, namespace: &str, deployment: &str) -> Value {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    eventually(
-        &format!("one ready pod of {namespace}/{deployment}"),
-        ROLLOUT_TIMEOUT,
-        || async {
-            let listed = pods
-                .list(&ListParams::default().labels(&format!("app={deployment}")))
-                .await
-                .ok()?;
-            let pods: Vec<Value> = listed
-                .items
-                .into_iter()
-                .map(|pod| serde_json::to_value(pod).unwrap())
-                .collect();
-            match pods.as_slice() {
-                [pod] if pod["status"]["containerStatuses"][0]["ready"] == true => {
-                    Some(pod.clone())
-                }
-                _ => None,
-            }
+            let ready = pod["status"]["containerStatuses"][0]["ready"] == true;
+            (ready && accepted(&pod)).then_some(pod)
         },
     )
     .await
