@@ -75,7 +75,7 @@ pub fn restore_created(parent: &mut Map<String, Value>, key: &str, created: Opti
     }
     match created {
         Created::Absent => {
-            parent.shift_remove(key);
+            remove_in_order(parent, key);
         }
         Created::Null => {
             parent.insert(key.to_owned(), Value::Null);
@@ -99,6 +99,19 @@ pub fn remove_named(list: &mut Vec<Value>, name: &str) {
 /// The string value of `map[key]`, if it is a string.
 pub fn str_at<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     map.get(key).and_then(Value::as_str)
+}
+
+/// Takes `key` out of `map` and tells whether it was there; the other keys keep their order with
+/// either of serde_json's maps. The policy module is built with the sorted one (faster to build,
+/// clone and diff, and order means nothing in its patch), the operator with the insertion-ordered
+/// one, where `Map::remove` would move the last key into the removed one's place and
+/// `shift_remove`, which does not, is the only one of the two that exists.
+pub fn remove_in_order(map: &mut Map<String, Value>, key: &str) -> bool {
+    let present = map.contains_key(key);
+    if present {
+        map.retain(|name, _| name != key);
+    }
+    present
 }
 
 #[cfg(test)]

@@ -36,19 +36,41 @@ pub fn reconcile(
     config: &InjectionConfig,
     operation: Operation,
 ) -> Outcome {
+    settle(object, reconciled(object, kind, config, operation))
+}
+
+/// What [`reconcile`] makes of `object`, which is left as it is: the new object and the change,
+/// or why there is none. For a caller that needs both objects (admission's patch).
+pub fn reconciled(
+    object: &Value,
+    kind: WorkloadKind,
+    config: &InjectionConfig,
+    operation: Operation,
+) -> Result<(Change, Value), Reason> {
     if object
         .pointer("/metadata/deletionTimestamp")
         .is_some_and(|t| !t.is_null())
     {
-        return Outcome::Unchanged(Reason::Terminating);
+        return Err(Reason::Terminating);
     }
     if is_opted_out(object, kind) {
-        return match remove(object, kind, operation) {
-            Outcome::Unchanged(Reason::NotInjected) => Outcome::Unchanged(Reason::OptedOut),
+        return match removed(object, kind, operation) {
+            Err(Reason::NotInjected) => Err(Reason::OptedOut),
             other => other,
         };
     }
-    inject(object, kind, config, operation)
+    injected(object, kind, config, operation)
+}
+
+/// Puts a new object in place of the old one, as the in-place functions answer.
+fn settle(object: &mut Value, result: Result<(Change, Value), Reason>) -> Outcome {
+    match result {
+        Ok((change, new)) => {
+            *object = new;
+            Outcome::Changed(change)
+        }
+        Err(reason) => Outcome::Unchanged(reason),
+    }
 }
 
 /// Injects the object with `config`; an object injected by another version or with other
@@ -59,14 +81,24 @@ pub fn inject(
     config: &InjectionConfig,
     operation: Operation,
 ) -> Outcome {
+    settle(object, injected(object, kind, config, operation))
+}
+
+/// What [`inject`] makes of `object`, which is left as it is.
+fn injected(
+    object: &Value,
+    kind: WorkloadKind,
+    config: &InjectionConfig,
+    operation: Operation,
+) -> Result<(Change, Value), Reason> {
     if let Some((kind, name)) = kind.managing_owner(object) {
-        return Outcome::Unchanged(Reason::OwnedByController { kind, name });
+        return Err(Reason::OwnedByController { kind, name });
     }
     if is_opted_out(object, kind) {
-        return Outcome::Unchanged(Reason::OptedOut);
+        return Err(Reason::OptedOut);
     }
     if let Some(marker) = rollback::still_rolled_back(object, kind, config) {
-        return Outcome::Unchanged(Reason::RolledBack(marker.failure.to_string()));
+        return Err(Reason::RolledBack(marker.failure.to_string()));
     }
     let mut candidate = object.clone();
     // A marker of other settings or of another template no longer holds the workload back.
@@ -74,21 +106,17 @@ pub fn inject(
     let previous = match template::template(object, kind).map(Record::read) {
         None | Some(Ok(None)) => None,
         Some(Ok(Some(record))) => Some(record),
-        Some(Err(reason)) => return Outcome::Unchanged(reason),
+        Some(Err(reason)) => return Err(reason),
     };
     if let Some(record) = &previous {
-        if let Err(reason) = template::strip(&mut candidate, kind, record) {
-            return Outcome::Unchanged(reason);
-        }
+        template::strip(&mut candidate, kind, record)?;
     }
-    if let Err(reason) = template::apply(&mut candidate, kind, config) {
-        return Outcome::Unchanged(reason);
-    }
+    template::apply(&mut candidate, kind, config)?;
     if candidate == *object {
-        return Outcome::Unchanged(Reason::AlreadyInjected);
+        return Err(Reason::AlreadyInjected);
     }
     if operation == Operation::Update && kind.template_immutable_after_create() {
-        return Outcome::Unchanged(Reason::TemplateImmutable {
+        return Err(Reason::TemplateImmutable {
             kind: kind.name().to_owned(),
         });
     }
@@ -98,37 +126,41 @@ pub fn inject(
             previous_label: injected_label(object, kind).unwrap_or_default(),
         },
     };
-    *object = candidate;
-    Outcome::Changed(change)
+    Ok((change, candidate))
 }
 
 /// Takes the injection (and a rollback marker) out of the object, giving back exactly what it
 /// was before.
 pub fn remove(object: &mut Value, kind: WorkloadKind, operation: Operation) -> Outcome {
+    settle(object, removed(object, kind, operation))
+}
+
+/// What [`remove`] makes of `object`, which is left as it is.
+fn removed(
+    object: &Value,
+    kind: WorkloadKind,
+    operation: Operation,
+) -> Result<(Change, Value), Reason> {
     if let Some((kind, name)) = kind.managing_owner(object) {
-        return Outcome::Unchanged(Reason::OwnedByController { kind, name });
+        return Err(Reason::OwnedByController { kind, name });
     }
     let mut candidate = object.clone();
     let had_marker = rollback::clear_marker(&mut candidate);
     let record = match template::template(object, kind).map(Record::read) {
         None | Some(Ok(None)) if had_marker => {
-            *object = candidate;
-            return Outcome::Changed(Change::Removed);
+            return Ok((Change::Removed, candidate));
         }
-        None | Some(Ok(None)) => return Outcome::Unchanged(Reason::NotInjected),
-        Some(Err(reason)) => return Outcome::Unchanged(reason),
+        None | Some(Ok(None)) => return Err(Reason::NotInjected),
+        Some(Err(reason)) => return Err(reason),
         Some(Ok(Some(record))) => record,
     };
     if operation == Operation::Update && kind.template_immutable_after_create() {
-        return Outcome::Unchanged(Reason::TemplateImmutable {
+        return Err(Reason::TemplateImmutable {
             kind: kind.name().to_owned(),
         });
     }
-    if let Err(reason) = template::strip(&mut candidate, kind, &record) {
-        return Outcome::Unchanged(reason);
-    }
-    *object = candidate;
-    Outcome::Changed(Change::Removed)
+    template::strip(&mut candidate, kind, &record)?;
+    Ok((Change::Removed, candidate))
 }
 
 /// What an object's record and owners say about its injection, for the rollout's decisions.

@@ -7,11 +7,10 @@
 //! does to the injection. policy-server and kwctl call `validate`; only the operator calls this.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::{is_injected, WorkloadKind};
+use crate::Change;
 
-/// What a patch does to the injection, told by the injection record before and after.
+/// What a patch does to the injection: the mutation's [`Change`], as the webhook's events group it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InjectionChange {
@@ -20,12 +19,13 @@ pub enum InjectionChange {
     Removed,
 }
 
-impl InjectionChange {
-    pub fn between(before: &Value, after: &Value, kind: WorkloadKind) -> Self {
-        match (is_injected(before, kind), is_injected(after, kind)) {
-            (false, _) => InjectionChange::Added,
-            (true, true) => InjectionChange::Updated,
-            (true, false) => InjectionChange::Removed,
+impl From<&Change> for InjectionChange {
+    /// The same grouping as the operator's own events of a change (`EventReason::of_change`).
+    fn from(change: &Change) -> Self {
+        match change {
+            Change::Injected => InjectionChange::Added,
+            Change::Reinjected { .. } => InjectionChange::Updated,
+            Change::Removed | Change::RolledBack { .. } => InjectionChange::Removed,
         }
     }
 }
@@ -49,6 +49,8 @@ pub struct PatchAnswer<P> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     #[test]

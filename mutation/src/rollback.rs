@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::json::remove_in_order;
 use crate::names::ROLLED_BACK_ANNOTATION;
 use crate::outcome::{Change, Outcome, Reason};
 use crate::workload::{Operation, WorkloadKind};
@@ -161,11 +162,11 @@ pub(crate) fn clear_marker(object: &mut Value) -> bool {
     else {
         return false;
     };
-    if annotations.shift_remove(ROLLED_BACK_ANNOTATION).is_none() {
+    if !remove_in_order(annotations, ROLLED_BACK_ANNOTATION) {
         return false;
     }
     if annotations.is_empty() {
-        metadata.shift_remove("annotations");
+        remove_in_order(metadata, "annotations");
     }
     true
 }

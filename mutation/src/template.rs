@@ -8,7 +8,8 @@ use crate::env::{
     ld_preload_entry, lumigo_variables, names_injector, prepend_injector, strip_injector,
 };
 use crate::json::{
-    array_at, name_of, object_at, position_named, remove_named, restore_created, str_at,
+    array_at, name_of, object_at, position_named, remove_in_order, remove_named, restore_created,
+    str_at,
 };
 use crate::names::*;
 use crate::outcome::Reason;
@@ -314,7 +315,7 @@ pub fn strip(object: &mut Value, kind: WorkloadKind, record: &Record) -> Result<
             .get_mut("annotations")
             .and_then(Value::as_object_mut)
         {
-            annotations.shift_remove(RECORD_ANNOTATION);
+            remove_in_order(annotations, RECORD_ANNOTATION);
         }
         restore_created(metadata, "annotations", record.template_annotations);
     }
@@ -346,7 +347,7 @@ fn restore_label(labels: &mut Map<String, Value>, original: Option<&str>) {
             labels.insert(AUTO_TRACE_LABEL.to_owned(), Value::String(value.to_owned()));
         }
         None => {
-            labels.shift_remove(AUTO_TRACE_LABEL);
+            remove_in_order(labels, AUTO_TRACE_LABEL);
         }
     }
 }
