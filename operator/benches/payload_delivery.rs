@@ -1,9 +1,14 @@
 //! The two payload deliveries on the real node, with the real autotrace image (the whole payload):
 //! pods started one at a time, uninjected, injected with the init container's copy, and injected
 //! with the image mounted as an image volume. Prints each one's start-up time (creation to Ready,
-//! polled every 20 ms; the kubelet reports container changes once a second) and the node disk each
-//! pod holds in its volumes, the payload's size, and the copy step alone: the image's program
-//! (busybox `cp -R`) copying the payload on the node's disk, as the init container does.
+//! watched; the kubelet reports container changes once a second) and the node disk each pod holds
+//! in its volumes, the payload's size, and the copy step alone: the image's program (busybox
+//! `cp -R`) copying the payload on the node's disk, as the init container does. Each pod is
+//! measured alone: the next one is created once the previous one is gone from the API and the
+//! kubelet has removed its directory (its containers stopped, its volumes deleted). The pods'
+//! volumes are on the test node's journaled ext4 (`e2e/node/janitor.sh`): on this VM's root, an
+//! ext4 without a journal, each copy after the first spent about 1.3 s of CPU finding free inodes
+//! among the 2,000 the previous pod's emptyDir had just freed.
 //! Needs root and the image inputs: `just operator::bench-payload-delivery`.
 
 #[path = "../tests/support/mod.rs"]
@@ -14,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions, Condition};
 use lumigo_e2e::images;
 use lumigo_e2e::testing::shared_cluster;
 use lumigo_mutation::{inject, InjectionConfig, Operation, PayloadDelivery, WorkloadKind};
@@ -101,6 +107,38 @@ fn bytes_under(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The pod `name` once `condition` holds, watched, for at most [`WAIT`].
+async fn watch_until(
+    pods: &Api<Pod>,
+    name: &str,
+    what: &str,
+    condition: impl Condition<Pod>,
+) -> Option<Pod> {
+    tokio::time::timeout(WAIT, await_condition(pods.clone(), name, condition))
+        .await
+        .unwrap_or_else(|_| panic!("{name} not {what} after {WAIT:?}"))
+        .unwrap_or_else(|error| panic!("watching {name}: {error}"))
+}
+
+/// Deletes the pod and waits until it is gone from the API and the kubelet has removed its
+/// directory (containers stopped, volumes torn down: the init container's emptyDir holds the
+/// whole payload), so that this teardown does not weigh on the next pod's measurement.
+async fn delete_and_wait(pods: &Api<Pod>, name: &str, uid: &str, pod_dir: &Path) {
+    pods.delete(name, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    watch_until(pods, name, "deleted", conditions::is_deleted(uid)).await;
+    let started = Instant::now();
+    while pod_dir.exists() {
+        assert!(
+            started.elapsed() < WAIT,
+            "the kubelet kept {} for {WAIT:?}",
+            pod_dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -124,7 +162,8 @@ async fn main() {
         "payload {:.1} MB in the autotrace image; {PODS} pods per delivery, one at a time:",
         bytes_under(&artifacts.payload) as f64 / 1e6
     );
-    let node_disk = cluster.node_dir().join("bench-copy");
+    // Where the pods' volumes are.
+    let node_disk = cluster.node_dir().join("kubelet/bench-copy");
     let mut copies: Vec<f64> = (0..PODS)
         .map(|_| {
             let _ = std::fs::remove_dir_all(&node_disk);
@@ -162,23 +201,16 @@ async fn main() {
                 .create(&PostParams::default(), &pod(&name, delivery))
                 .await
                 .unwrap();
-            let (startup, running) = loop {
-                if let Some(pod) = pods.get(&name).await.ok().filter(pod_is_ready) {
-                    break (started.elapsed(), pod);
-                }
-                assert!(started.elapsed() < WAIT, "{name} not Ready after {WAIT:?}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
+            let running = watch_until(&pods, &name, "Ready", |pod: Option<&Pod>| {
+                pod.is_some_and(pod_is_ready)
+            })
+            .await
+            .unwrap();
+            let startup = started.elapsed();
             let uid = created.metadata.uid.clone().unwrap_or_default();
-            let volumes = cluster
-                .node_dir()
-                .join("kubelet/pods")
-                .join(&uid)
-                .join("volumes");
-            let disk = bytes_under(&volumes);
-            pods.delete(&name, &DeleteParams::default().grace_period(0))
-                .await
-                .unwrap();
+            let pod_dir = cluster.node_dir().join("kubelet/pods").join(&uid);
+            let disk = bytes_under(&pod_dir.join("volumes"));
+            delete_and_wait(&pods, &name, &uid, &pod_dir).await;
             if i > 0 {
                 startups.push(startup.as_secs_f64() * 1000.0);
                 disks.push(disk as f64 / 1e6);
