@@ -245,6 +245,13 @@ pub struct InstrumentedResource {
     pub tracing: Option<WorkloadTracing>,
 }
 
+impl Lumigo {
+    /// The payload delivery last decided for this resource, as its status holds it.
+    pub fn decided_delivery(&self) -> Option<&DeliveryStatus> {
+        self.status.as_ref()?.payload_delivery.as_ref()
+    }
+}
+
 impl InstrumentedResource {
     pub fn workload_kind(&self) -> Option<lumigo_mutation::WorkloadKind> {
         lumigo_mutation::WorkloadKind::from_api_version_kind(&self.api_version, &self.kind)

@@ -318,11 +318,10 @@ async fn apply(lumigo: &Lumigo, ctx: &Context, api: &Api<Lumigo>) -> Result<Acti
     );
     // Admission delivers the payload as the status says: a new decision goes there before the
     // rollout re-injects, or workloads admitted meanwhile would be re-injected once more.
-    let decided = lumigo
-        .status
-        .as_ref()
-        .and_then(|status| status.payload_delivery.as_ref());
-    if decided.is_some_and(|decided| decided.mode != delivery.mode) {
+    if lumigo
+        .decided_delivery()
+        .is_some_and(|decided| decided.mode != delivery.mode)
+    {
         api.patch_status(
             &lumigo.name_any(),
             &PatchParams::default(),
@@ -584,18 +583,14 @@ async fn check_secret(
 }
 
 /// A warning on the resource when it (or the operator's setting) asks for an image volume the
-/// cluster cannot mount, once
-/// per change of the decision (the status says it for as long as it holds).
+/// cluster cannot mount, once per change of the decision (the status says it for as long as it
+/// holds).
 async fn announce_fallback(lumigo: &Lumigo, ctx: &Context, delivery: &DeliveryStatus) {
     let asked_for_image_volume =
         delivery_choice(lumigo, &ctx.operator) == DeliveryChoice::ImageVolume;
-    let decided_before = lumigo
-        .status
-        .as_ref()
-        .and_then(|status| status.payload_delivery.as_ref());
     if asked_for_image_volume
         && delivery.mode == DeliveryMode::InitContainer
-        && decided_before != Some(delivery)
+        && lumigo.decided_delivery() != Some(delivery)
     {
         ctx.events
             .on_resource(

@@ -93,9 +93,7 @@ pub fn delivery_choice(lumigo: &Lumigo, operator: &OperatorSettings) -> Delivery
 /// container until it has (it works on every cluster).
 fn decided_delivery(lumigo: &Lumigo) -> PayloadDelivery {
     lumigo
-        .status
-        .as_ref()
-        .and_then(|status| status.payload_delivery.as_ref())
+        .decided_delivery()
         .map_or(PayloadDelivery::InitContainer, |decided| {
             decided.mode.into()
         })
