@@ -1,10 +1,18 @@
 //! waPC glue of the Lumigo Kubewarden policy; the logic is in `admission` and the mutation core.
 
 pub mod admission;
+#[cfg(any(target_family = "wasm", test))]
+mod call_arena;
 pub mod settings;
 
 use kubewarden_policy_sdk::protocol_version_guest;
 use wapc_guest::prelude::*;
+
+/// One call per instance, as the operator calls the module: see `call_arena`.
+#[cfg(target_family = "wasm")]
+#[global_allocator]
+static ALLOCATOR: call_arena::CallArena<{ 1 << 20 }, std::alloc::System> =
+    call_arena::CallArena::new(std::alloc::System);
 
 #[no_mangle]
 pub extern "C" fn wapc_init() {

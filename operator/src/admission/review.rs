@@ -31,16 +31,18 @@ const PATCH_FUNCTION: &str = "validate_as_patch";
 /// to the blocking pool, so that no worker thread is held for long (the permits bound both).
 const INLINE_PAYLOAD: usize = 64 << 10;
 
-/// An AdmissionReview, its request left as the raw bytes it came in: the module gets them as they
-/// are, and nothing is copied or built before the namespace says the request is ours.
+/// An AdmissionReview, read in one pass: the request's head, its object left as the raw bytes
+/// it came in, which the module gets as they are.
 #[derive(Deserialize)]
-struct Review<'a> {
-    #[serde(borrow, default)]
-    request: Option<&'a RawValue>,
+#[serde(bound(deserialize = "R: Deserialize<'de>"))]
+struct Review<R> {
+    #[serde(default)]
+    request: Option<R>,
 }
 
-/// The parts of an AdmissionRequest the host itself reads; the object stays raw until a patch
-/// is to be computed against it.
+/// The parts of an AdmissionRequest the host and the module read; the object stays raw until a
+/// patch is to be computed against it. The rest (the user's identity, the old object of an
+/// update) is skipped, not copied into the module.
 #[derive(Deserialize)]
 struct RequestHead<'a> {
     uid: String,
@@ -51,6 +53,8 @@ struct RequestHead<'a> {
     kind: GroupKind,
     #[serde(default)]
     operation: String,
+    #[serde(default, rename = "subResource")]
+    sub_resource: String,
     #[serde(borrow, default)]
     object: Option<&'a RawValue>,
     #[serde(default, rename = "dryRun")]
@@ -107,7 +111,7 @@ struct RequestUid {
     uid: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct GroupKind {
     #[serde(default)]
     group: String,
@@ -139,10 +143,11 @@ pub(crate) struct AdmissionResponse {
     pub allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The module's JSON Patch as it wrote it; `review_json` writes it base64-encoded.
+    #[serde(skip)]
+    pub patch: Option<Box<RawValue>>,
 }
 
 impl AdmissionResponse {
@@ -163,12 +168,27 @@ impl AdmissionResponse {
             kind: &'static str,
             response: &'a AdmissionResponse,
         }
-        serde_json::to_vec(&AnsweringReview {
+        let mut json = serde_json::to_vec(&AnsweringReview {
             api_version: "admission.k8s.io/v1",
             kind: "AdmissionReview",
             response: self,
         })
-        .expect("an AdmissionReview serializes")
+        .expect("an AdmissionReview serializes");
+        if let Some(patch) = &self.patch {
+            // Base64 needs no escaping: encoded straight into the review, not passed through the
+            // serializer, which checks every byte of a string (1–2% of a review's CPU).
+            let patch = patch.get().as_bytes();
+            let encoded = base64::encoded_len(patch.len(), true).expect("a patch fits in memory");
+            json.truncate(json.len() - "}}".len());
+            json.extend_from_slice(br#","patch":""#);
+            let start = json.len();
+            json.resize(start + encoded, 0);
+            STANDARD
+                .encode_slice(patch, &mut json[start..])
+                .expect("sized by encoded_len");
+            json.extend_from_slice(br#""}}"#);
+        }
+        json
     }
 }
 
@@ -243,24 +263,12 @@ pub(crate) struct Unanswerable(pub String);
 
 impl Reviewer {
     pub async fn review(&self, body: &[u8]) -> Result<AdmissionResponse, Unanswerable> {
-        let review: Review = serde_json::from_slice(body)
-            .map_err(|e| Unanswerable(format!("the body is not JSON: {e}")))?;
-        let not_a_review =
-            || Unanswerable("the body is not an AdmissionReview with a request uid".into());
-        let request = review.request.ok_or_else(not_a_review)?;
-        let head: RequestHead = match serde_json::from_str(request.get()) {
-            Ok(head) => head,
-            Err(error) => {
-                let RequestUid { uid } =
-                    serde_json::from_str(request.get()).map_err(|_| not_a_review())?;
-                return Ok(warn(
-                    uid,
-                    format!(
-                        "{WARNING_PREFIX}: cannot read the admission request, admitted unchanged: \
-                         {error}"
-                    ),
-                ));
-            }
+        let head = match serde_json::from_slice::<Review<RequestHead>>(body) {
+            Ok(Review {
+                request: Some(head),
+            }) => head,
+            Ok(Review { request: None }) => return Err(not_a_review()),
+            Err(error) => return unreadable_head(body, error),
         };
         if let Err(problem) = head.check_names() {
             // Anyone who reaches the webhook can send a review; what it names reaches API paths
@@ -273,7 +281,7 @@ impl Reviewer {
         let Some(settings) = self.settings_for(&head.namespace) else {
             return Ok(AdmissionResponse::allowed(head.uid));
         };
-        let payload = validation_request(&settings, request);
+        let payload = validation_request(&settings, &head);
         let answer = self.evaluator.validate(payload).await.and_then(|bytes| {
             serde_json::from_slice::<Answer>(&bytes)
                 .map_err(|e| format!("the policy's answer is not a patch answer: {e}"))
@@ -320,7 +328,7 @@ impl Reviewer {
         };
         if let (Some(patch), Some(change), Some(kind)) = (answer.patch, answer.change, kind) {
             response.patch_type = Some("JSONPatch");
-            response.patch = Some(STANDARD.encode(patch.get()));
+            response.patch = Some(patch);
             if !head.dry_run {
                 self.events.send(AdmissionEvent::changed(
                     &admitted_object(&head, kind, &object()),
@@ -359,18 +367,59 @@ impl Reviewer {
     }
 }
 
-/// Kubewarden's ValidationRequest, `{"settings": ..., "request": ...}`, with the request's bytes
-/// as they came: the module parses them itself.
-fn validation_request(settings: &InjectionConfig, request: &RawValue) -> Vec<u8> {
-    let settings = serde_json::to_vec(settings).expect("settings always serialize");
-    let request = request.get().as_bytes();
-    let mut payload = Vec::with_capacity(settings.len() + request.len() + 24);
-    payload.extend_from_slice(b"{\"settings\":");
-    payload.extend_from_slice(&settings);
-    payload.extend_from_slice(b",\"request\":");
-    payload.extend_from_slice(request);
-    payload.push(b'}');
-    payload
+/// Kubewarden's ValidationRequest, `{"settings": ..., "request": ...}`, with the request's fields
+/// the module reads and its object's bytes as they came: the module parses them itself.
+fn validation_request(settings: &InjectionConfig, head: &RequestHead) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct ValidationRequest<'a> {
+        settings: &'a InjectionConfig,
+        request: ModuleRequest<'a>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ModuleRequest<'a> {
+        name: &'a str,
+        operation: &'a str,
+        kind: &'a GroupKind,
+        sub_resource: &'a str,
+        object: Option<&'a RawValue>,
+    }
+    serde_json::to_vec(&ValidationRequest {
+        settings,
+        request: ModuleRequest {
+            name: &head.name,
+            operation: &head.operation,
+            kind: &head.kind,
+            sub_resource: &head.sub_resource,
+            object: head.object,
+        },
+    })
+    .expect("a validation request serializes")
+}
+
+/// The answer to a review whose head did not parse: a warning if it has a uid to answer.
+fn unreadable_head(
+    body: &[u8],
+    error: serde_json::Error,
+) -> Result<AdmissionResponse, Unanswerable> {
+    match serde_json::from_slice::<Review<RequestUid>>(body) {
+        Ok(Review {
+            request: Some(RequestUid { uid }),
+        }) => Ok(warn(
+            uid,
+            format!(
+                "{WARNING_PREFIX}: cannot read the admission request, admitted unchanged: {error}"
+            ),
+        )),
+        Err(error) if error.is_syntax() || error.is_eof() => {
+            Err(Unanswerable(format!("the body is not JSON: {error}")))
+        }
+        _ => Err(not_a_review()),
+    }
+}
+
+fn not_a_review() -> Unanswerable {
+    Unanswerable("the body is not an AdmissionReview with a request uid".into())
 }
 
 fn warn(uid: String, warning: String) -> AdmissionResponse {
@@ -462,6 +511,7 @@ mod tests {
                 kind: "Deployment".into(),
             },
             operation: "CREATE".into(),
+            sub_resource: String::new(),
             object: None,
             dry_run: false,
         };
@@ -479,31 +529,64 @@ mod tests {
     }
 
     #[test]
-    fn the_module_gets_the_settings_and_the_request_exactly_as_it_came() {
+    fn the_module_gets_the_settings_the_fields_it_reads_and_the_object_exactly_as_it_came() {
         let settings: InjectionConfig = serde_json::from_value(json!({
             "injectorImage": "ghcr.io/lumigo-rs/autotrace:0.1.0",
             "tokenSecret": {"name": "lumigo-credentials", "key": "token"},
             "operatorVersion": "0.1.0",
         }))
         .unwrap();
-        // Spacing, key order and escapes the host must not normalise away.
-        let body =
-            br#"{"kind":"AdmissionReview","request": {"uid":"u1", "object":{"b":1,"a":"\u00e9"}}}"#;
-        let review: Review = serde_json::from_slice(body).unwrap();
-        let request = review.request.unwrap();
-        let payload = validation_request(&settings, request);
+        // Spacing, key order and escapes in the object the host must not normalise away; the
+        // user's identity and the old object the module never reads.
+        let body = br#"{"kind":"AdmissionReview","request": {"uid":"u1", "name": "web",
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "operation": "UPDATE", "userInfo": {"username": "admin"},
+            "object":{"b":1,"a":"\u00e9"}, "oldObject": {"b": 0}}}"#;
+        let Review {
+            request: Some(head),
+        } = serde_json::from_slice::<Review<RequestHead>>(body).unwrap()
+        else {
+            panic!("the review has a request")
+        };
+        let payload = validation_request(&settings, &head);
         let parsed: Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(
             parsed,
             json!({
                 "settings": serde_json::to_value(&settings).unwrap(),
-                "request": {"uid": "u1", "object": {"b": 1, "a": "é"}}
+                "request": {
+                    "name": "web",
+                    "operation": "UPDATE",
+                    "kind": {"group": "apps", "kind": "Deployment"},
+                    "subResource": "",
+                    "object": {"b": 1, "a": "é"}
+                }
             })
         );
         let text = String::from_utf8(payload).unwrap();
         assert!(
-            text.ends_with(r#","request":{"uid":"u1", "object":{"b":1,"a":"\u00e9"}}}"#),
+            text.ends_with(r#","object":{"b":1,"a":"\u00e9"}}}"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_patch_is_written_base64_encoded_into_the_review() {
+        let patch = r#"[{"op":"add","path":"/metadata/labels","value":{"a":"\"é"}}]"#;
+        let response = AdmissionResponse {
+            patch_type: Some("JSONPatch"),
+            warnings: vec!["lumigo: \"quoted\"".into()],
+            patch: Some(RawValue::from_string(patch.into()).unwrap()),
+            ..AdmissionResponse::allowed("u2".into())
+        };
+        let review: Value = serde_json::from_slice(&response.review_json()).unwrap();
+        let answered = &review["response"];
+        assert_eq!(answered["uid"], "u2");
+        assert_eq!(answered["patchType"], "JSONPatch");
+        assert_eq!(answered["warnings"], json!(["lumigo: \"quoted\""]));
+        let decoded = STANDARD
+            .decode(answered["patch"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(decoded, patch.as_bytes());
     }
 }
