@@ -6,6 +6,17 @@ use serde_json::{Map, Value};
 
 use crate::outcome::Reason;
 
+/// The value under `keys`, object by object: what `Value::pointer` finds for the same path, without
+/// unescaping each of its tokens (two allocations and two substring searches a token, a tenth of
+/// the policy module's call when it looked up templates and labels that way).
+pub fn at<'a>(value: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().try_fold(value, |value, key| value.get(key))
+}
+
+pub fn at_mut<'a>(value: &'a mut Value, keys: &[&str]) -> Option<&'a mut Value> {
+    keys.iter().try_fold(value, |value, key| value.get_mut(key))
+}
+
 /// How a map or list the injection needed looked before it created it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -118,6 +129,21 @@ pub fn remove_in_order(map: &mut Map<String, Value>, key: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn keys_find_what_a_pointer_finds_and_nothing_inside_lists() {
+        let mut object = json!({"spec": {"template": {"a/b": 1}, "list": [{"x": 2}]}});
+        assert_eq!(
+            at(&object, &["spec", "template", "a/b"]),
+            object.pointer("/spec/template/a~1b")
+        );
+        assert_eq!(at(&object, &["spec", "template", "a/b"]), Some(&json!(1)));
+        assert_eq!(at(&object, &[]), Some(&object));
+        assert_eq!(at(&object, &["spec", "missing"]), None);
+        assert_eq!(at(&object, &["spec", "list", "0"]), None);
+        *at_mut(&mut object, &["spec", "template"]).unwrap() = json!(null);
+        assert_eq!(object["spec"]["template"], json!(null));
+    }
 
     #[test]
     fn created_containers_are_restored_exactly() {

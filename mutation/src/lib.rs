@@ -47,10 +47,7 @@ pub fn reconciled(
     config: &InjectionConfig,
     operation: Operation,
 ) -> Result<(Change, Value), Reason> {
-    if object
-        .pointer("/metadata/deletionTimestamp")
-        .is_some_and(|t| !t.is_null())
-    {
+    if json::at(object, &["metadata", "deletionTimestamp"]).is_some_and(|t| !t.is_null()) {
         return Err(Reason::Terminating);
     }
     if is_opted_out(object, kind) {
@@ -192,8 +189,7 @@ pub fn is_injected(object: &Value, kind: WorkloadKind) -> bool {
 fn is_opted_out(object: &Value, kind: WorkloadKind) -> bool {
     let opted_out = |metadata_owner: Option<&Value>| {
         metadata_owner
-            .and_then(|owner| owner.pointer("/metadata/labels"))
-            .and_then(|labels| labels.get(AUTO_TRACE_LABEL))
+            .and_then(|owner| json::at(owner, &["metadata", "labels", AUTO_TRACE_LABEL]))
             .and_then(Value::as_str)
             == Some(OPT_OUT_VALUE)
     };
@@ -202,7 +198,8 @@ fn is_opted_out(object: &Value, kind: WorkloadKind) -> bool {
 
 fn injected_label(object: &Value, kind: WorkloadKind) -> Option<String> {
     template::template(object, kind)?
-        .pointer("/metadata/labels")?
+        .get("metadata")?
+        .get("labels")?
         .get(AUTO_TRACE_LABEL)?
         .as_str()
         .map(str::to_owned)

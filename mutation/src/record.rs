@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::json::Created;
+use crate::json::{self, Created};
 use crate::names::RECORD_ANNOTATION;
 use crate::outcome::Reason;
 
@@ -67,10 +67,7 @@ impl Record {
 
     /// The record on a pod template; `Ok(None)` when the template carries none (not injected).
     pub fn read(template: &Value) -> Result<Option<Record>, Reason> {
-        let Some(raw) = template
-            .pointer("/metadata/annotations")
-            .and_then(|a| a.get(RECORD_ANNOTATION))
-        else {
+        let Some(raw) = json::at(template, &["metadata", "annotations", RECORD_ANNOTATION]) else {
             return Ok(None);
         };
         let unreadable = |why: String| {

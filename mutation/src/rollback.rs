@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::json::remove_in_order;
+use crate::json::{self, remove_in_order};
 use crate::names::ROLLED_BACK_ANNOTATION;
 use crate::outcome::{Change, Outcome, Reason};
 use crate::workload::{Operation, WorkloadKind};
@@ -132,10 +132,7 @@ pub fn roll_back(
 
 /// The rollback marker of a workload, if it carries a readable one.
 pub fn rollback_marker(object: &Value) -> Option<RollbackMarker> {
-    let value = object
-        .pointer("/metadata/annotations")?
-        .get(ROLLED_BACK_ANNOTATION)?
-        .as_str()?;
+    let value = json::at(object, &["metadata", "annotations", ROLLED_BACK_ANNOTATION])?.as_str()?;
     serde_json::from_str(value).ok()
 }
 

@@ -24,8 +24,7 @@ pub fn template_mut(
     object: &mut Value,
     kind: WorkloadKind,
 ) -> Result<&mut Map<String, Value>, Reason> {
-    object
-        .pointer_mut(kind.template_pointer())
+    kind.template_mut(object)
         .and_then(Value::as_object_mut)
         .ok_or_else(|| {
             Reason::Malformed(format!(
@@ -36,7 +35,7 @@ pub fn template_mut(
 }
 
 pub fn template(object: &Value, kind: WorkloadKind) -> Option<&Value> {
-    object.pointer(kind.template_pointer())
+    kind.template(object)
 }
 
 /// Adds every owned item to an object that carries none of them.

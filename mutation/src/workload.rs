@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use crate::json;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum WorkloadKind {
     Pod,
@@ -126,13 +128,23 @@ impl WorkloadKind {
         Self::from_group_kind(group_of(api_version), kind)
     }
 
-    /// JSON pointer to the pod template (its `metadata` and `spec`); a Pod is its own template.
-    pub fn template_pointer(self) -> &'static str {
+    /// The keys that lead to the pod template (its `metadata` and `spec`); a Pod is its own
+    /// template.
+    fn template_keys(self) -> &'static [&'static str] {
         match self {
-            WorkloadKind::Pod => "",
-            WorkloadKind::CronJob => "/spec/jobTemplate/spec/template",
-            _ => "/spec/template",
+            WorkloadKind::Pod => &[],
+            WorkloadKind::CronJob => &["spec", "jobTemplate", "spec", "template"],
+            _ => &["spec", "template"],
         }
+    }
+
+    /// The object's pod template, if it has one.
+    pub fn template(self, object: &Value) -> Option<&Value> {
+        json::at(object, self.template_keys())
+    }
+
+    pub fn template_mut(self, object: &mut Value) -> Option<&mut Value> {
+        json::at_mut(object, self.template_keys())
     }
 
     /// The same place, written the way a person reads it in messages.
@@ -168,7 +180,7 @@ impl WorkloadKind {
     /// The controller that injects this object's template in its stead, if any. Owners of
     /// other kinds (e.g. custom controllers) do not inject, so their objects are injected here.
     pub fn managing_owner(self, object: &Value) -> Option<(String, String)> {
-        let owners = object.pointer("/metadata/ownerReferences")?.as_array()?;
+        let owners = json::at(object, &["metadata", "ownerReferences"])?.as_array()?;
         owners.iter().find_map(|owner| {
             if owner.get("controller").and_then(Value::as_bool) != Some(true) {
                 return None;

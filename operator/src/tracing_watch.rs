@@ -154,7 +154,7 @@ async fn likely_reason_for_silence(
         .filter(|pod| pod_is_ready(pod))
         .filter_map(|pod| serde_json::to_value(pod).ok())
         .collect();
-    let template = object.pointer(kind.template_pointer());
+    let template = kind.template(&object);
     reason_for_silence(&ready, template)
 }
 

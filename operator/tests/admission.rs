@@ -172,24 +172,15 @@ async fn every_kind_is_stored_injected_where_a_lumigo_is_active() -> Result<()> 
             inspection.injected,
             "{kind} was stored without the injection: {stored}"
         );
-        let label = stored
-            .pointer(&format!(
-                "{}/metadata/labels/lumigo.auto-trace",
-                kind.template_pointer()
-            ))
+        let label = kind
+            .template(&stored)
+            .and_then(|template| template.pointer("/metadata/labels/lumigo.auto-trace"))
             .and_then(Value::as_str);
         ensure!(
             label == Some("lumigo-operator.v0.1.0"),
             "{kind}: injected with the label {label:?}"
         );
-        let template = if kind == WorkloadKind::Pod {
-            stored.clone()
-        } else {
-            stored
-                .pointer(kind.template_pointer())
-                .cloned()
-                .context("template")?
-        };
+        let template = kind.template(&stored).cloned().context("template")?;
         let init_images: Vec<_> = template
             .pointer("/spec/initContainers")
             .and_then(Value::as_array)
@@ -277,11 +268,9 @@ async fn nothing_changes_without_an_active_lumigo() -> Result<()> {
                 !inspect(&stored, kind).injected,
                 "{kind} injected in {namespace}: {stored}"
             );
-            let init = if kind == WorkloadKind::Pod {
-                stored.pointer("/spec/initContainers")
-            } else {
-                stored.pointer(&format!("{}/spec/initContainers", kind.template_pointer()))
-            };
+            let init = kind
+                .template(&stored)
+                .and_then(|template| template.pointer("/spec/initContainers"));
             ensure!(
                 init.is_none(),
                 "{kind} in {namespace} gained init containers: {init:?}"

@@ -97,7 +97,7 @@ async fn lumigo_lifecycle() {
             Some("lumigo-operator.v0.1.0"),
             "{kind}/{name}"
         );
-        let template = object.pointer(kind.template_pointer()).unwrap();
+        let template = kind.template(&object).unwrap();
         assert_eq!(
             template["spec"]["initContainers"][0]["name"],
             "lumigo-injector"
@@ -156,8 +156,7 @@ async fn lumigo_lifecycle() {
     eventually("LUMIGO_ENABLE_LOGS=true everywhere", WAIT, || async {
         for (kind, name) in workloads {
             let object = get(&client, &ns, kind, name).await;
-            let env =
-                object.pointer(kind.template_pointer())?["spec"]["containers"][0]["env"].clone();
+            let env = kind.template(&object)?["spec"]["containers"][0]["env"].clone();
             let logs = env
                 .as_array()?
                 .iter()

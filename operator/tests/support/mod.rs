@@ -349,7 +349,7 @@ pub async fn spec_bytes(
 }
 
 pub fn injected_label(object: &Value, kind: WorkloadKind) -> Option<String> {
-    let template = object.pointer(kind.template_pointer())?;
+    let template = kind.template(object)?;
     template
         .pointer("/metadata/labels/lumigo.auto-trace")?
         .as_str()
