@@ -100,7 +100,7 @@ fn injected(
     let mut candidate = object.clone();
     // A marker of other settings or of another template no longer holds the workload back.
     rollback::clear_marker(&mut candidate);
-    let previous = match template::template(object, kind).map(Record::read) {
+    let previous = match kind.template(object).map(Record::read) {
         None | Some(Ok(None)) => None,
         Some(Ok(Some(record))) => Some(record),
         Some(Err(reason)) => return Err(reason),
@@ -143,7 +143,7 @@ fn removed(
     }
     let mut candidate = object.clone();
     let had_marker = rollback::clear_marker(&mut candidate);
-    let record = match template::template(object, kind).map(Record::read) {
+    let record = match kind.template(object).map(Record::read) {
         None | Some(Ok(None)) if had_marker => {
             return Ok((Change::Removed, candidate));
         }
@@ -179,10 +179,7 @@ pub fn inspect(object: &Value, kind: WorkloadKind) -> Inspection {
 /// Whether the object's pod template holds a valid injection record: `inspect(..).injected`
 /// alone, for callers that need nothing else (admission asks it twice per review).
 pub fn is_injected(object: &Value, kind: WorkloadKind) -> bool {
-    matches!(
-        template::template(object, kind).map(Record::read),
-        Some(Ok(Some(_)))
-    )
+    matches!(kind.template(object).map(Record::read), Some(Ok(Some(_))))
 }
 
 /// `lumigo.auto-trace: "false"` on the object or on its pod template.
@@ -193,11 +190,11 @@ fn is_opted_out(object: &Value, kind: WorkloadKind) -> bool {
             .and_then(Value::as_str)
             == Some(OPT_OUT_VALUE)
     };
-    opted_out(Some(object)) || opted_out(template::template(object, kind))
+    opted_out(Some(object)) || opted_out(kind.template(object))
 }
 
 fn injected_label(object: &Value, kind: WorkloadKind) -> Option<String> {
-    template::template(object, kind)?
+    kind.template(object)?
         .get("metadata")?
         .get("labels")?
         .get(AUTO_TRACE_LABEL)?

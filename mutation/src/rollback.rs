@@ -15,7 +15,7 @@ use crate::json::{self, remove_in_order};
 use crate::names::ROLLED_BACK_ANNOTATION;
 use crate::outcome::{Change, Outcome, Reason};
 use crate::workload::{Operation, WorkloadKind};
-use crate::{remove, template, InjectionConfig};
+use crate::{remove, InjectionConfig};
 
 /// Why the injected pods failed, as the operator saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +78,7 @@ fn digest(bytes: &[u8]) -> String {
 }
 
 fn template_digest(object: &Value, kind: WorkloadKind) -> String {
-    let template = template::template(object, kind).unwrap_or(&Value::Null);
+    let template = kind.template(object).unwrap_or(&Value::Null);
     digest(&serde_json::to_vec(template).expect("JSON serializes"))
 }
 

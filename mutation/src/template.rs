@@ -34,10 +34,6 @@ pub fn template_mut(
         })
 }
 
-pub fn template(object: &Value, kind: WorkloadKind) -> Option<&Value> {
-    kind.template(object)
-}
-
 /// Adds every owned item to an object that carries none of them.
 pub fn apply(
     object: &mut Value,

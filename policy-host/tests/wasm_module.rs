@@ -116,8 +116,8 @@ fn fixture_payloads() -> Vec<(String, Value)> {
 
 /// `validate_as_patch` says what `validate` says, its patch turns the request's object into
 /// `validate`'s mutated object with as many operations as the host's diff of the two (what the
-/// operator computed before), and its change is
-/// the change the native mutation makes of the same request. Returns whether it was mutated.
+/// operator computed before), and its change is the change the native mutation makes of the same
+/// request. Returns whether it was mutated.
 fn patch_answer_matches_validate(payload: &Value) -> Result<bool, TestCaseError> {
     let bytes = serde_json::to_vec(payload).unwrap();
     let whole: Value = serde_json::from_slice(&engine().call("validate", &bytes).unwrap()).unwrap();

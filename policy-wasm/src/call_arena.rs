@@ -27,7 +27,7 @@ pub struct CallArena<const BYTES: usize, A> {
 }
 
 // SAFETY: the region is only written through the blocks `alloc` hands out, each to one owner;
-// the offsets are atomics (a wasm instance has one thread anyway).
+// the offset is an atomic (a wasm instance has one thread anyway).
 unsafe impl<const BYTES: usize, A: Sync> Sync for CallArena<BYTES, A> {}
 
 impl<const BYTES: usize, A> CallArena<BYTES, A> {
