@@ -145,7 +145,8 @@ fn patch_answer_matches_validate(payload: &Value) -> Result<bool, TestCaseError>
         request["kind"]["kind"].as_str().unwrap_or_default(),
     )
     .expect("only workloads are mutated");
-    let settings = lumigo_policy::settings::Settings::parse(&payload["settings"]).unwrap();
+    let settings = serde_json::value::to_raw_value(&payload["settings"]).unwrap();
+    let settings = lumigo_policy::settings::Settings::parse(&settings).unwrap();
     let operation = Operation::from_admission(request["operation"].as_str().unwrap()).unwrap();
     let (change, _) = reconciled(object, kind, &settings.0, operation).expect("mutated natively");
     prop_assert_eq!(answer.change, Some(InjectionChange::from(&change)));
@@ -285,6 +286,54 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
             )),
         ]
     })
+}
+
+/// The module's stack (`.cargo/config.toml`) holds the deepest request its JSON parser accepts:
+/// every depth up to the parser's limit is mutated, and past it the request is admitted unchanged
+/// with a warning; no depth traps.
+#[test]
+fn the_deepest_request_the_parser_accepts_is_mutated_not_trapped() {
+    let settings = read_json(policies_dir().join("settings.json"));
+    let request = read_json(policies_dir().join("fixtures/deployment-create.json"));
+    let mut deepest_mutated = 0;
+    let mut refused = 0;
+    for depth in 100..=130 {
+        let mut nested = json!("x");
+        for level in 0..depth {
+            nested = if level % 2 == 0 {
+                json!([nested])
+            } else {
+                json!({ "k": nested })
+            };
+        }
+        let mut request = request.clone();
+        request["object"]["spec"]["template"]["spec"]["containers"][0]["deep"] = nested;
+        let payload =
+            serde_json::to_vec(&json!({"settings": settings, "request": request})).unwrap();
+        let answer = engine()
+            .call("validate_as_patch", &payload)
+            .unwrap_or_else(|error| panic!("depth {depth}: the module trapped: {error}"));
+        let answer: PatchAnswer<json_patch::Patch> = serde_json::from_slice(&answer).unwrap();
+        assert!(answer.accepted, "depth {depth}");
+        if answer.patch.is_some() {
+            deepest_mutated = depth;
+        } else {
+            assert!(
+                answer
+                    .warnings
+                    .iter()
+                    .any(|w| w.contains("recursion limit")),
+                "depth {depth}: {:?}",
+                answer.warnings
+            );
+            refused += 1;
+        }
+    }
+    assert!(
+        deepest_mutated >= 115,
+        "mutated up to depth {deepest_mutated}"
+    );
+    assert!(refused > 0, "no depth reached the parser's limit");
 }
 
 /// A real request with one place replaced by arbitrary JSON: deep enough to reach the mutation.

@@ -5,6 +5,7 @@ use kubewarden_policy_sdk::response::ValidationResponse;
 use kubewarden_policy_sdk::settings::SettingsValidationResponse;
 use lumigo_mutation::{reconciled, Change, InjectionChange, Operation, PatchAnswer, WorkloadKind};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::settings::Settings;
@@ -14,9 +15,11 @@ const WARNING_PREFIX: &str = "lumigo";
 /// The request as policy-server sends it; settings are parsed apart so that their errors get
 /// their own message.
 #[derive(Deserialize)]
-struct ValidationRequest {
-    #[serde(default)]
-    settings: Value,
+struct ValidationRequest<'a> {
+    /// Read straight into the typed settings: building a JSON tree of them first, and tearing it
+    /// down, was work on every request.
+    #[serde(borrow, default)]
+    settings: Option<&'a RawValue>,
     request: AdmissionRequest,
 }
 
@@ -62,7 +65,7 @@ fn decide(payload: &[u8]) -> Decision {
             )))
         }
     };
-    let settings = match Settings::parse(&request.settings) {
+    let settings = match Settings::parse(request.settings.unwrap_or(RawValue::NULL)) {
         Ok(settings) => settings,
         Err(error) => {
             return Decision::Unchanged(accept_with_warning(format!("{WARNING_PREFIX}: {error}")))
@@ -145,9 +148,9 @@ pub fn evaluate_as_patch(payload: &[u8]) -> PatchAnswer<json_patch::Patch> {
 }
 
 pub fn validate_settings(payload: &[u8]) -> SettingsValidationResponse {
-    let parsed = serde_json::from_slice(payload)
+    let parsed = serde_json::from_slice::<&RawValue>(payload)
         .map_err(|error| format!("settings are not JSON: {error}"))
-        .and_then(|raw| Settings::parse(&raw));
+        .and_then(Settings::parse);
     match parsed {
         Ok(_) => SettingsValidationResponse {
             valid: true,

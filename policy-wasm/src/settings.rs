@@ -4,6 +4,7 @@
 use kubewarden_policy_sdk::settings::Validatable;
 use lumigo_mutation::InjectionConfig;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
@@ -17,9 +18,9 @@ impl Validatable for Settings {
 
 impl Settings {
     /// Parses and validates in one step, for evaluation; the message says which failed.
-    pub fn parse(raw: &serde_json::Value) -> Result<Self, String> {
-        let settings =
-            Settings::deserialize(raw).map_err(|error| format!("invalid settings: {error}"))?;
+    pub fn parse(raw: &RawValue) -> Result<Self, String> {
+        let settings: Settings = serde_json::from_str(raw.get())
+            .map_err(|error| format!("invalid settings: {error}"))?;
         Validatable::validate(&settings)?;
         Ok(settings)
     }
@@ -30,20 +31,26 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn raw(value: serde_json::Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&value).unwrap()
+    }
+
     #[test]
     fn missing_required_fields_are_named() {
-        let error =
-            Settings::parse(&json!({"injectorImage": "a:1", "operatorVersion": "1"})).unwrap_err();
+        let error = Settings::parse(&raw(
+            json!({"injectorImage": "a:1", "operatorVersion": "1"}),
+        ))
+        .unwrap_err();
         assert!(error.contains("tokenSecret"), "{error}");
     }
 
     #[test]
     fn validation_problems_reach_the_message() {
-        let error = Settings::parse(&json!({
+        let error = Settings::parse(&raw(json!({
             "injectorImage": "a",
             "tokenSecret": {"name": "s", "key": "k"},
             "operatorVersion": "1"
-        }))
+        })))
         .unwrap_err();
         assert!(
             error.contains("injectorImage") && error.contains("pinned"),
