@@ -2,8 +2,11 @@
 //! runs as its own process against a real control plane, with a `Lumigo` resource in the
 //! namespace, and `oha` (built by `tools/oha/build.sh`) POSTs the Deployment CREATE fixture over
 //! many keep-alive HTTPS connections. Prints reviews/s, p50/p99, and the operator's CPU per review
-//! and peak RSS read from /proc; then the same for large and hostile reviews (over the body limit,
-//! a 3 MiB object, one built to explode when parsed), with the peak RSS after each.
+//! and peak RSS read from /proc; beside it, the operator's CPU as a multiple of oha's: oha does the
+//! same work per review in every run, so on a machine whose speed drifts (shared cores) the ratio
+//! tells a change where the absolute figures move together. Then the same for large and hostile
+//! reviews (over the body limit, a 3 MiB object, one built to explode when parsed), with the peak
+//! RSS after each.
 //! Run: `just operator::bench-admission-load`.
 
 #[path = "../tests/support/mod.rs"]
@@ -233,14 +236,15 @@ async fn main() -> Result<()> {
     );
     println!("to the operator's release binary with its built-in webhook (namespace instrumented)");
     println!(
-        "{:>11} {:>9} {:>10} {:>8} {:>8} {:>25} {:>13}",
+        "{:>11} {:>9} {:>10} {:>8} {:>8} {:>25} {:>13} {:>12}",
         "concurrency",
         "reviews",
         "reviews/s",
         "p50 ms",
         "p99 ms",
         "operator CPU µs/review",
-        "oha µs/review"
+        "oha µs/review",
+        "operator/oha"
     );
     println!("{:>74} {:>13}", "(all = user + kernel)", "");
     for concurrency in CONCURRENCY {
@@ -263,12 +267,13 @@ async fn main() -> Result<()> {
         let (all, user, kernel) = (cpu_seconds(pid)? - before).per(answered);
         let (oha_all, _, _) = (children_cpu_seconds() - oha_before).per(answered);
         println!(
-            "{concurrency:>11} {answered:>9} {:>10.0} {:>8.2} {:>8.2} {:>25} {:>13.0}",
+            "{concurrency:>11} {answered:>9} {:>10.0} {:>8.2} {:>8.2} {:>25} {:>13.0} {:>12.2}",
             run.per_second,
             run.p50_ms,
             run.p99_ms,
             format!("{all:.0} = {user:.0} + {kernel:.0}"),
-            oha_all
+            oha_all,
+            all / oha_all
         );
     }
     println!("operator peak RSS: {} MiB", peak_rss_mib(pid));
