@@ -184,20 +184,17 @@ pub fn is_injected(object: &Value, kind: WorkloadKind) -> bool {
 
 /// `lumigo.auto-trace: "false"` on the object or on its pod template.
 fn is_opted_out(object: &Value, kind: WorkloadKind) -> bool {
-    let opted_out = |metadata_owner: Option<&Value>| {
-        metadata_owner
-            .and_then(|owner| json::at(owner, &["metadata", "labels", AUTO_TRACE_LABEL]))
-            .and_then(Value::as_str)
-            == Some(OPT_OUT_VALUE)
-    };
-    opted_out(Some(object)) || opted_out(kind.template(object))
+    auto_trace_label(object) == Some(OPT_OUT_VALUE)
+        || kind.template(object).and_then(auto_trace_label) == Some(OPT_OUT_VALUE)
 }
 
 fn injected_label(object: &Value, kind: WorkloadKind) -> Option<String> {
-    kind.template(object)?
-        .get("metadata")?
-        .get("labels")?
-        .get(AUTO_TRACE_LABEL)?
-        .as_str()
+    kind.template(object)
+        .and_then(auto_trace_label)
         .map(str::to_owned)
+}
+
+/// The `lumigo.auto-trace` label of an object or a pod template.
+fn auto_trace_label(metadata_owner: &Value) -> Option<&str> {
+    json::at(metadata_owner, &["metadata", "labels", AUTO_TRACE_LABEL])?.as_str()
 }
